@@ -1,0 +1,241 @@
+"""The one epoch loop every method uses.
+
+``Engine(config).run_epoch()`` trains one epoch, evaluates on val and test, lets the method act
+(``on_epoch_end``), and returns the epoch's metrics under the names in DESIGN.md:
+
+    epoch, train/loss, val/acc, val/macro_f1, val/acc_best, test/acc, test/macro_f1,
+    test/acc_at_best_val, val/acc_<modality>, balance/gap, diag/* (diagnosis epochs), time/epoch_s
+
+``epoch`` is the 0-based index of the epoch just finished (the official code's numbering). The best
+epoch is chosen on validation accuracy only; test accuracy is reported at that epoch
+(``test/acc_at_best_val``) and never used for selection.
+
+``state_dict()`` holds everything the next epochs depend on (model, optimizer, method state such as
+DRL's θ_init, RNG states, epoch, best-so-far), so a run restored from it continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drl_tune.config import ConfigError, TrainConfig
+from drl_tune.data import MultimodalData, load_dataset
+from drl_tune.data.transforms import prepare_input
+from drl_tune.methods import REGISTRY
+from drl_tune.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
+from drl_tune.models import MultimodalClassifier
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but no CUDA GPU is visible; use device=auto or cpu")
+    return torch.device(name)
+
+
+class Engine:
+    """Trains one configuration epoch by epoch; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, data: MultimodalData | None = None) -> None:
+        self.config = config
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        self.data = data if data is not None else load_dataset(config.data)
+        for split in ("train", "val", "test"):
+            if split not in self.data.splits or len(self.data.splits[split]) == 0:
+                raise ConfigError(f"dataset {self.data.name!r} has no (or an empty) {split!r} split")
+        if len(self.data.modalities) < 2:
+            raise ConfigError(f"dataset {self.data.name!r} has {len(self.data.modalities)} modality; need >= 2")
+        torch.manual_seed(config.seed)
+        self.model = MultimodalClassifier(
+            self.data.modalities, self.data.n_classes, config.model.width, config.fusion
+        ).to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.method = REGISTRY[config.method](config.params)
+        self.method.setup(self.model, self.optimizer)
+        self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
+        n_train = len(self.data.splits["train"])
+        order = np.random.default_rng(config.seed).permutation(n_train)
+        self.probe_indices = np.sort(order[: config.eval.probe_samples])
+        self.epoch = 0
+        self.best = {"val/acc_best": -1.0, "test/acc_at_best_val": float("nan"), "best_epoch": -1.0}
+        self._feature_cache: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    # -- data ------------------------------------------------------------------------------------------
+
+    def _batch(self, split: str, indices: np.ndarray, train: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        data = self.data.splits[split]
+        augment = train and self.config.data.augment
+        inputs = {
+            m: prepare_input(kind, data.inputs[m][indices], self.device, augment=augment, generator=self.generator)
+            for m, kind in self.data.modalities.items()
+        }
+        labels = torch.as_tensor(data.labels[indices], dtype=torch.long, device=self.device)
+        return inputs, labels
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        n = len(self.data.splits["train"])
+        order = torch.randperm(n, generator=self.generator).numpy()
+        size = self.config.batch_size
+        total, count = 0.0, 0
+        for start in range(0, n, size):
+            # sorted indices read memory-mapped arrays in file order; order inside a batch is irrelevant
+            indices = np.sort(order[start : start + size])
+            if len(indices) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            inputs, labels = self._batch("train", indices, train=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.method.loss(self.model(inputs), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at epoch {self.epoch}; lower lr (now {self.config.lr})"
+                )
+            loss.backward()
+            self.method.after_backward(self.model)
+            self.optimizer.step()
+            total += loss.item() * len(indices)
+            count += len(indices)
+        return total / max(count, 1)
+
+    # -- evaluation ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _forward(self, split: str, indices: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Eval-mode logits and pooled features of ``split`` (or of ``indices`` of it)."""
+        self.model.eval()
+        n = len(self.data.splits[split])
+        indices = np.arange(n) if indices is None else indices
+        logits, features = [], {m: [] for m in self.model.modalities}
+        for start in range(0, len(indices), self.config.eval.batch_size):
+            inputs, _ = self._batch(split, indices[start : start + self.config.eval.batch_size], train=False)
+            out = self.model(inputs)
+            logits.append(out.logits.float().cpu().numpy())
+            for m, f in out.features.items():
+                features[m].append(f.float().cpu().numpy())
+        return np.concatenate(logits), {m: np.concatenate(f) for m, f in features.items()}
+
+    def features(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Eval-mode features of every sample of ``split`` and its labels (cached within an epoch)."""
+        if split not in self._feature_cache:
+            _, feats = self._forward(split)
+            self._feature_cache[split] = (feats, self.data.splits[split].labels)
+        return self._feature_cache[split]
+
+    def evaluate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        n_classes = self.data.n_classes
+        for split in ("val", "test"):
+            logits, feats = self._forward(split)
+            labels = self.data.splits[split].labels
+            self._feature_cache[split] = (feats, labels)
+            predictions = logits.argmax(1)
+            metrics[f"{split}/acc"] = accuracy(labels, predictions)
+            metrics[f"{split}/macro_f1"] = macro_f1(labels, predictions, n_classes)
+        if len(self.probe_indices) == len(self.data.splits["train"]):
+            probe_feats, probe_labels = self.features("train")
+        else:
+            _, probe_feats = self._forward("train", self.probe_indices)
+            probe_labels = self.data.splits["train"].labels[self.probe_indices]
+        val_feats, val_labels = self._feature_cache["val"]
+        unimodal = {
+            m: probe_accuracy(probe_feats[m], probe_labels, val_feats[m], val_labels) for m in self.model.modalities
+        }
+        metrics |= {f"val/acc_{m}": acc for m, acc in unimodal.items()}
+        metrics["balance/gap"] = balance_gap(unimodal)
+        return metrics
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train, evaluate, let the method act; returns this epoch's metrics."""
+        if self.done:
+            raise RuntimeError(f"all {self.config.epochs} epochs are done")
+        start = time.perf_counter()
+        self._feature_cache.clear()
+        metrics: dict[str, float] = {"epoch": float(self.epoch), "train/loss": self.train_epoch()}
+        metrics |= self.evaluate()
+        if metrics["val/acc"] > self.best["val/acc_best"]:
+            self.best = {
+                "val/acc_best": metrics["val/acc"],
+                "test/acc_at_best_val": metrics["test/acc"],
+                "best_epoch": float(self.epoch),
+            }
+        metrics |= self.best
+        metrics |= self.method.on_epoch_end(self.model, self)
+        self._feature_cache.clear()
+        self.epoch += 1
+        metrics["time/epoch_s"] = time.perf_counter() - start
+        return metrics
+
+    # EpochContext for the method hooks
+    @property
+    def n_classes(self) -> int:
+        return self.data.n_classes
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    # -- state -----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "best": dict(self.best),
+            "config": self.config.to_flat(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"].get("method") != self.config.method:
+            raise ConfigError(
+                f"checkpoint is of method {state['config'].get('method')!r}, this run is {self.config.method!r}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.best = dict(state["best"])
+        self.epoch = int(state["epoch"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the state atomically (a crash mid-write leaves the previous checkpoint intact)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

@@ -1,0 +1,39 @@
+"""The multimodal classifier: one encoder per modality, a fusion module that ends in class logits."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from drl_tune.models.encoders import build_encoder
+from drl_tune.models.fusion import FUSIONS
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # fused class logits [B, n_classes]
+    features: dict[str, torch.Tensor]  # each modality's pooled features [B, D]
+
+
+class MultimodalClassifier(nn.Module):
+    """``modalities`` maps a modality name to its kind (spectrogram, frames, flow), in fusion order."""
+
+    def __init__(self, modalities: dict[str, str], n_classes: int, width: int = 64, fusion: str = "concat"):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; known: {', '.join(FUSIONS)}")
+        self.modalities = list(modalities)
+        self.encoders = nn.ModuleDict({m: build_encoder(kind, width) for m, kind in modalities.items()})
+        dims = [self.encoders[m].out_dim for m in self.modalities]
+        self.fusion = FUSIONS[fusion](dims, n_classes)
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.encoders[m](inputs[m]) for m in self.modalities}
+
+    def fuse(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.fusion([features[m] for m in self.modalities])
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        features = self.encode(inputs)
+        return ModelOutput(self.fuse(features), features)
