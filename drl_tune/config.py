@@ -61,6 +61,8 @@ class DataConfig:
     name: str = "synthetic"
     root: str = ""
     augment: bool = False
+    # train on a subset of the dataset's modalities (e.g. ["visual"] for a uni-modal reference run)
+    modalities: list[str] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -179,6 +181,12 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _convert(value, options[0], key)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key} must be a list (or comma-separated), got {value!r}")
+        return [_convert(v.strip() if isinstance(v, str) else v, item, key) for v in items if v != ""]
     if typ is bool:
         if isinstance(value, bool):
             return value

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from drl_tune.config import ConfigError, TrainConfig
-from drl_tune.data import MultimodalData, load_dataset
+from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import prepare_input
 from drl_tune.methods import REGISTRY
 from drl_tune.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
@@ -41,6 +41,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def select_modalities(data: MultimodalData, names: list[str]) -> MultimodalData:
+    """``data`` restricted to ``names`` (all modalities if empty), in the dataset's order."""
+    if not names:
+        return data
+    unknown = [m for m in names if m not in data.modalities]
+    if unknown:
+        raise ConfigError(f"data.modalities: {unknown[0]!r} is not a modality of {data.name!r}; it has "
+                          f"{', '.join(data.modalities)}")
+    keep = {m: kind for m, kind in data.modalities.items() if m in names}
+    splits = {
+        name: Split({m: s.inputs[m] for m in keep}, s.labels, s.clip_ids) for name, s in data.splits.items()
+    }
+    return MultimodalData(data.name, data.classes, keep, splits, data.preprocessing)
+
+
 class Engine:
     """Trains one configuration epoch by epoch; see the module docstring."""
 
@@ -49,12 +64,10 @@ class Engine:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
-        self.data = data if data is not None else load_dataset(config.data)
+        self.data = select_modalities(data if data is not None else load_dataset(config.data), config.data.modalities)
         for split in ("train", "val", "test"):
             if split not in self.data.splits or len(self.data.splits[split]) == 0:
                 raise ConfigError(f"dataset {self.data.name!r} has no (or an empty) {split!r} split")
-        if len(self.data.modalities) < 2:
-            raise ConfigError(f"dataset {self.data.name!r} has {len(self.data.modalities)} modality; need >= 2")
         torch.manual_seed(config.seed)
         self.model = MultimodalClassifier(
             self.data.modalities, self.data.n_classes, config.model.width, config.fusion
