@@ -33,7 +33,7 @@ class DRLParams:
     alpha: float = 3.0
     diagnosis_interval: int = 20
     max_reinits: int = 3
-    n_clusters: int = 0  # 0 = number of classes (the official choice)
+    n_clusters: int | None = None  # None = number of classes (the official choice)
     blend_bn_stats: bool = False  # also move BN running mean/var towards their initial values
     reset_momentum: bool = False  # also clear the optimizer's momentum of the re-initialised encoder
 
@@ -44,8 +44,10 @@ class DRLParams:
             raise ConfigError(f"drl.diagnosis_interval must be >= 1, got {self.diagnosis_interval}")
         if self.max_reinits < 0:
             raise ConfigError(f"drl.max_reinits must be >= 0, got {self.max_reinits}")
-        if self.n_clusters != 0 and self.n_clusters < 2:
-            raise ConfigError(f"drl.n_clusters must be >= 2 (or 0 for the number of classes), got {self.n_clusters}")
+        if self.n_clusters is not None and self.n_clusters < 2:
+            raise ConfigError(
+                f"drl.n_clusters must be >= 2 (or null for the number of classes), got {self.n_clusters}"
+            )
 
 
 @torch.no_grad()
@@ -89,7 +91,7 @@ class DRL(Method):
             return {}
         train_features, train_labels = ctx.features("train")
         val_features, val_labels = ctx.features("val")
-        n_clusters = self.params.n_clusters or ctx.n_classes
+        n_clusters = self.params.n_clusters if self.params.n_clusters is not None else ctx.n_classes
         metrics: dict[str, float] = {}
         for m in model.modalities:
             d = diagnose(
