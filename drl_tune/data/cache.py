@@ -110,7 +110,12 @@ class CacheWriter:
     def write(self, split: str, index: int, sample: dict[str, np.ndarray], label: int, clip_id: str) -> None:
         """Store one sample (arrays converted to the modality's dtype)."""
         arrays = self._arrays[split]
-        for m in self.modalities:
+        for m, (_, shape) in self.modalities.items():
+            if m not in sample:
+                raise CacheError(f"{clip_id}: no {m!r} input was decoded")
+            if tuple(np.shape(sample[m])) != shape:
+                got = list(np.shape(sample[m]))
+                raise CacheError(f"{clip_id}: {m!r} has shape {got}, the cache expects {list(shape)}")
             arrays[m][index] = sample[m]
         if not 0 <= label < len(self.classes):
             raise CacheError(f"{clip_id}: label {label} outside 0..{len(self.classes) - 1}")
@@ -179,6 +184,17 @@ def write_cache(
     return Path(root)
 
 
+def _load_array(path: Path, mode: str | None, size: int) -> np.ndarray:
+    """One array of a cache, with its length checked against the manifest."""
+    try:
+        array = np.load(path, mmap_mode=mode, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CacheError(f"{path}: missing or damaged ({err}); prepare the dataset again") from None
+    if len(array) != size:
+        raise CacheError(f"{path}: {len(array)} rows, the manifest says {size}; prepare the dataset again")
+    return array
+
+
 def load_cache(root: str | os.PathLike, in_memory: bool = False) -> MultimodalData:
     """Open a cache read-only (memory-mapped unless ``in_memory``)."""
     root = Path(root)
@@ -188,20 +204,26 @@ def load_cache(root: str | os.PathLike, in_memory: bool = False) -> MultimodalDa
             f"no prepared dataset at {root} (missing manifest.json); "
             "create it with: python -m drl_tune.data.prepare DATASET --src RAW_DIR --out " + str(root)
         )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("version") != CACHE_VERSION:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CacheError(f"{manifest_path}: unreadable manifest ({err}); prepare the dataset again") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != CACHE_VERSION:
+        manifest = manifest if isinstance(manifest, dict) else {}
+        dataset = manifest.get("dataset") or "DATASET"
         raise CacheError(
             f"{root} is a cache of version {manifest.get('version')}, this drl_tune reads version "
-            f"{CACHE_VERSION}; prepare it again with python -m drl_tune.data.prepare"
+            f"{CACHE_VERSION}; prepare it again with: python -m drl_tune.data.prepare {dataset} --src RAW_DIR "
+            f"--out {root} --force"
         )
     mode = None if in_memory else "r"
     modalities = {m: spec["kind"] for m, spec in manifest["modalities"].items()}
     splits = {}
-    for split in manifest["splits"]:
+    for split, size in manifest["splits"].items():
         folder = root / split
-        inputs = {m: np.load(folder / f"{m}.npy", mmap_mode=mode) for m in modalities}
-        labels = np.load(folder / "labels.npy")
-        ids = np.load(folder / "clip_ids.npy")
+        inputs = {m: _load_array(folder / f"{m}.npy", mode, size) for m in modalities}
+        labels = _load_array(folder / "labels.npy", None, size)
+        ids = _load_array(folder / "clip_ids.npy", None, size)
         splits[split] = Split(inputs, labels, ids)
     return MultimodalData(
         manifest["dataset"], list(manifest["classes"]), modalities, splits, manifest.get("preprocessing", {})

@@ -1,9 +1,32 @@
 """Batch-wise input preparation on the training device: dtype conversion, augmentation, normalisation.
 
 Cached arrays stay uint8/float16 until they reach the device; augmentation then runs on whole batches
-(one ``roi_align`` call crops and resizes every sample) instead of per-sample PIL work in a DataLoader.
-Training: random resized crop (scale 0.08–1, ratio 3/4–4/3, torchvision's defaults, as the official
-``RandomResizedCrop(224)``) and horizontal flip; evaluation: the stored frame, normalised.
+instead of per-sample PIL work in DataLoader workers.
+
+What the official code does (DRL ``av_dataset.py``, OGM-GE, per frame, each call drawing new random
+parameters): training ``RandomResizedCrop(224)`` (scale 0.08–1, ratio 3/4–4/3, torchvision's sampling
+rule, 10 tries then a centre crop) + ``RandomHorizontalFlip()`` + ``ToTensor`` + ImageNet ``Normalize``;
+evaluation ``Resize((224, 224))`` + ``ToTensor`` + ``Normalize``. Frames are cached already resized to the
+training resolution (``Resize((224, 224))`` of the source frame, done once by ``prepare``), so here:
+
+* evaluation = normalise the stored frame (exactly the official evaluation input);
+* training (policy ``crop_flip``) = a random resized crop of the stored frame, drawn independently for
+  every frame of every clip as the official per-frame transform does, resized back to the training
+  resolution with bilinear interpolation, then a horizontal flip with probability 1/2. Crop boxes are
+  drawn in the *source* frame's geometry (``aspect`` = source width / height, stored in the manifest as
+  ``preprocessing.source_aspect``) and mapped onto the stored square, so scale and ratio mean what they
+  mean in torchvision. The one difference from the official transform: the crop is upsampled from the
+  stored 224² frame instead of resampled from the full-resolution source.
+* policy ``flip`` (the official UCF-101 training transform, ``Resize`` + ``RandomHorizontalFlip``):
+  flip only. Policy ``none``: no augmentation.
+
+Optical flow (``flow`` kind: u, v stored as uint8 with 128 = no motion) is scaled to [-1, 1]; a flipped
+flow frame also has its horizontal component negated (mirroring a scene reverses its horizontal motion;
+the official UCF-101 code flips u and v independently and keeps the sign, which we do not copy).
+
+On a CPU the crop runs frame by frame on uint8 (torch's vectorised uint8 bilinear kernel) with the
+normalisation fused into the same pass; on an accelerator it is one ``roi_align`` call on the whole batch.
+Both sample the same boxes with the same bilinear rule.
 """
 
 from __future__ import annotations
@@ -12,30 +35,105 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+POLICIES = ("crop_flip", "flip", "none")
+DEFAULT_POLICY = {"frames": "crop_flip", "flow": "flip"}
+_SCALE = (0.08, 1.0)
+_RATIO = (3 / 4, 4 / 3)
 
 
-def _crop_boxes(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample RandomResizedCrop boxes [n, 4] (x1, y1, x2, y2), torchvision's sampling rule."""
-    area = height * width
-    scale = torch.empty(n, 10).uniform_(0.08, 1.0, generator=generator) * area
-    log_ratio = torch.empty(n, 10).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
+def _crop_boxes(
+    n: int, height: int, width: int, generator: torch.Generator, aspect: float | None = None
+) -> torch.Tensor:
+    """Per-frame RandomResizedCrop boxes [n, 4] as integer pixels (x, y, w, h) of the stored frame.
+
+    Sampled with torchvision's rule in a virtual source frame of height ``height`` and the source aspect
+    ratio (default: the stored frame's own), then mapped horizontally onto the stored frame.
+    """
+    aspect = width / height if aspect is None else float(aspect)
+    src_h, src_w = float(height), float(height) * aspect
+    area = src_h * src_w
+    scale = torch.empty(n, 10).uniform_(*_SCALE, generator=generator) * area
+    log_ratio = torch.empty(n, 10).uniform_(math.log(_RATIO[0]), math.log(_RATIO[1]), generator=generator)
     ratio = torch.exp(log_ratio)
     w = torch.sqrt(scale * ratio).round()
     h = torch.sqrt(scale / ratio).round()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
-    boxes = torch.zeros(n, 4)
-    for i in range(n):  # 10 tries per sample, then the whole image (torchvision falls back to a centre crop)
-        j = int(first[i])
-        bw, bh = (w[i, j].item(), h[i, j].item()) if j >= 0 else (float(width), float(height))
-        x = torch.randint(0, int(width - bw) + 1, (1,), generator=generator).item()
-        y = torch.randint(0, int(height - bh) + 1, (1,), generator=generator).item()
-        boxes[i] = torch.tensor([x, y, x + bw, y + bh])
-    return boxes
+    ok = (w > 0) & (w <= src_w) & (h > 0) & (h <= src_h)
+    first = ok.float().argmax(1)
+    found = ok.any(1)
+    w = w.gather(1, first[:, None])[:, 0]
+    h = h.gather(1, first[:, None])[:, 0]
+    # fallback (no try fitted): torchvision's centre crop with the ratio clamped to the allowed range
+    in_ratio = src_w / src_h
+    if in_ratio < _RATIO[0]:
+        fw, fh = src_w, round(src_w / _RATIO[0])
+    elif in_ratio > _RATIO[1]:
+        fw, fh = round(src_h * _RATIO[1]), src_h
+    else:
+        fw, fh = src_w, src_h
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, generator=generator)
+    x = torch.where(found, torch.floor(u[:, 0] * (src_w - w + 1)), torch.full_like(w, (src_w - fw) // 2))
+    y = torch.where(found, torch.floor(u[:, 1] * (src_h - h + 1)), torch.full_like(h, (src_h - fh) // 2))
+    sx = width / src_w  # source -> stored pixels
+    x0 = (x * sx).round().clamp(0, width - 1)
+    w_px = (w * sx).round().clamp(min=1)
+    w_px = torch.minimum(w_px, width - x0)
+    return torch.stack([x0, y, w_px, h], dim=1).long()
+
+
+def _normaliser(kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, bias) with ``uint8 * scale + bias`` = the encoder's input."""
+    if kind == "frames":
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+        return 1.0 / (255.0 * std), -mean / std
+    return torch.full((1, 1, 1), 2.0 / 255.0, device=device), torch.full((1, 1, 1), -1.0, device=device)
+
+
+def _augment_cpu(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: str,
+                 scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> normalised float, one frame at a time (crop, resize, flip, normalise)."""
+    n, c, h, w = x.shape
+    out = torch.empty(n, c, h, w)
+    src = x.contiguous(memory_format=torch.channels_last) if boxes is not None else x
+    box_list = boxes.tolist() if boxes is not None else None
+    flip_list = flips.tolist()
+    for i in range(n):
+        frame = src[i]
+        if box_list is not None:
+            x0, y0, bw, bh = box_list[i]
+            crop = src[i : i + 1, :, y0 : y0 + bh, x0 : x0 + bw]
+            frame = F.interpolate(crop, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+        if flip_list[i]:
+            frame = frame.flip(-1)
+        torch.addcmul(bias, frame, scale, out=out[i])
+        if kind == "flow" and flip_list[i]:
+            out[i, 0].neg_()
+    return out
+
+
+def _augment_device(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: str,
+                    scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The same on an accelerator: one ``roi_align`` for every crop of the batch."""
+    n, c, h, w = x.shape
+    y = x.float()
+    if boxes is not None:
+        b = boxes.to(x.device, torch.float32)
+        rois = torch.cat([torch.arange(n, device=x.device, dtype=torch.float32)[:, None],
+                          b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+        y = roi_align(y, rois, (h, w), aligned=True)
+    flip = flips.to(x.device).view(n, 1, 1, 1)
+    y = torch.where(flip, y.flip(-1), y)
+    y = y.mul_(scale).add_(bias)
+    if kind == "flow":
+        y[:, 0] = torch.where(flip[:, 0], -y[:, 0], y[:, 0])
+    return y
 
 
 def prepare_frames(
@@ -45,25 +143,28 @@ def prepare_frames(
     kind: str,
     augment: bool,
     generator: torch.Generator,
+    policy: str | None = None,
+    aspect: float | None = None,
 ) -> torch.Tensor:
     """uint8 [B, T, C, H, W] -> normalised float [B, T, C, H, W] on ``device``."""
-    x = torch.as_tensor(np.asarray(batch)).to(device, non_blocking=True).float().div_(255.0)
+    policy = policy or DEFAULT_POLICY.get(kind, "crop_flip")
+    if policy not in POLICIES:
+        raise ValueError(f"augmentation policy {policy!r} unknown; known: {', '.join(POLICIES)}")
+    x = torch.as_tensor(np.asarray(batch))
     b, t, c, h, w = x.shape
-    if augment:
-        # the same crop and flip for every frame of a clip, as the official per-clip transform
-        boxes = _crop_boxes(b, h, w, generator).to(device)
-        rois = torch.cat([torch.arange(b * t, device=device, dtype=x.dtype).unsqueeze(1),
-                          boxes.repeat_interleave(t, dim=0)], dim=1)
-        x = roi_align(x.view(b * t, c, h, w), rois, (h, w), aligned=True).view(b, t, c, h, w)
-        flip = (torch.rand(b, generator=generator) < 0.5).to(device)
-        x = torch.where(flip.view(b, 1, 1, 1, 1), x.flip(-1), x)
-        if kind == "flow":  # a mirrored scene moves the other way: u -> 1 - u
-            x[:, :, 0] = torch.where(flip.view(b, 1, 1, 1), 1.0 - x[:, :, 0], x[:, :, 0])
-    if kind == "frames":
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1)
-        return (x - mean) / std
-    return (x - 0.5) / 0.5
+    scale, bias = _normaliser(kind, device)
+    if not augment or policy == "none":
+        x = x.to(device, non_blocking=True)
+        return x.float().mul_(scale).add_(bias)
+    n = b * t  # every frame gets its own crop and flip, as the official per-frame transform
+    boxes = _crop_boxes(n, h, w, generator, aspect) if policy == "crop_flip" else None
+    flips = torch.rand(n, generator=generator) < 0.5
+    frames = x.reshape(n, c, h, w)
+    if torch.device(device).type == "cpu":
+        out = _augment_cpu(frames, boxes, flips, kind, scale, bias)
+    else:
+        out = _augment_device(frames.to(device, non_blocking=True), boxes, flips, kind, scale, bias)
+    return out.view(b, t, c, h, w)
 
 
 def prepare_input(
@@ -73,8 +174,15 @@ def prepare_input(
     *,
     augment: bool,
     generator: torch.Generator,
+    policy: str | None = None,
+    aspect: float | None = None,
 ) -> torch.Tensor:
-    """Turn one modality's cached batch into the encoder's input."""
+    """Turn one modality's cached batch into the encoder's input.
+
+    ``policy`` (``crop_flip`` | ``flip`` | ``none``; default by kind: frames ``crop_flip``, flow ``flip``)
+    and ``aspect`` (source frame width / height) come from the dataset manifest's
+    ``preprocessing["augment"][modality]`` and ``preprocessing["source_aspect"]`` when known.
+    """
     if kind == "spectrogram":
         return torch.as_tensor(np.asarray(batch)).to(device, non_blocking=True).float()
-    return prepare_frames(batch, device, kind=kind, augment=augment, generator=generator)
+    return prepare_frames(batch, device, kind=kind, augment=augment, generator=generator, policy=policy, aspect=aspect)
