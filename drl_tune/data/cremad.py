@@ -104,8 +104,9 @@ def _official_splits(folder: Path, classes: list[str]) -> tuple[dict[str, list[t
     if (folder / "val.csv").is_file():
         rows["val"] = read_labelled(folder / "val.csv", classes)
         files["val"] = str(folder / "val.csv")
-        val_clips = {name for name, _ in rows["val"]}
-        rows["train"] = [row for row in rows["train"] if row[0] not in val_clips]  # train.csv = my_train + val
+        if train_file.name == "train.csv":  # the official train.csv = my_train.csv + val.csv
+            val_clips = {name for name, _ in rows["val"]}
+            rows["train"] = [row for row in rows["train"] if row[0] not in val_clips]
         if not rows["train"]:
             raise PrepareError(f"{train_file}: no training clip left once the validation clips are taken out")
     else:
@@ -132,6 +133,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.splits is not None and (Path(args.splits) / "stat.csv").is_file():
         classes = sorted(read_classes(Path(args.splits) / "stat.csv"))  # as the DRL code: sorted(stat.csv)
 
+    skipped: dict[str, list[str]] = {}
     if args.splits is not None:
         rows, files = _official_splits(Path(args.splits), classes)
         split_source = {"kind": "official CSVs", "files": files}
@@ -149,6 +151,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         present = [i for i, clip in enumerate(clips) if not _sources(src, layout, clip)[1]]
         # with --skip-missing, split what is complete, so the proportions hold on what is kept
         keep = present if args.skip_missing else list(range(len(clips)))
+        if len(keep) < len(clips):
+            kept = set(keep)
+            skipped["before splitting"] = [clip for i, clip in enumerate(clips) if i not in kept]
         y = np.array([classes.index(labels[i]) for i in keep])
         n = len(keep)
         sizes = {s: round(n * OFFICIAL[s] / sum(OFFICIAL.values())) for s in ("val", "test")}
@@ -157,7 +162,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         split_source = {"kind": "stratified", "seed": args.seed, "proportions": OFFICIAL}
 
     splits: dict[str, list[Item]] = {}
-    skipped: dict[str, list[str]] = {}
     for split, split_rows in rows.items():
         items = []
         for clip, label in split_rows:
