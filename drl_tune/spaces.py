@@ -6,11 +6,22 @@ A space file has these top-level blocks (all optional but ``dataset``):
 * ``fixed``: config values every trial uses;
 * ``defaults``: the paper's setting of the searched keys — what ``drl_tune.train`` runs and what a study
   evaluates first;
-* ``search``, ``scheduler``, ``study``, ``resources``: the study harness's blocks (drl_tune.run).
+* ``search``: config key -> distribution (``choice``, ``uniform``, ``loguniform``, ``int`` with optional
+  ``step``). A key inside a method's block (``drl.alpha``, named like the method's registry entry) is
+  *conditional*: sampled only in trials whose ``method`` is that method;
+* ``scheduler``: ASHA early stopping (``type``, ``metric``, ``grace_period``, ``reduction_factor``);
+* ``study``: ``metric``, ``mode``, ``num_samples``, ``max_concurrent``, ``seed``, ``keep_checkpoints``,
+  ``max_failures`` and ``overrides`` (config values for the study only, e.g. fewer epochs on a CPU);
+* ``resources``: ``cpus_per_trial`` and ``gpus_per_trial`` (used only when the cluster has GPUs).
+
+Every error names the file, the key and what is allowed, before anything starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +32,88 @@ import yaml
 from drl_tune.config import ConfigError, TrainConfig, make_config
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+# ASHA compares trials at rungs on this metric. It must be a running best: DRL's re-initialisation dips
+# val/acc for an epoch or two, and a per-epoch metric would let ASHA stop a DRL trial in that dip.
+SCHEDULER_METRICS = ("val/acc_best",)
+STUDY_METRICS = {"val/acc_best": "max", "test/acc_at_best_val": "max", "val/acc": "max", "val/macro_f1": "max",
+                 "balance/gap": "min", "train/loss": "min"}
 
 
 class SpaceError(ConfigError):
     """A space file is missing or malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key. ``method`` is set for a conditional key (sampled only with that method)."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    step: int | float | None = None
+    values: tuple[Any, ...] = ()
+    method: str | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an Optuna trial (define-by-run) for this key's value."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1))
+        if self.kind == "loguniform":
+            return trial.suggest_float(self.key, self.low, self.high, log=True)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.values
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.kind == "int":
+            return float(value).is_integer() and (int(value) - int(self.low)) % int(self.step or 1) == 0
+        if self.step:
+            return math.isclose(round((value - self.low) / self.step) * self.step + self.low, value)
+        return True
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            text = "choice " + ", ".join("null" if v is None else str(v) for v in self.values)
+        else:
+            text = f"{self.kind} [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
+        return text + (f"   (only when method={self.method})" if self.method else "")
+
+
+@dataclass
+class SchedulerSpec:
+    """ASHA on a running-best validation metric, one report per epoch (``time_attr`` = epochs)."""
+
+    type: str = "asha"
+    metric: str = "val/acc_best"
+    grace_period: int = 3
+    reduction_factor: float = 2.0
+    max_t: int | None = None  # None: the trial's epochs
+
+
+@dataclass
+class StudySpec:
+    metric: str = "val/acc_best"
+    mode: str = "max"
+    num_samples: int = 16
+    max_concurrent: int = 2
+    seed: int = 0
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResourcesSpec:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 1.0  # per trial *when the cluster has GPUs*; CPU-only clusters use 0
 
 
 @dataclass
@@ -35,6 +124,10 @@ class Space:
     fixed: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Param] = field(default_factory=dict)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    study: StudySpec = field(default_factory=StudySpec)
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
 
     def base_values(self) -> dict[str, Any]:
         """Flat config values: dataset block, then fixed values, then the defaults of searched keys."""
@@ -53,6 +146,23 @@ class Space:
             raise
         except ConfigError as err:
             raise ConfigError(f"{self.path}: {err}") from None
+
+    def study_values(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Flat values of a study trial before sampling: base values, ``study.overrides``, then ``--set``."""
+        values = self.base_values()
+        values.update(self.study.overrides)
+        values.update(overrides or {})
+        return values
+
+    def active_search(self, overrides: dict[str, Any] | None = None) -> dict[str, Param]:
+        """The searched keys left once ``--set`` fixed some: a fixed key is no longer searched, and fixing
+        ``method`` drops the other methods' conditional keys."""
+        overrides = overrides or {}
+        method = overrides.get("method")
+        return {
+            k: p for k, p in self.search.items()
+            if k not in overrides and (method is None or p.method is None or p.method == method)
+        }
 
 
 def search_dirs() -> list[Path]:
@@ -86,13 +196,173 @@ def _block(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     return value
 
 
+def _number(spec: dict[str, Any], name: str, where: str, integer: bool = False) -> float | int:
+    value = spec.get(name)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (integer and not float(value).is_integer()):
+        kind = "an integer" if integer else "a number"
+        raise SpaceError(f"{where}: '{name}' must be {kind}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _param(key: str, spec: Any, where: str, methods: set[str]) -> Param:
+    """Parse one ``search`` entry (a mapping with ``type``) into a :class:`Param`."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise SpaceError(
+            f"{where}: expected a mapping with 'type' ({', '.join(DISTRIBUTIONS)}), e.g. "
+            f"{{type: loguniform, low: 0.001, high: 0.1}} or {{type: choice, values: [a, b]}}; got {spec!r}"
+        )
+    kind = spec["type"]
+    if kind not in DISTRIBUTIONS:
+        raise SpaceError(f"{where}: unknown distribution type {kind!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+    allowed = {"choice": {"type", "values"}, "int": {"type", "low", "high", "step"}}.get(
+        kind, {"type", "low", "high", "step"} if kind == "uniform" else {"type", "low", "high"}
+    )
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise SpaceError(f"{where}: unknown field {extra[0]!r} for type {kind}; allowed: {', '.join(sorted(allowed))}")
+    head = key.split(".")[0]
+    method = head if head in methods and "." in key else None
+    if kind == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise SpaceError(f"{where}: 'values' must be a non-empty list, got {values!r}")
+        if any(isinstance(v, (dict, list)) for v in values):
+            raise SpaceError(f"{where}: 'values' must be plain values (numbers, strings, true/false, null)")
+        if len(set(map(repr, values))) != len(values):
+            raise SpaceError(f"{where}: 'values' has duplicates: {values!r}")
+        return Param(key, kind, values=tuple(values), method=method)
+    integer = kind == "int"
+    low, high = _number(spec, "low", where, integer), _number(spec, "high", where, integer)
+    if low > high:
+        raise SpaceError(f"{where}: low ({low:g}) must be <= high ({high:g})")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: a loguniform range needs low > 0, got {low:g}")
+    step = None
+    if "step" in spec:
+        step = _number(spec, "step", where, integer)
+        if step <= 0:
+            raise SpaceError(f"{where}: 'step' must be > 0, got {step:g}")
+        n = (high - low) / step
+        if not math.isclose(n, round(n), abs_tol=1e-9):
+            raise SpaceError(f"{where}: high - low ({high - low:g}) must be a multiple of step ({step:g})")
+    return Param(key, kind, low=low, high=high, step=step, method=method)
+
+
+def _typed(cls: type, raw: dict[str, Any], block: str, path: Path) -> Any:
+    """Build one of the small spec dataclasses, naming the file and key on a wrong key or type."""
+    fields = cls.__dataclass_fields__
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise SpaceError(f"{path}: unknown key '{block}.{unknown[0]}'; allowed: {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key)
+        where = f"{path}: '{block}.{key}'"
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise SpaceError(f"{where} must be a mapping of config keys to values")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise SpaceError(f"{where} must be a string, got {value!r}")
+        elif value is None and default is None:
+            pass
+        elif isinstance(default, int) or (default is None and key == "max_t"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpaceError(f"{where} must be an integer, got {value!r}")
+        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SpaceError(f"{where} must be a number, got {value!r}")
+        kwargs[key] = float(value) if isinstance(default, float) else value
+    return cls(**kwargs)
+
+
+def _check_study(space: Space) -> None:
+    path, st, sc, rs = space.path, space.study, space.scheduler, space.resources
+    if st.metric not in STUDY_METRICS:
+        raise SpaceError(f"{path}: 'study.metric' {st.metric!r} is not allowed; one of: {', '.join(STUDY_METRICS)}")
+    if st.mode not in ("min", "max"):
+        raise SpaceError(f"{path}: 'study.mode' must be 'min' or 'max', got {st.mode!r}")
+    for key in ("num_samples", "max_concurrent", "keep_checkpoints"):
+        if getattr(st, key) < 1:
+            raise SpaceError(f"{path}: 'study.{key}' must be >= 1, got {getattr(st, key)}")
+    if st.max_failures < 0:
+        raise SpaceError(f"{path}: 'study.max_failures' must be >= 0, got {st.max_failures}")
+    if sc.type not in ("asha", "none"):
+        raise SpaceError(f"{path}: 'scheduler.type' must be 'asha' or 'none', got {sc.type!r}")
+    if sc.metric not in SCHEDULER_METRICS:
+        raise SpaceError(
+            f"{path}: 'scheduler.metric' {sc.metric!r} is not allowed; use one of {', '.join(SCHEDULER_METRICS)} "
+            f"(a running best: a per-epoch metric would let ASHA stop DRL trials in the dip after a re-init)"
+        )
+    if sc.grace_period < 1 or sc.reduction_factor <= 1 or (sc.max_t is not None and sc.max_t < 1):
+        raise SpaceError(f"{path}: 'scheduler' needs grace_period >= 1, reduction_factor > 1 and max_t >= 1")
+    if rs.cpus_per_trial <= 0 or rs.gpus_per_trial < 0:
+        raise SpaceError(f"{path}: 'resources' needs cpus_per_trial > 0 and gpus_per_trial >= 0")
+
+
+def _check_search(space: Space) -> None:
+    """Every searched value must give a valid config, and the official setting must lie inside the space."""
+    from drl_tune.methods import REGISTRY
+
+    base = space.study_values()
+    method_param = space.search.get("method")
+    if method_param is not None:
+        if method_param.kind != "choice":
+            raise SpaceError(f"{space.path}: 'search.method' must be a choice of methods: {', '.join(REGISTRY)}")
+        for value in method_param.values:
+            if value not in REGISTRY:
+                raise SpaceError(
+                    f"{space.path}: 'search.method': unknown method {value!r}; registered: {', '.join(REGISTRY)}"
+                )
+    methods = set(method_param.values) if method_param else {make_config(base).method}
+    for key, param in space.search.items():
+        where = f"{space.path}: 'search.{key}'"
+        if param.method is not None and param.method not in methods:
+            raise SpaceError(f"{where} belongs to method {param.method!r}, which this space never runs "
+                             f"(method: {', '.join(sorted(methods))})")
+        samples = list(param.values) if param.kind == "choice" else [param.low, param.high]
+        typed = []
+        for value in samples:
+            values = dict(base)
+            if param.method is not None:
+                values["method"] = param.method
+            values[key] = int(value) if param.kind == "int" else value
+            try:
+                flat = make_config(values).to_flat()
+            except ConfigError as err:
+                raise SpaceError(f"{where}: {err}") from None
+            if key not in flat:
+                raise SpaceError(f"{where}: {key!r} is a block, not a config value")
+            typed.append(flat[key])
+        if param.kind == "choice":  # typed by the config ("1e-3" from YAML becomes 0.001)
+            space.search[key] = dataclasses.replace(param, values=tuple(typed))
+    official = space.config().to_flat()
+    for key, param in space.search.items():
+        if param.method is not None and param.method != official["method"]:
+            continue
+        if key not in official:
+            raise SpaceError(f"{space.path}: 'search.{key}' is not a config key")
+        if not param.contains(official[key]):
+            raise SpaceError(
+                f"{space.path}: the official setting {key}={official[key]!r} ('defaults', or the built-in "
+                f"default) lies outside 'search.{key}' ({param.describe()}); widen the range or change 'defaults'"
+            )
+
+
 def load_space(name_or_path: str) -> Space:
-    """Load and check a space file (YAML syntax, top-level blocks, and that its defaults form a valid config)."""
+    """Load and check a space file: YAML syntax, blocks, distributions, and that every value is a valid config."""
+    from drl_tune.methods import REGISTRY
+
     path = resolve_space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML: {err}") from None
+    except OSError as err:
+        raise SpaceError(f"{path}: cannot read: {err}") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with blocks {', '.join(TOP_LEVEL)}")
     unknown = sorted(set(raw) - set(TOP_LEVEL))
@@ -100,6 +370,10 @@ def load_space(name_or_path: str) -> Space:
         raise SpaceError(f"{path}: unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_LEVEL)}")
     if "dataset" not in raw:
         raise SpaceError(f"{path}: missing the 'dataset' block (e.g. dataset: {{name: synthetic}})")
+    search = {
+        str(key): _param(str(key), spec, f"{path}: 'search.{key}'", set(REGISTRY))
+        for key, spec in _block(raw, "search", path).items()
+    }
     space = Space(
         name=str(raw.get("name") or path.stem),
         path=path,
@@ -107,6 +381,16 @@ def load_space(name_or_path: str) -> Space:
         fixed=_block(raw, "fixed", path),
         defaults=_block(raw, "defaults", path),
         raw=raw,
+        search=search,
+        scheduler=_typed(SchedulerSpec, _block(raw, "scheduler", path), "scheduler", path),
+        study=_typed(StudySpec, _block(raw, "study", path), "study", path),
+        resources=_typed(ResourcesSpec, _block(raw, "resources", path), "resources", path),
     )
     space.config()  # fail now, naming the file, if fixed/defaults are not a valid configuration
+    try:
+        make_config(space.study_values())
+    except ConfigError as err:
+        raise SpaceError(f"{path}: 'study.overrides': {err}") from None
+    _check_study(space)
+    _check_search(space)
     return space

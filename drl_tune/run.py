@@ -1,0 +1,266 @@
+"""The study: ``python -m drl_tune.run --space NAME|PATH`` runs a Ray Tune hyperparameter study of a space.
+
+    python -m drl_tune.run --space demo
+    python -m drl_tune.run --space cremad --set data.root=/data/cremad --gpus-per-trial 0.5
+    python -m drl_tune.run --space demo --name my-study --resume     # finish an interrupted study
+
+Optuna (TPE) proposes configurations, the space's official setting first; ASHA stops weak trials early;
+every trial checkpoints each epoch; MLflow gets one parent run per study and one child run per trial.
+Bad input (space file, --set value, dataset not prepared) stops with one message and exit code 2 before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from drl_tune.config import ConfigError, make_config, parse_assignments
+from drl_tune.data.cache import CacheError
+from drl_tune.spaces import load_space
+from drl_tune.study import PLAN_FILE, Plan, build_plan, outcomes, summary_table
+
+DEFAULT_STORAGE = Path("runs") / "studies"
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(ConfigError):
+    """Bad command-line input (reported like a config error: one message, exit code 2)."""
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m drl_tune.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", help="search space name (search_spaces/NAME.yaml) or path to a .yaml file")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config key for every trial (a searched key stops being searched); repeatable")
+    p.add_argument("--num-samples", type=_positive_int, help="number of trials (default: the space's study block)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials running at once (default: the space's)")
+    p.add_argument("--cpus-per-trial", type=_fraction, help="CPUs reserved per trial (also its torch threads)")
+    p.add_argument("--gpus-per-trial", type=_fraction,
+                   help="GPUs per trial, fractions allowed (default: the space's value when the cluster has "
+                        "GPUs, else 0)")
+    p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help=f"results folder (default: {DEFAULT_STORAGE})")
+    p.add_argument("--name", help="study name = folder under --storage (default: SPACE-YYYYmmdd-HHMMSS)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite database inside the study folder)")
+    p.add_argument("--seed", type=int, help="Optuna sampler seed (default: the space's study.seed)")
+    p.add_argument("--resume", action="store_true", help="finish the interrupted study --name (default: the latest)")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
+    p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# planning (no Ray yet: everything here can fail with a clear message before anything starts)
+
+
+def latest_study(storage: Path, space: str | None) -> Path:
+    plans = sorted((p for p in storage.glob(f"*/{PLAN_FILE}")
+                    if space is None or json.loads(p.read_text()).get("space_name") == space),
+                   key=lambda p: p.stat().st_mtime)
+    if not plans:
+        raise UsageError(f"--resume: no study found in {storage}" + (f" for space {space!r}" if space else "")
+                         + "; pass --name and --storage of the study to resume")
+    return plans[-1].parent
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    if args.resume:
+        if args.dry_run:
+            raise UsageError("--resume and --dry-run exclude each other")
+        ignored = [flag for flag, value in (("--set", args.assignments), ("--num-samples", args.num_samples),
+                                            ("--seed", args.seed), ("--mlflow-uri", args.mlflow_uri)) if value]
+        if ignored:
+            raise UsageError(f"--resume continues the saved plan; {ignored[0]} cannot change it")
+        study_dir = args.storage / args.name if args.name else latest_study(args.storage, _space_name(args.space))
+        path = study_dir / PLAN_FILE
+        if not path.is_file():
+            raise UsageError(f"--resume: {study_dir} is not a study folder (no {PLAN_FILE})")
+        plan = Plan.from_json(path.read_text())
+        plan.storage = str(study_dir.resolve().parent)  # the folder may have moved
+        return plan
+    if not args.space:
+        raise UsageError("--space is required (a name such as demo, or a path to a .yaml file)")
+    space = load_space(args.space)
+    overrides = parse_assignments(args.assignments)
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or name.startswith("."):
+        raise UsageError(f"--name must be a plain folder name, got {name!r}")
+    if (args.storage / name / PLAN_FILE).exists() and not args.dry_run:
+        raise UsageError(f"study {args.storage / name} exists; resume it with --resume --name {name}, "
+                         f"or choose another --name")
+    return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
+                      num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
+                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+
+
+def _space_name(space: str | None) -> str | None:
+    return Path(space).stem if space else None
+
+
+def check_dataset(plan: Plan) -> None:
+    """Load the dataset the trials will read (a real one's cache; the synthetic one is generated here once, so
+    concurrent trials never generate it twice). Raises CacheError naming where it looked."""
+    from drl_tune.data import load_dataset
+
+    config = make_config({**plan.constants, **(plan.points_to_evaluate or [{}])[0]})
+    load_dataset(config.data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running
+
+
+def start_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start a local Ray (dashboard off); False if Ray was already running here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # trial processes' own log lines (Tune's "checkpoint created" chatter) stay in the trial logs; the driver
+    # prints the progress table, trial endings and errors
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
+    if address:
+        kwargs = {"address": address, "log_to_driver": False, "logging_level": "WARNING"}
+    ray.init(**kwargs)
+    return True
+
+
+def resolve_gpus(plan: Plan) -> float:
+    """GPUs per trial: the plan's when the cluster has GPUs, else 0 — so one command works on both."""
+    import ray
+
+    available = float(ray.cluster_resources().get("GPU", 0))
+    if available > 0:
+        return plan.gpus_per_trial
+    if plan.gpus_explicit and plan.gpus_per_trial > 0:
+        raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} asked for, but the Ray cluster has no GPU; "
+                         f"use --gpus-per-trial 0 (or leave it out) to run on CPUs")
+    return 0.0
+
+
+def open_tracking(plan: Plan, resumed: bool) -> Any:
+    """The study's MLflow experiment and parent run (created once; re-opened on --resume)."""
+    from drl_tune.tracking import StudyTracker, git_commit
+
+    tracker = StudyTracker(plan.mlflow_uri, plan.name, artifact_dir=plan.study_dir / "mlartifacts")
+    if resumed and plan.parent_run_id:
+        tracker.reopen_parent(plan.parent_run_id)
+        return tracker
+    plan.experiment_id = tracker.experiment_id
+    plan_path = plan.save()
+    space_copy = plan.study_dir / Path(plan.space_path).name
+    shutil.copyfile(plan.space_path, space_copy)
+    tags = {"drl_tune.space": plan.space_name, "drl_tune.study": plan.name, "drl_tune.storage": str(plan.study_dir)}
+    commit = git_commit(Path(__file__).resolve().parent)
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    params = {"space": plan.space_name, "num_samples": plan.num_samples, "metric": plan.metric,
+              "seed": plan.seed, "max_concurrent": plan.max_concurrent,
+              **{f"set.{k}": v for k, v in plan.overrides.items()}}
+    plan.parent_run_id = tracker.start_parent(plan.name, tags, params, {"": space_copy})
+    plan.save()
+    tracker.client.log_artifact(plan.parent_run_id, str(plan_path))
+    tracker.client.log_text(plan.parent_run_id, plan.describe(), "plan.txt")
+    return tracker
+
+
+def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float) -> int:
+    from ray import tune
+
+    from drl_tune.study import ProgressTable, make_trainable, make_tuner
+    from drl_tune.tracking import MLflowTrialCallback, ui_command
+
+    started_ray = start_ray(address)
+    try:
+        gpus = resolve_gpus(plan)
+        tracker = open_tracking(plan, resumed)
+        print(plan.describe() if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}", flush=True)
+        start = time.monotonic()
+        if resumed:
+            tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
+                                       resume_unfinished=True, resume_errored=False)
+        else:
+            callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
+                         ProgressTable(plan, progress_interval)]
+            tuner = make_tuner(plan, gpus, callbacks)
+        results = tuner.fit()
+        wall = time.monotonic() - start
+        items = outcomes(results)
+        finished = results.num_terminated + results.num_errors
+        interrupted = finished < plan.num_samples
+        table = summary_table(items, plan)
+        print(f"\nsummary of study {plan.name!r} ({len(items)} trials, {wall:.0f} s"
+              + (", INTERRUPTED" if interrupted else "") + "):", flush=True)
+        print(table)
+        best = [i for i in items if i.val_acc_best == i.val_acc_best]
+        metrics = {"trials": float(len(items)), "wall_s": wall}
+        if best:
+            top = max(best, key=lambda i: i.val_acc_best)
+            metrics |= {"best/val_acc": top.val_acc_best, "best/test_acc_at_best_val": top.test_at_best_val}
+        tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, table)
+        print(f"\nresults: {plan.study_dir}")
+        print(f"MLflow:  {plan.mlflow_uri}  (experiment {plan.name!r})")
+        print(f"review:  {ui_command(plan.mlflow_uri)}")
+        if interrupted:
+            print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
+                  f"--storage {plan.storage}", flush=True)
+            return EXIT_INTERRUPTED
+        return 1 if items and all(i.status == "error" for i in items) else 0
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def quiet_tune() -> None:
+    """Per-epoch checkpoints are the point here; Tune's warning about frequent experiment snapshots is noise."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_tune()
+    try:
+        plan = plan_from_args(args)
+        check_dataset(plan)
+    except (ConfigError, CacheError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print(plan.describe())
+        print("\n(dry run: nothing started)")
+        return 0
+    try:
+        return run_study(plan, args.resume, args.address, args.progress_interval)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

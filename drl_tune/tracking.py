@@ -1,0 +1,183 @@
+"""MLflow: one parent run per study, one child run per trial (tag ``mlflow.parentRunId``).
+
+Everything is written from the Tune driver (a single writer, so a sqlite store is safe): the trials never
+talk to MLflow. A child run's metrics use ``step = epoch`` (0-based, as the engine reports it); its params
+are the trial's full flattened configuration. On ``--resume`` a trial finds its existing child run again
+(by the ``drl_tune.trial_id`` tag) and skips epochs it had already logged, so each trial keeps exactly
+one child run with one value per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from ray.tune import Callback
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "drl_tune.trial_id"
+STUDY_TAG = "drl_tune.study"
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(study_dir: Path) -> str:
+    """An absolute sqlite URI inside the study folder (absolute: Tune changes each trial's working dir)."""
+    return f"sqlite:///{study_dir.resolve() / 'mlflow.db'}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The exact command that opens the study in the MLflow UI (local only)."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri '{tracking_uri}' --host 127.0.0.1 --port 5000"
+
+
+def git_commit(folder: Path) -> str | None:
+    """The checkout's commit, if this is a git checkout (tagged on the study run for reproducibility)."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def metric_items(result: dict[str, Any]) -> dict[str, float]:
+    """The engine's metrics in a Tune result (``a/b`` names, ``epoch``, ``best_epoch``); Tune's own keys dropped."""
+    return {
+        k: float(v) for k, v in result.items()
+        if ("/" in k or k in ("epoch", "best_epoch")) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        and not k.startswith(("config/", "time_", "timestamp"))
+    }
+
+
+class StudyTracker:
+    """Creates (or re-opens) the study's experiment and parent run."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    def start_parent(self, run_name: str, tags: dict[str, str], params: dict[str, Any],
+                     artifacts: dict[str, Path]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        log_params(self.client, run_id, params)
+        for folder, path in artifacts.items():
+            self.client.log_artifact(run_id, str(path), artifact_path=folder or None)
+        return run_id
+
+    def reopen_parent(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def finish_parent(self, run_id: str, status: str, metrics: dict[str, float], summary: str | None) -> None:
+        now = int(time.time() * 1000)
+        if metrics:
+            self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        if summary:
+            self.client.log_text(run_id, summary, "summary.txt")
+        self.client.set_terminated(run_id, status)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(k, ("null" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                   [:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+class MLflowTrialCallback(Callback):
+    """Driver-side Tune callback: a child run per trial with its config and per-epoch metric history."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.runs: dict[str, str] = {}  # trial id -> child run id
+        self.last_step: dict[str, int] = {}  # trial id -> last epoch logged
+        self._client: MlflowClient | None = None
+
+    # Tune pickles callbacks with the experiment; the client is rebuilt where needed
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client = None
+
+    def get_state(self) -> dict[str, Any]:
+        return {"runs": dict(self.runs), "last_step": dict(self.last_step)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.runs.update(state.get("runs", {}))
+        self.last_step.update(state.get("last_step", {}))
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _find_run(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        )
+        return runs[0].info.run_id if runs else None
+
+    def _run_for(self, trial: Any) -> str:
+        trial_id = trial.trial_id
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        run_id = self._find_run(trial_id)
+        if run_id is None:
+            config = dict(trial.config)
+            tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, STUDY_TAG: self.study,
+                    "method": str(config.get("method", ""))}
+            run = self.client.create_run(self.experiment_id, run_name=f"{config.get('method', 'trial')}-{trial_id}",
+                                         tags=tags)
+            run_id = run.info.run_id
+            log_params(self.client, run_id, config)
+        else:  # a resumed study: continue the same child run after its last logged epoch
+            history = self.client.get_metric_history(run_id, "epoch")
+            self.last_step[trial_id] = max((int(m.step) for m in history), default=-1)
+            self.client.update_run(run_id, status="RUNNING")
+        self.runs[trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        metrics = metric_items(result)
+        step = int(metrics.get("epoch", result.get("training_iteration", 0)))
+        if step <= self.last_step.get(trial.trial_id, -1):
+            return  # already logged before an interruption
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        self.last_step[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        epochs = int(trial.config.get("epochs", 0))
+        stopped = self.last_step.get(trial.trial_id, -1) + 1 < epochs
+        self.client.set_tag(run_id, "drl_tune.outcome", "stopped_early" if stopped else "completed")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        self.client.log_batch(run_id, tags=[RunTag("drl_tune.outcome", "error")])
+        self.client.set_terminated(run_id, "FAILED")

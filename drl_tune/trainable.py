@@ -1,0 +1,39 @@
+"""The Tune function trainable: one trial = one :class:`~drl_tune.engine.Engine`, one report per epoch.
+
+Every epoch's metrics are reported together with a checkpoint of the full engine state, so a trial that
+fails (or a study that is interrupted) continues from its last finished epoch exactly as if it had never
+stopped — ``tune.get_checkpoint()`` is non-empty then.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from drl_tune.config import make_config
+from drl_tune.engine import Engine
+
+CHECKPOINT_FILE = "engine.pt"
+
+
+def clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """NaN (e.g. ``test/acc_at_best_val`` before a best epoch exists) would poison schedulers; drop it."""
+    return {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Run (or continue) one trial; ``config`` is the flat ``a.b`` configuration Optuna completed."""
+    engine = Engine(make_config(config))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            engine.load(Path(folder) / CHECKPOINT_FILE)
+    while not engine.done:
+        metrics = clean_metrics(engine.run_epoch())
+        with tempfile.TemporaryDirectory(prefix="drl_tune_ckpt_") as folder:
+            engine.save(Path(folder) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
