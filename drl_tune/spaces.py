@@ -386,7 +386,12 @@ def load_space(name_or_path: str) -> Space:
         study=_typed(StudySpec, _block(raw, "study", path), "study", path),
         resources=_typed(ResourcesSpec, _block(raw, "resources", path), "resources", path),
     )
-    space.config()  # fail now, naming the file, if fixed/defaults are not a valid configuration
+    try:  # fail now, naming the file, if fixed/defaults are not a valid configuration
+        space.config()
+    except SpaceError:
+        raise
+    except ConfigError as err:
+        raise SpaceError(str(err)) from None
     try:
         make_config(space.study_values())
     except ConfigError as err:

@@ -1,0 +1,109 @@
+"""``python -m drl_tune.run`` without starting anything: --dry-run prints the plan; bad input gives one clear
+message, exit code 2, and neither Ray nor a study folder is started."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+import ray
+
+from drl_tune.run import main
+from tests.conftest import TINY
+
+# tiny data: the dataset check in the driver generates the synthetic set
+TINY_SETS = [f"--set={k}={v}" for k, v in TINY.items() if k.startswith("data.")]
+
+GOOD = """\
+dataset: {name: synthetic}
+fixed: {epochs: 3}
+defaults: {method: drl, lr: 0.01}
+search:
+  method: {type: choice, values: [joint, drl]}
+  lr: {type: loguniform, low: 0.001, high: 0.1}
+  drl.alpha: {type: uniform, low: 1, high: 5}
+"""
+
+
+def run_bad(args, tmp_path, capsys):
+    storage = tmp_path / "studies"
+    code = main([*args, "--storage", str(storage)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ")
+    assert not storage.exists(), "a study folder was created for bad input"
+    assert not ray.is_initialized(), "Ray was started for bad input"
+    return err
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
+    storage = tmp_path / "studies"
+    code = main(["--space", "demo", "--dry-run", "--storage", str(storage), "--name", "x", "--num-samples", "3",
+                 "--cpus-per-trial", "2", "--gpus-per-trial", "0.5", "--seed", "7", "--set", "drl.max_reinits=1",
+                 *TINY_SETS])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "trials: 3, at most 2 at a time; 2 CPU + 0.5 GPU per trial" in out
+    assert "Optuna TPE, seed 7" in out and "ASHA on val/acc_best" in out
+    assert "drl.alpha" in out and "(only when method=drl)" in out
+    assert "drl.max_reinits" not in out.split("searched:")[1].split("first trial")[0]  # --set fixed it
+    assert "first trial (official setting): method=drl" in out
+    assert "nothing started" in out
+    assert not storage.exists() and not ray.is_initialized()
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ("dataset: [unclosed", "not valid YAML"),
+    ("dataset: {name: synthetic}\nsearch: {lr: {type: normal, low: 0, high: 1}}",
+     "'search.lr': unknown distribution type 'normal'; allowed: choice, uniform, loguniform, int"),
+    ("dataset: {name: synthetic}\nsearch: {lr: {type: uniform, low: 0.5, high: 0.1}}",
+     "'search.lr': low (0.5) must be <= high (0.1)"),
+    ("dataset: {name: synthetic}\nsearch: {method: {type: choice, values: [joint, ogm]}}",
+     "unknown method 'ogm'; registered: joint, drl"),
+])
+def test_bad_space_file(space, message, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(space)
+    err = run_bad(["--space", str(path)], tmp_path, capsys)
+    assert message in err and str(path) in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--space", str(os.sep) + "no/such.yaml"], "search space file /no/such.yaml does not exist"),
+    (["--space", "nope"], "no search space named 'nope'; known:"),
+    (["--space", "demo", "--set", "method=nope"], "unknown method 'nope'; registered methods: drl, joint"),
+    (["--space", "demo", "--set", "drl.alpah=2"], "unknown key 'drl.alpah'"),
+    (["--space", "demo", "--set", "epochs=lots"], "epochs must be an integer"),
+    (["--space", "demo", "--resume"], "--resume: no study found"),
+    ([], "--space is required"),
+])
+def test_bad_command_line(args, message, tmp_path, capsys):
+    assert message in run_bad(args, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("name", ["cremad", "kinetics_sounds", "ucf101"])
+def test_dataset_absent_says_where_it_looked_and_how_to_prepare(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(f"DRL_TUNE_{name.upper()}_ROOT", raising=False)
+    root = tmp_path / "not-prepared"
+    err = run_bad(["--space", name, "--set", f"data.root={root}"], tmp_path, capsys)
+    assert f"dataset {name!r} is not prepared at {root}" in err
+    assert f"python -m drl_tune.data.prepare {name}" in err
+
+
+def test_existing_study_name_is_refused(tmp_path, capsys):
+    storage = tmp_path / "studies"
+    (storage / "s1").mkdir(parents=True)
+    (storage / "s1" / "drl_tune_study.json").write_text("{}")
+    code = main(["--space", "demo", "--storage", str(storage), "--name", "s1"])
+    assert code == 2
+    assert "resume it with --resume --name s1" in capsys.readouterr().err
+
+
+def test_space_file_from_path_and_set(tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(textwrap.dedent(GOOD))
+    assert main(["--space", str(path), "--dry-run", "--set", "method=joint", *TINY_SETS]) == 0
+    out = capsys.readouterr().out
+    assert "drl.alpha" not in out.split("searched:")[1].split("first trial")[0]
+    assert "first trial (official setting): lr=0.01" in out

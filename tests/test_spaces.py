@@ -1,0 +1,150 @@
+"""Space files: the shipped ones load; bad ones fail naming the file, the key and what is allowed;
+the define-by-run space samples a method's keys only with that method, official setting first."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from drl_tune.spaces import SpaceError, load_space
+from drl_tune.study import DefineByRun, build_plan
+
+SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101"]
+
+GOOD = """\
+dataset: {name: synthetic}
+fixed: {epochs: 4, model.width: 4}
+defaults: {method: drl, lr: 0.01, drl.alpha: 3.0, drl.diagnosis_interval: 2}
+search:
+  method: {type: choice, values: [joint, drl]}
+  lr: {type: loguniform, low: 1e-3, high: 0.1}
+  batch_size: {type: choice, values: [32, 64]}
+  momentum: {type: uniform, low: 0.5, high: 0.95}
+  drl.alpha: {type: uniform, low: 0.5, high: 5}
+  drl.diagnosis_interval: {type: int, low: 1, high: 3}
+  drl.max_reinits: {type: int, low: 1, high: 5, step: 2}
+scheduler: {grace_period: 2}
+study: {num_samples: 6, overrides: {epochs: 3}}
+resources: {cpus_per_trial: 1, gpus_per_trial: 0.5}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spaces_load_and_contain_their_official_setting(name):
+    space = load_space(name)
+    assert space.search, f"{name} searches nothing"
+    assert space.search["method"].values == ("joint", "drl") or set(space.search["method"].values) >= {"drl"}
+    official = space.config().to_flat()
+    for key, param in space.search.items():
+        if param.method in (None, official["method"]):
+            assert param.contains(official[key]), (name, key, official[key])
+    assert space.scheduler.metric == "val/acc_best"
+
+
+def test_good_space_is_typed(tmp_path):
+    space = load_space(str(write(tmp_path, GOOD)))
+    s = space.search
+    assert s["lr"].kind == "loguniform" and s["lr"].low == pytest.approx(1e-3)  # YAML's "1e-3" string is a number
+    assert s["drl.alpha"].method == "drl" and s["lr"].method is None
+    assert s["drl.max_reinits"].step == 2 and s["drl.max_reinits"].contains(3) and not s["drl.max_reinits"].contains(2)
+    assert space.study.num_samples == 6 and space.study.overrides == {"epochs": 3}
+    assert space.resources.gpus_per_trial == 0.5 and space.scheduler.grace_period == 2
+    assert space.config().epochs == 4  # drl_tune.train keeps the space's epochs; only the study overrides them
+    assert space.study_values()["epochs"] == 3
+
+
+BAD = [
+    ("dataset: [unclosed", "not valid YAML"),
+    ("- a list", "expected a mapping with blocks"),
+    ("fixed: {epochs: 3}", "missing the 'dataset' block"),
+    ("dataset: {name: synthetic}\nsearchh: {}", "unknown top-level key 'searchh'; allowed: name, description"),
+    ("dataset: {name: synthetic}\nsearch: {lr: {type: gaussian, low: 0, high: 1}}",
+     "'search.lr': unknown distribution type 'gaussian'; allowed: choice, uniform, loguniform, int"),
+    ("dataset: {name: synthetic}\nsearch: {lr: {type: uniform, low: 0.1, high: 0.01}}",
+     "'search.lr': low (0.1) must be <= high (0.01)"),
+    ("dataset: {name: synthetic}\nsearch: {lr: {type: loguniform, low: 0, high: 0.01}}", "needs low > 0"),
+    ("dataset: {name: synthetic}\nsearch: {lr: 0.1}", "'search.lr': expected a mapping with 'type'"),
+    ("dataset: {name: synthetic}\nsearch: {lr: {type: uniform, low: 0.001, hi: 1}}", "unknown field 'hi'"),
+    ("dataset: {name: synthetic}\nsearch: {epochs: {type: int, low: 2, high: 9, step: 2}}",
+     "must be a multiple of step"),
+    ("dataset: {name: synthetic}\nsearch: {epochs: {type: int, low: 2.5, high: 9}}", "'low' must be an integer"),
+    ("dataset: {name: synthetic}\nsearch: {method: {type: choice, values: [joint, nope]}}",
+     "'search.method': unknown method 'nope'; registered: joint, drl"),
+    ("dataset: {name: synthetic}\ndefaults: {method: nope}", "unknown method 'nope'"),
+    ("dataset: {name: synthetic}\nsearch: {learning_rate: {type: uniform, low: 0.001, high: 0.1}}",
+     "'search.learning_rate': unknown key 'learning_rate'"),
+    ("dataset: {name: synthetic}\ndefaults: {method: drl}\nsearch: {drl.alpha: {type: uniform, low: -1, high: 2}}",
+     "drl.alpha must be a finite number >= 0"),
+    ("dataset: {name: synthetic}\nsearch: {drl.alpha: {type: uniform, low: 1, high: 2}}",
+     "belongs to method 'drl', which this space never runs"),
+    ("dataset: {name: synthetic}\ndefaults: {lr: 0.5}\nsearch: {lr: {type: loguniform, low: 0.001, high: 0.1}}",
+     "the official setting lr=0.5"),
+    ("dataset: {name: synthetic}\nscheduler: {metric: val/acc}", "'scheduler.metric' 'val/acc' is not allowed"),
+    ("dataset: {name: synthetic}\nstudy: {num_samples: 0}", "'study.num_samples' must be >= 1"),
+    ("dataset: {name: synthetic}\nstudy: {trials: 3}", "unknown key 'study.trials'; allowed: metric"),
+    ("dataset: {name: synthetic}\nstudy: {overrides: {epochs: 0}}", "'study.overrides': epochs must be >= 1"),
+    ("dataset: {name: synthetic}\nresources: {cpus_per_trial: two}", "'resources.cpus_per_trial' must be a number"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_bad_space_names_file_key_and_allowed(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SpaceError) as err:
+        load_space(str(path))
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_space_lists_known_names():
+    with pytest.raises(SpaceError, match="no search space named 'nope'; known: .*demo"):
+        load_space("nope")
+    with pytest.raises(SpaceError, match="does not exist"):
+        load_space("/no/such/space.yaml")
+
+
+def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
+    space = load_space(str(write(tmp_path, GOOD)))
+    plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+    # the official setting: the space's defaults, and the built-in defaults for searched keys it leaves out
+    assert plan.points_to_evaluate == [{"method": "drl", "lr": 0.01, "batch_size": 64, "momentum": 0.9,
+                                        "drl.alpha": 3.0, "drl.diagnosis_interval": 2, "drl.max_reinits": 3}]
+    point = plan.points_to_evaluate[0]
+    assert plan.constants["epochs"] == 3 and "lr" not in plan.constants and plan.constants["threads"] == 1
+    assert plan.mlflow_uri == f"sqlite:///{tmp_path.resolve() / 't' / 'mlflow.db'}"
+    define = DefineByRun(plan.params, plan.constants)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
+    study.enqueue_trial(point)
+    seen = []
+    for _ in range(20):
+        trial = study.ask()
+        constants = define(trial)
+        seen.append(trial.params)
+        study.tell(trial, 0.5)
+        assert constants["epochs"] == 3 and "drl.alpha" not in constants  # searched keys are not constants
+    assert seen[0] == point
+    methods = {p["method"] for p in seen}
+    assert methods == {"joint", "drl"}
+    for params in seen:
+        has_drl = any(k.startswith("drl.") for k in params)
+        assert has_drl == (params["method"] == "drl"), params
+
+
+def test_set_fixes_a_key_and_drops_other_methods_keys(tmp_path):
+    space = load_space(str(write(tmp_path, GOOD)))
+    plan = build_plan(space, overrides={"method": "joint", "lr": "0.02"}, name="t", storage=tmp_path,
+                      mlflow_uri="http://127.0.0.1:5000")
+    keys = {p.key for p in plan.params}
+    assert keys == {"batch_size", "momentum"}
+    assert plan.constants["lr"] == 0.02 and plan.constants["method"] == "joint"
+    assert not any(k.startswith("drl.") for k in plan.constants)
+    assert plan.mlflow_uri == "http://127.0.0.1:5000"
