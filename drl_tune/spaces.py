@@ -339,7 +339,7 @@ def _check_search(space: Space) -> None:
             typed.append(flat[key])
         if param.kind == "choice":  # typed by the config ("1e-3" from YAML becomes 0.001)
             space.search[key] = dataclasses.replace(param, values=tuple(typed))
-    official = space.config().to_flat()
+    official = make_config(base).to_flat()  # the study's first trial: defaults + study.overrides
     for key, param in space.search.items():
         if param.method is not None and param.method != official["method"]:
             continue
@@ -347,8 +347,9 @@ def _check_search(space: Space) -> None:
             raise SpaceError(f"{space.path}: 'search.{key}' is not a config key")
         if not param.contains(official[key]):
             raise SpaceError(
-                f"{space.path}: the official setting {key}={official[key]!r} ('defaults', or the built-in "
-                f"default) lies outside 'search.{key}' ({param.describe()}); widen the range or change 'defaults'"
+                f"{space.path}: the official setting {key}={official[key]!r} ('defaults'/'study.overrides', or "
+                f"the built-in default) lies outside 'search.{key}' ({param.describe()}); widen the range or "
+                f"change 'defaults'"
             )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from drl_tune.config import make_config
 from drl_tune.spaces import SpaceError, load_space
 from drl_tune.study import DefineByRun, build_plan
 
@@ -43,7 +44,7 @@ def test_shipped_spaces_load_and_contain_their_official_setting(name):
     space = load_space(name)
     assert space.search, f"{name} searches nothing"
     assert space.search["method"].values == ("joint", "drl") or set(space.search["method"].values) >= {"drl"}
-    official = space.config().to_flat()
+    official = make_config(space.study_values()).to_flat()
     for key, param in space.search.items():
         if param.method in (None, official["method"]):
             assert param.contains(official[key]), (name, key, official[key])
