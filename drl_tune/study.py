@@ -187,10 +187,14 @@ class DefineByRun:
 
 
 def make_searcher(plan: Plan) -> Any:
+    import warnings
+
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says what matters
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # multivariate+group TPE models the conditional (per-method) parameters jointly, as Optuna recommends
     sampler = optuna.samplers.TPESampler(seed=plan.seed, multivariate=True, group=True)
     search = OptunaSearch(DefineByRun(plan.params, plan.constants), metric=plan.metric, mode=plan.mode,
