@@ -147,7 +147,13 @@ class Engine:
             logits.append(out.logits.float().cpu().numpy())
             for m, f in out.features.items():
                 features[m].append(f.float().cpu().numpy())
-        return np.concatenate(logits), {m: np.concatenate(f) for m, f in features.items()}
+        all_logits, all_features = np.concatenate(logits), {m: np.concatenate(f) for m, f in features.items()}
+        if not (np.isfinite(all_logits).all() and all(np.isfinite(f).all() for f in all_features.values())):
+            raise FloatingPointError(
+                f"the model's outputs on {split} became non-finite at epoch {self.epoch}; "
+                f"lower lr (now {self.config.lr})"
+            )
+        return all_logits, all_features
 
     def features(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Eval-mode features of every sample of ``split`` and its labels (cached within an epoch)."""

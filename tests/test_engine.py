@@ -125,3 +125,10 @@ def test_checkpoint_of_another_method_is_refused(tiny_config, tiny_data, tmp_pat
     other = Engine(tiny_config(method="drl"), tiny_data)
     with pytest.raises(ConfigError, match="method"):
         other.load(tmp_path / "s.pt")
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tiny_config, tiny_data):
+    engine = Engine(tiny_config(lr=1e6, epochs=3), tiny_data)
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        for _ in range(3):
+            engine.run_epoch()
