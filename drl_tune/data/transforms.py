@@ -32,6 +32,7 @@ Both sample the same boxes with the same bilinear rule.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -96,25 +97,63 @@ def _normaliser(kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return torch.full((1, 1, 1), 2.0 / 255.0, device=device), torch.full((1, 1, 1), -1.0, device=device)
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _empty_float(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 CPU tensor backed by a NumPy allocation: NumPy asks Linux for transparent huge pages on
+    large arrays, which makes first-touching a fresh 77 MB batch about 4x cheaper than a plain torch.empty."""
+    return torch.from_numpy(np.empty(shape, dtype=np.float32))
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers != threads:
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="drl_tune-augment")
+    return _POOL
+
+
 def _augment_cpu(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: str,
                  scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> normalised float, one frame at a time (crop, resize, flip, normalise)."""
+    """uint8 [N, C, H, W] -> normalised float, frame by frame (crop, resize, flip, normalise).
+
+    Frames are shared out over ``torch.get_num_threads()`` Python threads, each running single-threaded
+    torch ops (which release the GIL): hundreds of small OpenMP-parallel ops per batch would each pay a
+    barrier, and on a CPU shared with other trials those barriers made this 20x slower.
+    """
     n, c, h, w = x.shape
-    out = torch.empty(n, c, h, w)
-    src = x.contiguous(memory_format=torch.channels_last) if boxes is not None else x
+    out = _empty_float((n, c, h, w))
     box_list = boxes.tolist() if boxes is not None else None
     flip_list = flips.tolist()
-    for i in range(n):
-        frame = src[i]
-        if box_list is not None:
-            x0, y0, bw, bh = box_list[i]
-            crop = src[i : i + 1, :, y0 : y0 + bh, x0 : x0 + bw]
-            frame = F.interpolate(crop, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-        if flip_list[i]:
-            frame = frame.flip(-1)
-        torch.addcmul(bias, frame, scale, out=out[i])
-        if kind == "flow" and flip_list[i]:
-            out[i, 0].neg_()
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            frame = x[i : i + 1]
+            if box_list is not None:
+                x0, y0, bw, bh = box_list[i]
+                frame = frame[:, :, y0 : y0 + bh, x0 : x0 + bw]
+            if flip_list[i]:
+                frame = frame.flip(-1)  # flipping the crop before resizing it = flipping the result
+            if box_list is not None:  # torch's fast uint8 bilinear kernel wants channels-last
+                frame = F.interpolate(frame.contiguous(memory_format=torch.channels_last), size=(h, w),
+                                      mode="bilinear", antialias=True, align_corners=False)
+            o = out[i]
+            o.copy_(frame[0])
+            o.mul_(scale).add_(bias)
+            if kind == "flow" and flip_list[i]:
+                o[0].neg_()
+
+    before = torch.get_num_threads()
+    threads = min(before, n)
+    torch.set_num_threads(1)
+    try:
+        if threads <= 1:
+            work(0, n)
+        else:
+            bounds = np.linspace(0, n, threads + 1).astype(int)
+            list(_pool(threads).map(work, bounds[:-1], bounds[1:]))
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
@@ -152,14 +191,16 @@ def prepare_frames(
         raise ValueError(f"augmentation policy {policy!r} unknown; known: {', '.join(POLICIES)}")
     x = torch.as_tensor(np.asarray(batch))
     b, t, c, h, w = x.shape
+    n = b * t
     scale, bias = _normaliser(kind, device)
+    frames = x.reshape(n, c, h, w)
     if not augment or policy == "none":
-        x = x.to(device, non_blocking=True)
-        return x.float().mul_(scale).add_(bias)
-    n = b * t  # every frame gets its own crop and flip, as the official per-frame transform
+        if torch.device(device).type == "cpu":
+            return _augment_cpu(frames, None, torch.zeros(n, dtype=torch.bool), kind, scale, bias).view(b, t, c, h, w)
+        return x.to(device, non_blocking=True).float().mul_(scale).add_(bias)
+    # every frame gets its own crop and flip, as the official per-frame transform
     boxes = _crop_boxes(n, h, w, generator, aspect) if policy == "crop_flip" else None
     flips = torch.rand(n, generator=generator) < 0.5
-    frames = x.reshape(n, c, h, w)
     if torch.device(device).type == "cpu":
         out = _augment_cpu(frames, boxes, flips, kind, scale, bias)
     else:
@@ -184,5 +225,7 @@ def prepare_input(
     ``preprocessing["augment"][modality]`` and ``preprocessing["source_aspect"]`` when known.
     """
     if kind == "spectrogram":
+        if torch.device(device).type == "cpu":
+            return torch.from_numpy(np.array(batch, dtype=np.float32))
         return torch.as_tensor(np.asarray(batch)).to(device, non_blocking=True).float()
     return prepare_frames(batch, device, kind=kind, augment=augment, generator=generator, policy=policy, aspect=aspect)
