@@ -1,0 +1,1 @@
+"""Measurement commands that run the engine on fixed settings (``python -m drl_tune.experiments.<name>``)."""
