@@ -22,18 +22,18 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """Knobs of the embedded synthetic imbalanced audio-visual dataset (see data/synthetic.py)."""
 
-    n_train: int = 1200
-    n_val: int = 600
-    n_test: int = 600
+    n_train: int = 1000
+    n_val: int = 500
+    n_test: int = 500
     n_classes: int = 6
     seed: int = 0
     # audio: class tones under noise, plus a per-clip identity cue that lets the audio encoder memorise
     # the training set (the role speaker/scene identity plays in real corpora)
     audio_snr_db: float = 0.0
-    audio_shortcut: float = 1.0
-    audio_confusion: float = 0.15
+    audio_shortcut: float = 0.6
+    audio_confusion: float = 0.25
     # visual: one shape per class, random colours, pixel noise
-    visual_noise: float = 0.22
+    visual_noise: float = 0.12
     visual_confusion: float = 0.10
     frames: int = 2
     image_size: int = 32

@@ -3,7 +3,7 @@
 Each clip has a label, an audio track and a few RGB frames:
 
 * **audio** (the dominant modality): a class-specific tone (pitch per class, jittered) in white noise,
-  8 kHz, 1 s, turned into a log-mel spectrogram by the same torchaudio function real audio uses. It also
+  8 kHz, 0.66 s, turned into a log-mel spectrogram by the same torchaudio function real audio uses. It also
   carries an *identity cue*, a short high pip whose pitch follows the label in the training split with
   probability ``audio_shortcut`` and is random in val/test — the role speaker or scene identity plays
   in real corpora: a cheap way to fit the training set that does not carry over.
@@ -32,7 +32,10 @@ from drl_tune.data.audio import log_fbank
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
 
 SAMPLE_RATE = 8000
-N_MELS = 64
+CLIP_SAMPLES = 5280  # 0.66 s: 64 frames of 25 ms every 10 ms (the real-audio frame settings)
+N_FRAMES = 64
+N_MELS = 40  # enough to resolve the class tones (300-1200 Hz) and the cue (2.6-3.5 kHz); small for CPU speed
+GENERATOR_VERSION = 3  # part of the cache key: bump whenever generate() changes what a config produces
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "hbar", "diamond", "vbar", "ellipse", "x")
 
 
@@ -45,18 +48,18 @@ def _cue_pitch(c: int) -> float:
 
 
 def _audio_clip(cfg: SyntheticConfig, rng: np.random.Generator, tone_class: int, cue_class: int) -> np.ndarray:
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    noise = rng.standard_normal(SAMPLE_RATE)
+    t = np.arange(CLIP_SAMPLES) / SAMPLE_RATE
+    noise = rng.standard_normal(CLIP_SAMPLES)
     if cfg.noise_only == "audio":
         return noise.astype(np.float32)
     pitch = _class_pitch(tone_class) * rng.uniform(0.97, 1.03)
-    onset, length = rng.uniform(0.0, 0.3), rng.uniform(0.5, 0.7)
+    onset, length = rng.uniform(0.0, 0.15), rng.uniform(0.3, 0.45)
     envelope = ((t >= onset) & (t < onset + length)).astype(np.float64)
     tone = np.sin(2 * np.pi * pitch * t + rng.uniform(0, 2 * np.pi)) * envelope
     snr_db = cfg.audio_snr_db + rng.uniform(-5.0, 5.0)
     tone *= np.sqrt(2 * 10 ** (snr_db / 10))  # unit-variance noise; a sine of amplitude a has power a²/2
-    cue_start = rng.uniform(0.0, 0.85)
-    cue_env = ((t >= cue_start) & (t < cue_start + 0.1)).astype(np.float64)
+    cue_start = rng.uniform(0.0, 0.56)
+    cue_env = ((t >= cue_start) & (t < cue_start + 0.08)).astype(np.float64)
     cue = 2.0 * np.sin(2 * np.pi * _cue_pitch(cue_class) * t) * cue_env
     return (tone + cue + noise).astype(np.float32)
 
@@ -89,7 +92,8 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.nda
 def _frames(cfg: SyntheticConfig, rng: np.random.Generator, shape_class: int) -> np.ndarray:
     size, t = cfg.image_size, cfg.frames
     out = np.empty((t, 3, size, size), dtype=np.float64)
-    background, foreground = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    background = rng.uniform(0, 1, 3)
+    foreground = (background + rng.uniform(0.35, 0.65, 3)) % 1.0  # random colours, but always visible
     r = size * rng.uniform(0.22, 0.34)
     cy, cx = size / 2 + rng.uniform(-0.12, 0.12, 2) * size
     vy, vx = rng.uniform(-1.5, 1.5, 2)
@@ -112,7 +116,7 @@ def generate(cfg: SyntheticConfig) -> MultimodalData:
         rng = np.random.default_rng([cfg.seed, index])
         labels = np.arange(n) % cfg.n_classes  # balanced classes
         rng.shuffle(labels)
-        audio = np.empty((n, 98, N_MELS), dtype=np.float16)
+        audio = np.empty((n, N_FRAMES, N_MELS), dtype=np.float16)
         frames = np.empty((n, cfg.frames, 3, cfg.image_size, cfg.image_size), dtype=np.uint8)
         for i, y in enumerate(labels):
             tone = int(rng.integers(cfg.n_classes)) if rng.random() < cfg.audio_confusion else int(y)
@@ -120,7 +124,7 @@ def generate(cfg: SyntheticConfig) -> MultimodalData:
             cue = int(y) if cue_follows_label else int(rng.integers(cfg.n_classes))
             shape = int(rng.integers(cfg.n_classes)) if rng.random() < cfg.visual_confusion else int(y)
             wave = _audio_clip(cfg, rng, tone, cue)
-            audio[i] = log_fbank(wave, SAMPLE_RATE, n_mels=N_MELS, n_frames=98)
+            audio[i] = log_fbank(wave, SAMPLE_RATE, n_mels=N_MELS, n_frames=N_FRAMES)
             frames[i] = _frames(cfg, rng, shape)
         splits[name] = Split({"audio": audio, "visual": frames}, labels.astype(np.int64))
     return MultimodalData(
@@ -142,7 +146,8 @@ def default_root() -> Path:
 
 def load_synthetic(cfg: SyntheticConfig, root: str | os.PathLike | None = None) -> MultimodalData:
     """Load the synthetic set for ``cfg`` from its cache, generating it on first use."""
-    key = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    identity = {"generator_version": GENERATOR_VERSION, **asdict(cfg)}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(root or default_root()) / f"synthetic-{key}"  # one folder per configuration
     try:
         return load_cache(path, in_memory=True)

@@ -26,7 +26,9 @@ the official UCF-101 code flips u and v independently and keeps the sign, which 
 
 On a CPU the crop runs frame by frame on uint8 (torch's vectorised uint8 bilinear kernel) with the
 normalisation fused into the same pass; on an accelerator it is one ``roi_align`` call on the whole batch.
-Both sample the same boxes with the same bilinear rule.
+Both sample the same boxes with the same bilinear rule. Without augmentation, frames smaller than 64×64 are
+normalised in one batched op on a CPU too (per-frame Python overhead: 4.6 ms vs 0.2 ms for 128 frames of
+32², measured on 2 cores); larger ones keep the per-frame pass (16 ms vs 24 ms for 64 frames of 224²).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POLICIES = ("crop_flip", "flip", "none")
 DEFAULT_POLICY = {"frames": "crop_flip", "flow": "flip"}
+_LOOP_MIN_PIXELS = 64 * 64  # on a CPU, un-augmented frames at least this large are normalised per frame
 _SCALE = (0.08, 1.0)
 _RATIO = (3 / 4, 4 / 3)
 
@@ -195,7 +198,7 @@ def prepare_frames(
     scale, bias = _normaliser(kind, device)
     frames = x.reshape(n, c, h, w)
     if not augment or policy == "none":
-        if torch.device(device).type == "cpu":
+        if torch.device(device).type == "cpu" and h * w >= _LOOP_MIN_PIXELS:
             return _augment_cpu(frames, None, torch.zeros(n, dtype=torch.bool), kind, scale, bias).view(b, t, c, h, w)
         return x.to(device, non_blocking=True).float().mul_(scale).add_(bias)
     # every frame gets its own crop and flip, as the official per-frame transform

@@ -17,7 +17,8 @@ on train, scored on val), the same measure for every run. It prints, as mean ± 
 1. how fast each modality learns (probe accuracy after epochs 0, 2, 5 and the first epoch reaching 90%
    of that run's final probe accuracy);
 2. the weak (visual) probe in joint training vs visual alone, early (mean of epochs 5–10) and at the end;
-3. joint val accuracy vs each modality alone (complementarity);
+3. joint val accuracy vs each modality alone, and the two uni-modal models combined (late fusion,
+   oracle): how complementary the modalities are;
 4. the diagnosis at DRL's first re-init (train/val k-means purity and α per modality);
 5. joint vs DRL: ``val/acc_best``, ``test/acc_at_best_val``, probes at the end and at the best-val epoch;
 
@@ -52,8 +53,11 @@ RUNS: dict[str, dict[str, Any]] = {
 EARLY = (5, 10)  # epochs (0-based, inclusive) over which the "early" weak-modality probe is averaged
 
 
-def run_one(overrides: dict[str, Any], out: Path | None, data_cache: dict[str, Any]) -> list[dict[str, float]]:
-    """Train one configuration of the demo space to the end; every epoch's metrics."""
+def run_one(
+    overrides: dict[str, Any], out: Path | None, data_cache: dict[str, Any]
+) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
+    """Train one configuration of the demo space to the end: every epoch's metrics, and the final
+    model's class probabilities on val with the val labels (for the late-fusion check)."""
     config = load_space("demo").config(overrides)
     key = repr((config.data.name, config.data.root, config.data.synthetic))  # modalities are chosen by Engine
     if key not in data_cache:
@@ -69,7 +73,25 @@ def run_one(overrides: dict[str, Any], out: Path | None, data_cache: dict[str, A
             for m in history:
                 log.write(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                                       for k, v in m.items()}) + "\n")
-    return history
+    logits, _ = engine._forward("val")
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    return history, probabilities / probabilities.sum(1, keepdims=True), engine.data.splits["val"].labels
+
+
+def complementarity(audio: tuple[np.ndarray, np.ndarray], visual: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """How far the two modalities' information is complementary, from the two uni-modal models (final
+    epoch, val): each alone, their late fusion (mean of class probabilities — no training on val), the
+    share of clips only one of them gets right, and the oracle (either right)."""
+    (p_audio, labels), (p_visual, _) = audio, visual
+    right_a, right_v = p_audio.argmax(1) == labels, p_visual.argmax(1) == labels
+    return {
+        "audio alone": float(right_a.mean()),
+        "visual alone": float(right_v.mean()),
+        "late fusion (mean probabilities)": float(((p_audio + p_visual).argmax(1) == labels).mean()),
+        "only audio right": float((right_a & ~right_v).mean()),
+        "only visual right": float((right_v & ~right_a).mean()),
+        "oracle (either right)": float((right_a | right_v).mean()),
+    }
 
 
 def _stat(values: Sequence[float]) -> str:
@@ -100,8 +122,10 @@ def _first_diagnosis(history: list[dict[str, float]], key: str) -> float:
     return next((m[key] for m in history if key in m), float("nan"))
 
 
-def summarise(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
-    """The report table (mean ± std over seeds)."""
+def summarise(
+    results: dict[str, dict[int, list[dict[str, float]]]], fusion: Sequence[dict[str, float]] = ()
+) -> str:
+    """The report table (mean ± std over seeds); ``fusion``: :func:`complementarity` per seed."""
     lines: list[str] = []
 
     def row(label: str, run: str, fn: Callable[[list[dict[str, float]]], float]) -> None:
@@ -127,6 +151,10 @@ def summarise(results: dict[str, dict[int, list[dict[str, float]]]]) -> str:
     for run in ("joint", "audio", "visual"):
         row(f"{run}: val/acc_best", run, lambda h: h[-1]["val/acc_best"])
         row(f"{run}: test/acc_at_best_val", run, lambda h: h[-1]["test/acc_at_best_val"])
+    if fusion:
+        lines.append("   the two uni-modal models combined (val accuracy, last epoch)")
+        for key in fusion[0]:
+            lines.append(f"  {key:<44s} {_stat([f[key] for f in fusion])}")
     lines.append("4. DRL's first diagnosis (after epoch 10 unless --epochs is shorter)")
     for m in ("audio", "visual"):
         row(f"purity train {m}", "drl", lambda h, m=m: _first_diagnosis(h, f"diag/purity_train_{m}"))
@@ -169,20 +197,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results: dict[str, dict[int, list[dict[str, float]]]] = {}
+    fusion: list[dict[str, float]] = []
     data_cache: dict[str, Any] = {}
     for seed in args.seeds:
+        unimodal: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for run in args.runs:
             start = time.perf_counter()
             overrides = {**RUNS[run], **extra, "seed": seed}
-            history = run_one(overrides, args.out / f"{run}-s{seed}", data_cache)
+            history, probabilities, labels = run_one(overrides, args.out / f"{run}-s{seed}", data_cache)
             results.setdefault(run, {})[seed] = history
+            unimodal[run] = (probabilities, labels)
             if not args.quiet:
                 last = history[-1]
                 probes = " ".join(f"{k.removeprefix('val/acc_')} {v:.3f}" for k, v in last.items()
                                   if k in ("val/acc_audio", "val/acc_visual"))
                 print(f"{run:>6s} seed {seed}: val/acc_best {last['val/acc_best']:.3f}  probes(last) {probes}  "
                       f"{time.perf_counter() - start:.0f}s", flush=True)
-    print(summarise(results))
+        if "audio" in unimodal and "visual" in unimodal:
+            fusion.append(complementarity(unimodal["audio"], unimodal["visual"]))
+    print(summarise(results, fusion))
     return 0
 
 
