@@ -27,7 +27,7 @@ import torch
 
 from drl_tune.config import ConfigError, TrainConfig
 from drl_tune.data import MultimodalData, Split, load_dataset
-from drl_tune.data.transforms import prepare_input
+from drl_tune.data.transforms import BatchBuffers, prepare_input
 from drl_tune.methods import REGISTRY
 from drl_tune.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
 from drl_tune.models import MultimodalClassifier
@@ -82,6 +82,11 @@ class Engine:
         self.epoch = 0
         self.best = {"val/acc_best": -1.0, "test/acc_at_best_val": float("nan"), "best_epoch": -1.0}
         self._feature_cache: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        # each batch is consumed (forward, backward, step) before the next is prepared: reuse its memory
+        self._buffers = BatchBuffers()
+        augment_policy = self.data.preprocessing.get("augment") or {}
+        self._policy = {m: augment_policy.get(m) for m in self.data.modalities}  # None: the kind's default
+        self._aspect = self.data.preprocessing.get("source_aspect")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -99,7 +104,8 @@ class Engine:
         data = self.data.splits[split]
         augment = train and self.config.data.augment
         inputs = {
-            m: prepare_input(kind, data.inputs[m][indices], self.device, augment=augment, generator=self.generator)
+            m: prepare_input(kind, data.inputs[m][indices], self.device, augment=augment, generator=self.generator,
+                             policy=self._policy[m], aspect=self._aspect, buffers=self._buffers, key=m)
             for m, kind in self.data.modalities.items()
         }
         labels = torch.as_tensor(data.labels[indices], dtype=torch.long, device=self.device)

@@ -126,3 +126,21 @@ def test_cpu_path_agrees_with_the_accelerator_roi_align_path():
         cpu = T._augment_cpu(x, boxes, flips, kind, scale, bias)
         dev = T._augment_device(x, boxes, flips, kind, scale, bias)
         assert (cpu - dev).abs().mean() < 0.02  # same boxes, same bilinear rule; borders and rounding differ
+
+
+@pytest.mark.parametrize("size", [32, 64])  # below and at the per-frame CPU path's threshold
+@pytest.mark.parametrize("augment", [True, False])
+def test_reused_buffers_give_the_same_batches_and_the_same_memory(size, augment):
+    buffers = T.BatchBuffers()
+    first, second = batch(b=3, t=2, size=size), batch(b=3, t=2, size=size)[::-1].copy()
+    outs = []
+    for x in (first, second):
+        fresh = T.prepare_input("frames", x, CPU, augment=augment, generator=torch.Generator().manual_seed(1))
+        reused = T.prepare_input("frames", x, CPU, augment=augment, generator=torch.Generator().manual_seed(1),
+                                 buffers=buffers, key="visual")
+        torch.testing.assert_close(reused, fresh, atol=0, rtol=0)
+        outs.append(reused.data_ptr())
+    assert outs[0] == outs[1]  # the second batch was written where the first was
+    smaller = T.prepare_input("frames", first[:1], CPU, augment=augment, generator=torch.Generator(),
+                              buffers=buffers, key="visual")
+    assert smaller.shape == (1, 2, 3, size, size) and smaller.data_ptr() == outs[0]

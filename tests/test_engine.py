@@ -132,3 +132,22 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_config, tiny_data):
     with pytest.raises(FloatingPointError, match="lower lr"):
         for _ in range(3):
             engine.run_epoch()
+
+
+def test_engine_passes_the_manifests_augmentation_policy_and_aspect(tiny_config, tiny_data, monkeypatch):
+    import dataclasses
+
+    import drl_tune.engine as engine_module
+
+    seen = []
+    real = engine_module.prepare_input
+
+    def spy(kind, batch, device, **kwargs):
+        seen.append((kind, kwargs["policy"], kwargs["aspect"], kwargs["augment"]))
+        return real(kind, batch, device, **kwargs)
+
+    monkeypatch.setattr(engine_module, "prepare_input", spy)
+    data = dataclasses.replace(tiny_data, preprocessing={"augment": {"visual": "flip"}, "source_aspect": 4 / 3})
+    engine = Engine(tiny_config(epochs=1, data__augment=True), data)
+    engine.train_epoch()
+    assert ("frames", "flip", 4 / 3, True) in seen and ("spectrogram", None, 4 / 3, True) in seen

@@ -10,7 +10,8 @@ spectrograms and 2 frames per clip at 224², augmented (training) or not (evalua
   ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize`` (evaluation: ``Resize((224, 224))``), in a
   ``DataLoader`` with ``--workers`` worker processes (persistent, so their start-up is not counted);
 * cached: ``prepare`` once, then per batch a fancy index into the memory-mapped arrays and
-  :func:`drl_tune.data.transforms.prepare_input` on the whole batch, with ``--workers`` torch threads.
+  :func:`drl_tune.data.transforms.prepare_input` on the whole batch, with ``--workers`` torch threads,
+  writing into reused output buffers as the engine does.
 
 One run measures both and prints the ratio. It is a command, not a test: the numbers depend on the machine.
 """
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from drl_tune.data import fixtures as fx
 from drl_tune.data.cache import load_cache
 from drl_tune.data.prepare import main as prepare
-from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, prepare_input
+from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchBuffers, prepare_input
 
 
 class ReferenceCremad(Dataset):
@@ -112,6 +113,9 @@ class CachedPipeline:
         self.split = self.data.splits["train"]
         self.train, self.batch, self.device, self.host_only = train, batch, device, host_only
         self.generator = torch.Generator().manual_seed(0)
+        self.buffers = BatchBuffers()  # as the engine: each batch is used up before the next is made
+        self.policy = self.data.preprocessing.get("augment") or {}
+        self.aspect = self.data.preprocessing.get("source_aspect")
 
     def epoch(self) -> int:
         n = len(self.split)
@@ -125,7 +129,8 @@ class CachedPipeline:
                 continue
             for m, kind in self.data.modalities.items():
                 prepare_input(kind, self.split.inputs[m][idx], self.device, augment=self.train,
-                              generator=self.generator)
+                              generator=self.generator, policy=self.policy.get(m), aspect=self.aspect,
+                              buffers=self.buffers, key=m)
             torch.as_tensor(self.split.labels[idx]).to(self.device)
         return n
 

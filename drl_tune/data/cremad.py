@@ -29,7 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-from drl_tune.data.sources import VIDEO_EXTS, AVDecoder, Item, Plan, PrepareError, find_file, source_aspect
+from drl_tune.data.sources import (
+    VIDEO_EXTS,
+    AVDecoder,
+    Item,
+    Plan,
+    PrepareError,
+    audio_preprocessing,
+    find_file,
+    frames_preprocessing,
+    keep_complete,
+    require_items,
+    source_aspect,
+)
 from drl_tune.data.splits import check_disjoint, read_classes, read_labelled, stratified_split
 
 NAME = "cremad"
@@ -166,17 +178,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         items = []
         for clip, label in split_rows:
             sources, missing = _sources(src, layout, clip)
-            if missing:
-                if not args.skip_missing:
-                    listed = f" listed in {split_source['files'][split]}" if args.splits is not None else ""
-                    raise PrepareError(f"clip {clip}{listed} is missing {' and '.join(missing)}; "
-                                       "restore it or pass --skip-missing to leave such clips out")
-                skipped.setdefault(split, []).append(clip)
-                continue
-            items.append(Item(clip, classes.index(label), sources))
-        if not items:
-            raise PrepareError(f"the {split} split of {src} is empty once missing clips are left out")
-        splits[split] = items
+            listed_in = split_source["files"][split] if args.splits is not None else None
+            if keep_complete(clip, missing, listed_in, split, args.skip_missing, skipped):
+                items.append(Item(clip, classes.index(label), sources))
+        splits[split] = require_items(items, split, src)
 
     decoder = AVDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate)
     first = splits["train"][0]
@@ -193,24 +198,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         preprocessing={
             "source_layout": layout,
             "splits": split_source,
-            "audio": {
-                "source": audio_kind,
-                "features": "kaldi fbank (torchaudio.compliance.kaldi.fbank), hanning window, htk_compat, no dither"
-                if audio_kind == "wav" else "precomputed official .pt fbank, stored as is",
-                "n_mels": args.n_mels,
-                "frame_shift_ms": 10.0,
-                "frame_length_ms": 25.0,
-                "sample_rate": args.sample_rate,
-                "n_frames": args.audio_frames,
-                "normalisation": "per-clip mean removed per mel bin (Kaldi CMN); zero-padded / cropped at the end"
-                if audio_kind == "wav" else "as in the source files; zero-padded / cropped at the end",
-            },
-            "visual": {
-                "frames": args.frames,
-                "size": args.size,
-                "sampling": "centre of each of N equal segments of the clip",
-                "resize": "PIL bilinear to size x size (the official evaluation Resize)",
-            },
+            "audio": audio_preprocessing(audio_kind, args.n_mels, args.sample_rate, args.audio_frames,
+                                         "precomputed official .pt fbank"),
+            "visual": frames_preprocessing(args.frames, args.size, "centre of each of N equal segments of the clip"),
             "source_aspect": source_aspect(first.sources),
             "augment": {"visual": "crop_flip"},
         },

@@ -26,7 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-from drl_tune.data.sources import VIDEO_EXTS, AVDecoder, Item, Plan, PrepareError, find_dir, find_file, source_aspect
+from drl_tune.data.sources import (
+    VIDEO_EXTS,
+    AVDecoder,
+    Item,
+    Plan,
+    PrepareError,
+    audio_preprocessing,
+    find_dir,
+    find_file,
+    frames_preprocessing,
+    keep_complete,
+    require_items,
+    source_aspect,
+)
 from drl_tune.data.splits import carve_validation, check_disjoint, read_classes, read_labelled, youtube_group
 
 NAME = "kinetics_sounds"
@@ -122,17 +135,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 sources["video"] = str(video)
             else:
                 missing.append(f"{visual_dirs[0] / clip}/ (or {video_dirs[0] / clip}.mp4)")
-            if missing:
-                if not args.skip_missing:
-                    where = files[split] or files["train"]
-                    raise PrepareError(f"clip {clip} listed in {where} is missing {' and '.join(missing)}; "
-                                       "restore it or pass --skip-missing to leave such clips out")
-                skipped.setdefault(split, []).append(clip)
-                continue
-            items.append(Item(clip, label, sources))
-        if not items:
-            raise PrepareError(f"the {split} split of {lists} is empty once missing clips are left out")
-        splits[split] = items
+            if keep_complete(clip, missing, files[split] or files["train"], split, args.skip_missing, skipped):
+                items.append(Item(clip, label, sources))
+        splits[split] = require_items(items, split, lists)
 
     first = splits["train"][0]
     audio_kind = Path(first.sources["audio"]).suffix.lstrip(".")
@@ -154,23 +159,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 "val": "list" if files["val"] else f"{args.val_fraction:.0%} of train, stratified, YouTube-video "
                 f"disjoint (seed {args.seed})",
             },
-            "audio": {
-                "source": audio_kind,
-                "features": "kaldi fbank (torchaudio.compliance.kaldi.fbank), hanning window, htk_compat, no dither"
-                if audio_kind == "wav" else "precomputed .npy fbank, stored as is",
-                "n_mels": args.n_mels,
-                "frame_shift_ms": 10.0,
-                "sample_rate": args.sample_rate,
-                "n_frames": args.audio_frames,
-                "normalisation": "per-clip mean removed per mel bin (Kaldi CMN); zero-padded / cropped at the end"
-                if audio_kind == "wav" else "as in the source files; zero-padded / cropped at the end",
-            },
-            "visual": {
-                "frames": args.frames,
-                "size": args.size,
-                "sampling": "centre of each of N equal segments of the clip's frames",
-                "resize": "PIL bilinear to size x size (the official evaluation Resize)",
-            },
+            "audio": audio_preprocessing(audio_kind, args.n_mels, args.sample_rate, args.audio_frames,
+                                         "precomputed .npy fbank"),
+            "visual": frames_preprocessing(args.frames, args.size,
+                                           "centre of each of N equal segments of the clip's frames"),
             "source_aspect": source_aspect(first.sources),
             "augment": {"visual": "crop_flip"},
         },

@@ -62,6 +62,55 @@ class Plan:
         return sum(len(v) for v in self.skipped.values())
 
 
+def keep_complete(
+    clip: str, missing: list[str], listed_in: object, split: str, skip_missing: bool, skipped: dict[str, list[str]]
+) -> bool:
+    """True when ``clip`` has all its inputs. Otherwise fail naming the missing files (the default), or
+    with ``--skip-missing`` record the clip under ``skipped[split]`` and return False."""
+    if not missing:
+        return True
+    if not skip_missing:
+        listed = f" listed in {listed_in}" if listed_in else ""
+        raise PrepareError(f"clip {clip}{listed} is missing {' and '.join(missing)}; "
+                           "restore it or pass --skip-missing to leave such clips out")
+    skipped.setdefault(split, []).append(clip)
+    return False
+
+
+def require_items(items: list[Item], split: str, source: object) -> list[Item]:
+    """``items``, or a clear error when a split is empty once missing clips are left out."""
+    if not items:
+        raise PrepareError(f"the {split} split of {source} is empty once missing clips are left out")
+    return items
+
+
+def audio_preprocessing(audio_kind: str, n_mels: int, sample_rate: int, n_frames: int, precomputed: str) -> dict:
+    """The manifest's description of the audio features (``audio_kind``: the source files' suffix)."""
+    from_wav = audio_kind == "wav"
+    return {
+        "source": audio_kind,
+        "features": "kaldi fbank (torchaudio.compliance.kaldi.fbank), hanning window, htk_compat, no dither"
+        if from_wav else f"{precomputed}, stored as is",
+        "n_mels": n_mels,
+        "frame_shift_ms": 10.0,
+        "frame_length_ms": 25.0,
+        "sample_rate": sample_rate,
+        "n_frames": n_frames,
+        "normalisation": "per-clip mean removed per mel bin (Kaldi CMN); zero-padded / cropped at the end"
+        if from_wav else "as in the source files; zero-padded / cropped at the end",
+    }
+
+
+def frames_preprocessing(frames: int, size: int, sampling: str) -> dict:
+    """The manifest's description of the stored video frames."""
+    return {
+        "frames": frames,
+        "size": size,
+        "sampling": sampling,
+        "resize": "PIL bilinear to size x size (the official evaluation Resize)",
+    }
+
+
 # -- audio ---------------------------------------------------------------------------------------------
 
 

@@ -32,9 +32,12 @@ from drl_tune.data.sources import (
     PrepareError,
     find_dir,
     find_file,
+    frames_preprocessing,
+    keep_complete,
     list_frames,
     pick_evenly,
     read_image,
+    require_items,
     source_aspect,
     visual_frames,
 )
@@ -154,17 +157,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
                     missing.append(f"{flow_dirs[0] / axis / clip}/")
                 else:
                     sources[f"flow_{axis}"] = str(flow)
-            if missing:
-                if not args.skip_missing:
-                    where = files["test" if split == "test" else "train"]
-                    raise PrepareError(f"clip {clip} listed in {where} is missing {' and '.join(missing)}; "
-                                       "restore it or pass --skip-missing to leave such clips out")
-                skipped.setdefault(split, []).append(clip)
-                continue
-            items.append(Item(clip, label, sources))
-        if not items:
-            raise PrepareError(f"the {split} split of {lists} is empty once missing clips are left out")
-        splits[split] = items
+            listed_in = files["test" if split == "test" else "train"]
+            if keep_complete(clip, missing, listed_in, split, args.skip_missing, skipped):
+                items.append(Item(clip, label, sources))
+        splits[split] = require_items(items, split, lists)
 
     first = splits["train"][0]
     return Plan(
@@ -183,13 +179,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 "files": {k: str(v) for k, v in files.items()},
                 "val": f"{args.val_fraction:.0%} of train, stratified, group-disjoint (seed {args.seed})",
             },
-            "visual": {
-                "frames": args.frames,
-                "size": args.size,
-                "sampling": "centre of each of N equal segments (rgb frames and flow frames separately)",
-                "resize": "PIL bilinear to size x size (the official Resize)",
-                "flow": "u, v grayscale images as given (128 = no motion)",
-            },
+            "visual": frames_preprocessing(args.frames, args.size,
+                                           "centre of each of N equal segments (rgb frames and flow frames separately)")
+            | {"flow": "u, v grayscale images as given (128 = no motion)"},
             "source_aspect": source_aspect(first.sources),
             "augment": {"rgb": "flip", "flow": "flip"},
         },
