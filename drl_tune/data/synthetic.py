@@ -13,6 +13,9 @@ Each clip has a label, an audio track and a few RGB frames:
   random class, drawn independently, so each modality is right on clips where the other is wrong.
 * ``noise_only="audio"|"visual"`` replaces that modality with pure noise (a scarcely informative one).
 
+The defaults are tuned so that the imbalance phenomenon is there and measured, never so that a method
+wins: ``python -m drl_tune.experiments.imbalance`` (figures in the README, "The demo data").
+
 Generated once into the cache format (data/cache.py) and re-read afterwards.
 """
 
