@@ -144,3 +144,14 @@ def test_reused_buffers_give_the_same_batches_and_the_same_memory(size, augment)
     smaller = T.prepare_input("frames", first[:1], CPU, augment=augment, generator=torch.Generator(),
                               buffers=buffers, key="visual")
     assert smaller.shape == (1, 2, 3, size, size) and smaller.data_ptr() == outs[0]
+
+
+def test_spectrograms_into_reused_buffers_are_exact_float32():
+    buffers = T.BatchBuffers()
+    spec = np.random.default_rng(0).standard_normal((4, 10, 8)).astype(np.float16)
+    out = T.prepare_input("spectrogram", spec, CPU, augment=True, generator=torch.Generator(),
+                          buffers=buffers, key="audio")
+    assert out.dtype == torch.float32 and np.array_equal(out.numpy(), spec.astype(np.float32))
+    again = T.prepare_input("spectrogram", spec[:2], CPU, augment=True, generator=torch.Generator(),
+                            buffers=buffers, key="audio")
+    assert again.data_ptr() == out.data_ptr() and again.shape == (2, 10, 8)
