@@ -144,7 +144,19 @@ def start_ray(address: str | None) -> bool:
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
     if address:
         kwargs = {"address": address, "log_to_driver": False, "logging_level": "WARNING"}
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except (ray.exceptions.AuthenticationError, ConnectionError) as err:
+        # Ray 2.60's `ray start` turns token authentication on; a driver without RAY_AUTH_MODE=token is
+        # refused, reported either as an AuthenticationError or as a plain ConnectionError
+        message = f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}"
+        if os.environ.get("RAY_AUTH_MODE", "") != "token":
+            message += (". If it uses token authentication (`ray start` turns it on), export RAY_AUTH_MODE=token "
+                        "(the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN) and run again")
+        raise UsageError(message + "; check the address with `ray status` on the head node") from err
+    resources = ray.cluster_resources()
+    where = f"joined the cluster at {address}" if address else "started a local Ray"
+    print(f"ray: {where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)", flush=True)
     return True
 
 
