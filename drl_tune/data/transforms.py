@@ -222,20 +222,20 @@ def prepare_frames(
     n = b * t
     scale, bias = _normaliser(kind, device)
     frames = x.reshape(n, c, h, w)
-    per_frame = torch.device(device).type == "cpu"
-    out = buffers.get(key, (n, c, h, w)) if per_frame and buffers is not None else None
+    on_cpu = torch.device(device).type == "cpu"
+    out = buffers.get(key, (n, c, h, w)) if on_cpu and buffers is not None else None
     if not augment or policy == "none":
-        if per_frame and h * w >= _LOOP_MIN_PIXELS:
+        if on_cpu and h * w >= _LOOP_MIN_PIXELS:
             no_flip = torch.zeros(n, dtype=torch.bool)
             return _augment_cpu(frames, None, no_flip, kind, scale, bias, out).view(b, t, c, h, w)
-        if per_frame:  # small frames: one batched op (the same arithmetic as the per-frame pass)
+        if on_cpu:  # small frames: one batched op (the same arithmetic as the per-frame pass)
             out = _empty_float((n, c, h, w)) if out is None else out
             return torch.addcmul(bias, frames, scale, out=out).view(b, t, c, h, w)
         return x.to(device, non_blocking=True).float().mul_(scale).add_(bias)
     # every frame gets its own crop and flip, as the official per-frame transform
     boxes = _crop_boxes(n, h, w, generator, aspect) if policy == "crop_flip" else None
     flips = torch.rand(n, generator=generator) < 0.5
-    if per_frame:
+    if on_cpu:
         out = _augment_cpu(frames, boxes, flips, kind, scale, bias, out)
     else:
         out = _augment_device(frames.to(device, non_blocking=True), boxes, flips, kind, scale, bias)
