@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from drl_tune.config import ConfigError, parse_assignments
 from drl_tune.data import load_dataset
@@ -74,8 +75,8 @@ def run_one(
                 log.write(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                                       for k, v in m.items()}) + "\n")
     logits, _ = engine._forward("val")
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    return history, probabilities / probabilities.sum(1, keepdims=True), engine.data.splits["val"].labels
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return history, probabilities, engine.data.splits["val"].labels
 
 
 def complementarity(audio: tuple[np.ndarray, np.ndarray], visual: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
