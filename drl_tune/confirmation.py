@@ -534,7 +534,7 @@ def run_confirmation(plan: Any, gpus: float, tracker: Any, progress_interval: fl
     when the search left nothing to confirm."""
     from ray import tune
 
-    from drl_tune.study import ProgressTable, make_trainable
+    from drl_tune.study import ProgressTable, finished_trials, make_trainable
     from drl_tune.tracking import MLflowTrialCallback
 
     folder = plan.study_dir / CONFIRM_DIR
@@ -565,7 +565,7 @@ def run_confirmation(plan: Any, gpus: float, tracker: Any, progress_interval: fl
                      ProgressTable(plan, progress_interval)]
         tuner = make_confirm_tuner(plan, gpus, entries, callbacks)
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(entries):
+    if finished_trials(results) < len(entries):
         return None, True
     answer = build_answer(plan.study_dir, plan.name)
     paths = write_answer(plan.study_dir, answer)

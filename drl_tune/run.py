@@ -25,7 +25,7 @@ from typing import Any
 from drl_tune.config import ConfigError, make_config, parse_assignments
 from drl_tune.data.cache import CacheError
 from drl_tune.spaces import load_space
-from drl_tune.study import PLAN_FILE, Plan, build_plan, outcomes, summary_table
+from drl_tune.study import PLAN_FILE, Plan, build_plan, finished_trials, outcomes, summary_table
 
 DEFAULT_STORAGE = Path("runs") / "studies"
 EXIT_BAD_INPUT = 2
@@ -247,7 +247,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()
         results = tuner.get_results() if confirming else tuner.fit()
         items = outcomes(results)
-        interrupted = results.num_terminated + results.num_errors < plan.num_samples
+        interrupted = finished_trials(results) < plan.num_samples
         table = summary_table(items, plan)
         print(f"\nsearch of study {plan.name!r} ({len(items)} trials, {time.monotonic() - start:.0f} s"
               + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "

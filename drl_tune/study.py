@@ -379,6 +379,13 @@ class TrialOutcome:
     path: str = ""
 
 
+def finished_trials(results: Any) -> int:
+    """Trials of a Tune ``ResultGrid`` that really ended: errored, or terminated after reporting at least one
+    epoch. (A trial still pending when Ctrl-C stops the run is also marked terminated by Tune, with no result;
+    counting it would make an interrupted study look finished.)"""
+    return sum(1 for r in results if r.error is not None or "epoch" in (r.metrics or {}))
+
+
 def outcomes(results: Any) -> list[TrialOutcome]:
     """One :class:`TrialOutcome` per trial of a Tune ``ResultGrid`` (read from the per-epoch history)."""
     out = []

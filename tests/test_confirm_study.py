@@ -198,9 +198,9 @@ def test_interrupted_confirmation_resumes_to_exactly_the_planned_trials(tmp_path
                                   str(storage), "--name", "r", "--progress-interval", "600", *tiny_sets()],
                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         deadline = time.monotonic() + 500
-        # wait until the confirmation has finished one trial and is running the next
-        while log_path.read_text().split("confirmation: the top", 1)[-1].count(" terminated ") < 1 \
-                or "confirmation: the top" not in log_path.read_text():
+        # wait until the confirmation (its first line, not the plan's) has finished one trial and runs the next
+        while "\nconfirmation: the top" not in log_path.read_text() \
+                or log_path.read_text().split("\nconfirmation: the top", 1)[1].count(" terminated ") < 1:
             assert first.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(1)
         time.sleep(3)
