@@ -3,6 +3,7 @@ fraction of one CREMA-D-sized epoch.
 
     python -m drl_tune.bench_diagnosis                      # N = 1k, 5k, 20k (CPU); up to 200k on a GPU
     python -m drl_tune.bench_diagnosis --large --json d.json  # also 50k, 100k, 200k on a CPU
+    python -m drl_tune.bench_diagnosis --restart-cost       # what drl.stability_restarts costs on the demo
 
 Per size N: both modalities are diagnosed (k-means on N training and N/8 validation features, CREMA-D's
 ratio 744/5954) with each backend, side by side on the same constructed features — one modality with
@@ -169,6 +170,49 @@ def run_diagnosis_bench(sizes: Sequence[int] | None = None, *, dim: int = 512, b
     return {"diagnosis": result}
 
 
+def restart_cost(epochs: int = 10, restarts: Sequence[int] = (1, 3, 5, 10), repeats: int = 5,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """What ``drl.stability_restarts`` costs on the demo: train the demo's DRL setting ``epochs`` epochs (10 =
+    its first diagnosis), then time the diagnosis (training-feature extraction + clustering of both modalities;
+    the validation features come with the epoch's evaluation) with 0 and with R restarts on the same features;
+    medians of ``repeats``."""
+    from drl_tune.config import parse_assignments
+    from drl_tune.engine import Engine
+    from drl_tune.spaces import load_space
+
+    config = load_space("demo").config(parse_assignments(["method=drl", "threads=1"]))
+    engine = Engine(config)
+    for _ in range(epochs):
+        engine.train_epoch()
+    engine.evaluate()
+    val_feats, val_labels = engine.features("val")
+    n_clusters = config.params.n_clusters or engine.n_classes
+
+    def extract() -> None:
+        engine._feature_cache.pop("train", None)  # a fresh extraction, as each diagnosis does
+        engine.features("train")
+
+    def cluster(r: int) -> None:
+        feats, labels = engine.features("train")
+        for m in engine.model.modalities:
+            diagnose(feats[m], labels, val_feats[m], val_labels, n_clusters=n_clusters, alpha=config.params.alpha,
+                     seed=0, restarts=r)
+
+    times: dict[int, list[float]] = {r: [] for r in (0, *restarts)}
+    feature_times = []
+    for _ in range(repeats):
+        feature_times.append(_timed(extract)[0])
+        for r in times:
+            times[r].append(_timed(lambda r=r: cluster(r))[0])
+    feature_s, cluster_s = float(np.median(feature_times)), float(np.median(times[0]))
+    diagnosis_s = feature_s + cluster_s
+    out = {"features_s": feature_s, "clustering_s": cluster_s, "diagnosis_s": diagnosis_s,
+           "extra_fraction": {r: (float(np.median(times[r])) - cluster_s) / diagnosis_s for r in restarts}}
+    log(f"demo diagnosis {diagnosis_s:.2f} s (training features {feature_s:.2f} s, clustering {cluster_s:.2f} s); "
+        + ", ".join(f"R={r}: +{f:.1%}" for r, f in out["extra_fraction"].items()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.bench_diagnosis", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", help="comma-separated N (default: 1k,5k,20k on CPU; up to 200k on a GPU)")
@@ -180,7 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=STABILITY_RESTARTS,
                    help=f"stability restarts counted in the epoch fraction (default {STABILITY_RESTARTS})")
     p.add_argument("--json", type=Path, help="write the result here")
+    p.add_argument("--restart-cost", action="store_true",
+                   help="instead: what drl.stability_restarts costs on the demo (trains 10 demo epochs first)")
     args = p.parse_args(argv)
+    if args.restart_cost:
+        cost = restart_cost()
+        if args.json:
+            args.json.write_text(json.dumps({"restart_cost": cost}, indent=2))
+        return 0
     try:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (LARGE_SIZES if args.large else None)
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from drl_tune.bench_diagnosis import main, run_diagnosis_bench
+import pytest
+
+from drl_tune.bench_diagnosis import main, restart_cost, run_diagnosis_bench
 
 
 def test_diagnosis_bench_smoke():
@@ -25,3 +27,9 @@ def test_diagnosis_bench_cli_rejects_bad_input(capsys):
     assert main(["--backends", "faiss", "--no-epoch"]) == 2
     assert "--backends: unknown 'faiss'" in capsys.readouterr().err
     assert main(["--sizes", "3", "--no-epoch"]) == 2
+
+
+@pytest.mark.slow  # generates the demo data set and evaluates once
+def test_restart_cost_smoke():
+    cost = restart_cost(epochs=0, restarts=(1,), repeats=1, log=lambda s: None)
+    assert cost["diagnosis_s"] > 0 and set(cost["extra_fraction"]) == {1}
