@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from drl_tune.config import ConfigError, make_config
+from drl_tune.diagnosis import diagnose
 from drl_tune.engine import Engine
 from drl_tune.methods.drl import DRL, DRLParams, soft_reinit
 from drl_tune.models import MultimodalClassifier
@@ -126,3 +128,92 @@ def test_drl_diagnosis_epochs_in_a_real_run(tiny_config, tiny_data):
             assert {"diag/purity_train_visual", "diag/purity_val_visual", "diag/alpha_visual"} <= m.keys()
     assert diag_epochs == [2]
     assert engine.method.reinits_done == 1
+
+
+# --- the k-means seed and the restarts ------------------------------------------------------------------
+
+
+class _FixedFeatures:
+    """An EpochContext whose features are given: the diagnosis sees exactly these arrays."""
+
+    def __init__(self, seed: int, feats: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]) -> None:
+        self.epoch, self.n_classes, self.seed = 1, 6, seed
+        self.optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        self._feats = feats
+
+    def features(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return self._feats[split]
+
+
+def _overlapping_features(seed: int = 0) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Six overlapping Gaussian classes per modality: k-means' partition depends on its start."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in (("train", 300), ("val", 150)):
+        y = rng.integers(0, 6, n)
+        out[split] = ({m: rng.normal(0, 1, (6, 16))[y] + rng.normal(0, 2.0, (n, 16)) for m in MODALITIES}, y)
+    return out
+
+
+def _diagnose_once(params: DRLParams, run_seed: int, feats) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    model = _perturbed_model()
+    method = DRL(params)
+    method.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with torch.no_grad():
+        for p in model.encoders.parameters():
+            p.add_(1.0)  # "training" moved the encoders away from θ_init
+    metrics = method.on_epoch_end(model, _FixedFeatures(run_seed, feats))
+    return metrics, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_official_kmeans_seed_clusters_identically_whatever_the_trial_seed():
+    feats = _overlapping_features()
+    params = DRLParams(diagnosis_interval=1, stability_restarts=0)
+    assert params.kmeans_seed == "official" and params.kmeans_n_init == 1  # the defaults are the paper's code
+    runs = [_diagnose_once(params, run_seed, feats)[0] for run_seed in (1, 2, 3)]
+    assert runs[0] == runs[1] == runs[2]
+    # and it is KMeans(random_state=0): the same as diagnosing with seed 0 directly
+    (f_train, y_train), (f_val, y_val) = feats["train"], feats["val"]
+    d = diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, alpha=3.0, seed=0)
+    assert runs[0]["diag/alpha_audio"] == d.strength
+
+
+def test_trial_kmeans_seed_follows_the_run_seed_and_can_change_alpha():
+    feats = _overlapping_features()
+    params = DRLParams(diagnosis_interval=1, stability_restarts=0, kmeans_seed="trial")
+    alphas = {s: _diagnose_once(params, s, feats)[0]["diag/alpha_audio"] for s in range(1, 6)}
+    assert len(set(alphas.values())) > 1  # on these overlapping classes the start changes α
+    (f_train, y_train), (f_val, y_val) = feats["train"], feats["val"]
+    for s, a in alphas.items():
+        assert a == diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, alpha=3.0, seed=s).strength
+
+
+def test_stability_restarts_log_the_spread_without_changing_the_reinit():
+    feats = _overlapping_features()
+    plain, state_plain = _diagnose_once(DRLParams(diagnosis_interval=1, stability_restarts=0), 0, feats)
+    spread, state_spread = _diagnose_once(DRLParams(diagnosis_interval=1, stability_restarts=6), 0, feats)
+    assert not any(k.startswith(("diag/alpha_std", "diag/gap_std")) for k in plain)
+    for m in MODALITIES:
+        assert spread[f"diag/alpha_{m}"] == plain[f"diag/alpha_{m}"]
+        assert spread[f"diag/alpha_min_{m}"] <= spread[f"diag/alpha_{m}"] <= spread[f"diag/alpha_max_{m}"]
+        assert spread[f"diag/alpha_std_{m}"] > 0 and spread[f"diag/gap_std_{m}"] > 0
+    for key, value in state_plain.items():  # the same re-initialisation, parameter for parameter
+        torch.testing.assert_close(state_spread[key], value, rtol=0, atol=0)
+
+
+def test_torch_kmeans_backend_through_drl():
+    feats = _overlapping_features()
+    metrics, _ = _diagnose_once(DRLParams(diagnosis_interval=1, stability_restarts=2, kmeans_backend="torch"), 0, feats)
+    for m in MODALITIES:
+        assert 0.0 <= metrics[f"diag/alpha_{m}"] <= 1.0 and f"diag/alpha_std_{m}" in metrics
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("drl.kmeans_seed", "random", "drl.kmeans_seed must be 'official'"),
+    ("drl.kmeans_n_init", "0", "drl.kmeans_n_init must be >= 1"),
+    ("drl.stability_restarts", "-1", "drl.stability_restarts must be >= 0"),
+    ("drl.kmeans_backend", "faiss", "drl.kmeans_backend must be one of sklearn, torch"),
+])
+def test_kmeans_knobs_reject_bad_values(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config({"method": "drl", key: value})

@@ -9,6 +9,10 @@ evaluation as in the official code:
    α_m·θ_init + (1 − α_m)·θ, with θ_init that encoder's own weights at step 0. Fusion and head are
    never touched. As the official code, BN running statistics and optimizer momentum are left alone
    by default (``blend_bn_stats`` / ``reset_momentum`` change that).
+
+k-means is seeded as the official code (``random_state=0`` in every run, ``kmeans_seed="official"``) or
+with the trial's seed (``"trial"``). ``stability_restarts`` further k-means starts on the same features
+measure how much α depends on the start (``diag/alpha_std_<m>`` …); they never change the applied α.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ import torch
 from torch import nn
 
 from drl_tune.config import ConfigError
-from drl_tune.diagnosis import diagnose
+from drl_tune.diagnosis import BACKENDS, diagnose
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
+
+# measured on the demo (README "The diagnosis' noise"): each restart costs ~5% of a diagnosis, so 2 stay <= 10%
+STABILITY_RESTARTS = 2
+KMEANS_SEEDS = ("official", "trial")
 
 
 @dataclass
@@ -36,6 +44,10 @@ class DRLParams:
     n_clusters: int | None = None  # None = number of classes (the official choice)
     blend_bn_stats: bool = False  # also move BN running mean/var towards their initial values
     reset_momentum: bool = False  # also clear the optimizer's momentum of the re-initialised encoder
+    kmeans_seed: str = "official"  # "official": random_state=0 in every run (code/ours.py); "trial": the run's seed
+    kmeans_n_init: int = 1  # k-means starts per clustering; 1 = the official KMeans() under sklearn >= 1.4
+    stability_restarts: int = STABILITY_RESTARTS  # extra k-means starts that measure α's spread; 0 = off
+    kmeans_backend: str = "sklearn"  # "torch": the same k-means on the features' device (diagnosis.torch_kmeans)
 
     def __post_init__(self) -> None:
         if not (self.alpha >= 0 and math.isfinite(self.alpha)):
@@ -48,6 +60,23 @@ class DRLParams:
             raise ConfigError(
                 f"drl.n_clusters must be >= 2 (or null for the number of classes), got {self.n_clusters}"
             )
+        if self.kmeans_seed not in KMEANS_SEEDS:
+            raise ConfigError(
+                f"drl.kmeans_seed must be 'official' (k-means random_state=0, as the paper's code) or 'trial' "
+                f"(the run's seed), got {self.kmeans_seed!r}"
+            )
+        if self.kmeans_n_init < 1:
+            raise ConfigError(f"drl.kmeans_n_init must be >= 1 (1 = the official code), got {self.kmeans_n_init}")
+        if self.stability_restarts < 0:
+            raise ConfigError(f"drl.stability_restarts must be >= 0 (0 = off), got {self.stability_restarts}")
+        if self.kmeans_backend not in BACKENDS:
+            raise ConfigError(
+                f"drl.kmeans_backend must be one of {', '.join(BACKENDS)}, got {self.kmeans_backend!r}"
+            )
+
+    def kmeans_random_state(self, run_seed: int) -> int:
+        """The k-means seed of the applied clustering: 0 as the official code, or the run's seed."""
+        return 0 if self.kmeans_seed == "official" else int(run_seed)
 
 
 @torch.no_grad()
@@ -93,10 +122,13 @@ class DRL(Method):
         val_features, val_labels = ctx.features("val")
         n_clusters = self.params.n_clusters if self.params.n_clusters is not None else ctx.n_classes
         metrics: dict[str, float] = {}
+        p = self.params
         for m in model.modalities:
             d = diagnose(
                 train_features[m], train_labels, val_features[m], val_labels,
-                n_clusters=n_clusters, alpha=self.params.alpha, seed=ctx.seed,
+                n_clusters=n_clusters, alpha=p.alpha, seed=p.kmeans_random_state(ctx.seed),
+                n_init=p.kmeans_n_init, restarts=p.stability_restarts, backend=p.kmeans_backend,
+                device=getattr(ctx, "device", None),
             )
             encoder = model.encoders[m]
             soft_reinit(encoder, self.init_state[m], d.strength)
@@ -110,6 +142,13 @@ class DRL(Method):
                 f"diag/purity_val_{m}": d.purity_val,
                 f"diag/alpha_{m}": d.strength,
             }
+            if d.spread is not None:
+                metrics |= {
+                    f"diag/alpha_std_{m}": d.spread.alpha_std,
+                    f"diag/alpha_min_{m}": d.spread.alpha_min,
+                    f"diag/alpha_max_{m}": d.spread.alpha_max,
+                    f"diag/gap_std_{m}": d.spread.gap_std,
+                }
         self.reinits_done += 1
         metrics["diag/reinits"] = float(self.reinits_done)
         return metrics
