@@ -159,7 +159,7 @@ def summarise(
         lines.append("   the two uni-modal models combined (val accuracy, last epoch)")
         for key in fusion[0]:
             lines.append(f"  {key:<44s} {_stat([f[key] for f in fusion])}")
-    lines.append("4. DRL's first diagnosis (after epoch 10 unless --epochs is shorter)")
+    lines.append("4. DRL's first diagnosis (after epoch drl.diagnosis_interval: 10 on the demo, 3 on AV-digits)")
     for m in ("audio", "visual"):
         row(f"purity train {m}", "drl", lambda h, m=m: _first_diagnosis(h, f"diag/purity_train_{m}"))
         row(f"purity val {m}", "drl", lambda h, m=m: _first_diagnosis(h, f"diag/purity_val_{m}"))
