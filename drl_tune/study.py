@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -421,7 +420,3 @@ def summary_table(items: list[TrialOutcome], plan: Plan) -> str:
                      best.gap_at_best_val if best else None, len(mine),
                      sum(i.status == "stopped" for i in mine), sum(i.status == "error" for i in mine)])
     return render_table(headers, rows)
-
-
-def print_line(text: str = "") -> None:
-    print(text, file=sys.stdout, flush=True)
