@@ -53,6 +53,46 @@ class SyntheticConfig:
             raise ConfigError(f"data.synthetic.noise_only must be '', 'audio' or 'visual', got {self.noise_only!r}")
 
 
+AVDIGITS_LANGUAGES = ["en-us", "en-gb-scotland", "en-029", "de", "fr", "es", "it", "nl"]
+
+
+@dataclass
+class AVDigitsConfig:
+    """Knobs of the AV-digits set (data/avdigits.py): real handwritten digits paired with digits spoken by
+    eSpeak NG voices. Speakers are per language and never shared between splits."""
+
+    seed: int = 0
+    n_images: int = 0  # 0 = all 1797 images of sklearn's digits; fewer (stratified) for quick tests
+    # eSpeak NG voices: every language's own word for each digit, several English accents
+    languages: list[str] = field(default_factory=lambda: list(AVDIGITS_LANGUAGES))
+    speakers_train: int = 4  # per language
+    speakers_val: int = 2
+    speakers_test: int = 2
+    # difficulty, chosen from the two uni-modal runs alone (README, "AV-digits"): white noise under the
+    # speech (dB below its power), Gaussian pixel noise on the digit (0-1 scale)
+    audio_snr_db: float = 10.0
+    visual_noise: float = 0.6
+    visual_shift: float = 0.15  # largest random translation, as a fraction of the frame
+    frames: int = 2
+    image_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.n_images < 0 or 0 < self.n_images < 60:
+            raise ConfigError(f"data.avdigits.n_images must be 0 (all) or >= 60, got {self.n_images}")
+        if not self.languages:
+            raise ConfigError("data.avdigits.languages must name at least one eSpeak NG language (e.g. en-us)")
+        for key in ("speakers_train", "speakers_val", "speakers_test"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.avdigits.{key} must be >= 1, got {getattr(self, key)}")
+        if self.visual_noise < 0:
+            raise ConfigError(f"data.avdigits.visual_noise must be >= 0, got {self.visual_noise}")
+        if not 0.0 <= self.visual_shift < 0.5:
+            raise ConfigError(f"data.avdigits.visual_shift must be in [0, 0.5), got {self.visual_shift}")
+        if self.frames < 1 or self.image_size < 8:
+            raise ConfigError(f"data.avdigits: frames must be >= 1 and image_size >= 8, got {self.frames}, "
+                              f"{self.image_size}")
+
+
 @dataclass
 class DataConfig:
     """Which dataset to read. ``root`` is the prepared cache directory (real datasets) or where the
@@ -64,6 +104,7 @@ class DataConfig:
     # train on a subset of the dataset's modalities (e.g. ["visual"] for a uni-modal reference run)
     modalities: list[str] = field(default_factory=list)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    avdigits: AVDigitsConfig = field(default_factory=AVDigitsConfig)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A space file has these top-level blocks (all optional but ``dataset``):
 
-* ``dataset``: the ``data.*`` keys (``name``, ``root``, ``augment``, ``synthetic.*``);
+* ``dataset``: the ``data.*`` keys (``name``, ``root``, ``augment``, ``synthetic.*``, ``avdigits.*``);
 * ``fixed``: config values every trial uses;
 * ``defaults``: the paper's setting of the searched keys — what ``drl_tune.train`` runs and what a study
   evaluates first;

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from drl_tune.config import DataConfig
+from drl_tune.data.avdigits import load_avdigits
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache
 from drl_tune.data.synthetic import default_root, load_synthetic
 
@@ -32,6 +33,7 @@ def _prepared(name: str) -> Callable[[DataConfig], MultimodalData]:
 
 DATASETS: dict[str, Callable[[DataConfig], MultimodalData]] = {
     "synthetic": lambda cfg: load_synthetic(cfg.synthetic, cfg.root or None),
+    "avdigits": lambda cfg: load_avdigits(cfg.avdigits, cfg.root or None),
     "cremad": _prepared("cremad"),
     "kinetics_sounds": _prepared("kinetics_sounds"),
     "ucf101": _prepared("ucf101"),

@@ -1,22 +1,25 @@
 """Is the modality-imbalance phenomenon present on the demo data, and what does DRL do to it?
 
-    python -m drl_tune.experiments.imbalance --seeds 0 1 2 [--epochs N] [--out DIR] [--set KEY=VALUE ...]
+    python -m drl_tune.experiments.imbalance --seeds 0 1 2 [--space NAME] [--epochs N] [--out DIR]
+                                             [--set KEY=VALUE ...]
 
-Runs, for every seed, through the same engine as the study (the ``demo`` space's fixed values and
-defaults, plain SGD):
+Runs, for every seed, through the same engine as the study (the space's fixed values and defaults, plain
+SGD; ``--space`` default ``demo``, e.g. ``--space avdigits`` for AV-digits):
 
 * ``joint``  — joint training (concat fusion, cross-entropy on the fused logits);
 * ``drl``    — DRL with the demo defaults (diagnose + re-init after 0-based epochs 10 and 20);
 * ``audio``  — the audio encoder trained alone (``data.modalities=audio``);
 * ``visual`` — the visual encoder trained alone (``data.modalities=visual``).
 
-``seed`` is the training seed (initialisation, shuffling); the data (``data.synthetic.seed``) stays the
-same demo set. Uni-modal accuracy is the engine's linear probe on the frozen encoder's features (fitted
-on train, scored on val), the same measure for every run. It prints, as mean ± sample std over seeds:
+``seed`` is the training seed (initialisation, shuffling); the data (``data.synthetic.seed``,
+``data.avdigits.seed``) stays the same set. Uni-modal accuracy is the engine's linear probe on the frozen
+encoder's features (fitted on train, scored on val), the same measure for every run. It prints, as mean ±
+sample std over seeds:
 
 1. how fast each modality learns (probe accuracy after epochs 0, 2, 5 and the first epoch reaching 90%
    of that run's final probe accuracy);
-2. the weak (visual) probe in joint training vs visual alone, early (mean of epochs 5–10) and at the end;
+2. each modality's probe in joint training vs that modality alone, early (mean of epochs 5–10) and at the
+   end (the weak one — visual on the demo data, audio on AV-digits — is the one joint training starves);
 3. joint val accuracy vs each modality alone, and the two uni-modal models combined (late fusion,
    oracle): how complementary the modalities are;
 4. the diagnosis at DRL's first re-init (train/val k-means purity and α per modality);
@@ -29,6 +32,7 @@ plus the mean seconds per epoch of each run kind. Every epoch's metrics go to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -41,7 +45,7 @@ import numpy as np
 import torch
 
 from drl_tune.config import ConfigError, parse_assignments
-from drl_tune.data import load_dataset
+from drl_tune.data import CacheError, load_dataset
 from drl_tune.engine import Engine
 from drl_tune.spaces import load_space
 
@@ -55,12 +59,12 @@ EARLY = (5, 10)  # epochs (0-based, inclusive) over which the "early" weak-modal
 
 
 def run_one(
-    overrides: dict[str, Any], out: Path | None, data_cache: dict[str, Any]
+    overrides: dict[str, Any], out: Path | None, data_cache: dict[str, Any], space: str = "demo"
 ) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray]:
-    """Train one configuration of the demo space to the end: every epoch's metrics, and the final
-    model's class probabilities on val with the val labels (for the late-fusion check)."""
-    config = load_space("demo").config(overrides)
-    key = repr((config.data.name, config.data.root, config.data.synthetic))  # modalities are chosen by Engine
+    """Train one configuration of ``space`` to the end: every epoch's metrics, and the final model's
+    class probabilities on val with the val labels (for the late-fusion check)."""
+    config = load_space(space).config(overrides)
+    key = repr(dataclasses.replace(config.data, modalities=[]))  # modalities are chosen by Engine
     if key not in data_cache:
         data_cache.clear()
         data_cache[key] = load_dataset(config.data)
@@ -141,13 +145,12 @@ def summarise(
         for e in (0, 2, 5):
             row(f"joint probe {m}, after epoch {e}", "joint", lambda h, m=m, e=e: h[min(e, len(h) - 1)][f"val/acc_{m}"])
         row(f"joint probe {m}: first epoch at 90% of final", "joint", lambda h, m=m: _first_reaching(h, f"val/acc_{m}"))
-    lines.append("2. weak modality under-trained in joint training (visual probe)")
-    row(f"joint probe visual, mean epochs {EARLY[0]}-{EARLY[1]}", "joint", lambda h: _early(h, "val/acc_visual"))
-    row(f"visual alone probe, mean epochs {EARLY[0]}-{EARLY[1]}", "visual", lambda h: _early(h, "val/acc_visual"))
-    row("joint probe visual, last epoch", "joint", lambda h: h[-1]["val/acc_visual"])
-    row("visual alone probe, last epoch", "visual", lambda h: h[-1]["val/acc_visual"])
-    row("joint probe audio, last epoch", "joint", lambda h: h[-1]["val/acc_audio"])
-    row("audio alone probe, last epoch", "audio", lambda h: h[-1]["val/acc_audio"])
+    lines.append("2. each modality in joint training vs trained alone (probe; the weak one is under-trained)")
+    for m in ("visual", "audio"):  # visual first: the demo's weak modality (on AV-digits it is audio)
+        row(f"joint probe {m}, mean epochs {EARLY[0]}-{EARLY[1]}", "joint", lambda h, m=m: _early(h, f"val/acc_{m}"))
+        row(f"{m} alone probe, mean epochs {EARLY[0]}-{EARLY[1]}", m, lambda h, m=m: _early(h, f"val/acc_{m}"))
+        row(f"joint probe {m}, last epoch", "joint", lambda h, m=m: h[-1][f"val/acc_{m}"])
+        row(f"{m} alone probe, last epoch", m, lambda h, m=m: h[-1][f"val/acc_{m}"])
     lines.append("3. complementarity (val/acc_best of the model's own head)")
     for run in ("joint", "audio", "visual"):
         row(f"{run}: val/acc_best", run, lambda h: h[-1]["val/acc_best"])
@@ -156,7 +159,7 @@ def summarise(
         lines.append("   the two uni-modal models combined (val accuracy, last epoch)")
         for key in fusion[0]:
             lines.append(f"  {key:<44s} {_stat([f[key] for f in fusion])}")
-    lines.append("4. DRL's first diagnosis (after epoch 10 unless --epochs is shorter)")
+    lines.append("4. DRL's first diagnosis (after epoch drl.diagnosis_interval: 10 on the demo, 3 on AV-digits)")
     for m in ("audio", "visual"):
         row(f"purity train {m}", "drl", lambda h, m=m: _first_diagnosis(h, f"diag/purity_train_{m}"))
         row(f"purity val {m}", "drl", lambda h, m=m: _first_diagnosis(h, f"diag/purity_val_{m}"))
@@ -178,7 +181,8 @@ def summarise(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m drl_tune.experiments.imbalance", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo space's)")
+    p.add_argument("--space", default="demo", help="search space whose data and fixed values to use (default: demo)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the space's)")
     p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default: all)")
     p.add_argument("--out", type=Path, default=Path("runs/imbalance"), help="where per-run metrics go")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
@@ -193,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = parse_assignments(args.assignments)
         if args.epochs is not None:
             extra["epochs"] = args.epochs
-        load_space("demo").config(extra)  # fail before anything runs
-    except ConfigError as err:
+        config = load_space(args.space).config(extra)  # fail before anything runs
+        load_dataset(config.data)  # generated or prepared data, or a clear error (e.g. a missing extra)
+    except (ConfigError, CacheError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results: dict[str, dict[int, list[dict[str, float]]]] = {}
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in args.runs:
             start = time.perf_counter()
             overrides = {**RUNS[run], **extra, "seed": seed}
-            history, probabilities, labels = run_one(overrides, args.out / f"{run}-s{seed}", data_cache)
+            history, probabilities, labels = run_one(overrides, args.out / f"{run}-s{seed}", data_cache, args.space)
             results.setdefault(run, {})[seed] = history
             unimodal[run] = (probabilities, labels)
             if not args.quiet:
