@@ -20,16 +20,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt  # the default backend: Agg on a headless machine, inline in Jupyter
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless: notebooks display the returned figures themselves
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study  # noqa: E402
+from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
 
 # one fixed colour per registered method, so every figure (and every study) agrees
 METHOD_COLORS = {"joint": "#7f7f7f", "drl": "#d62728", "ogm_ge": "#1f77b4", "opm": "#2ca02c", "mmpareto": "#9467bd",
