@@ -40,7 +40,8 @@ def make_answer(study: str, source_trials: dict[str, str] | None = None) -> dict
         sig = s["ci_low"] > 0 or s["ci_high"] < 0
         paired.append({"method": "drl", "rank": 1, "metric": metric, "mean": s["mean"], "std": s["std"],
                        "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"], "significant": sig,
-                       "sentence": f"drl - joint on {metric}: {s['mean']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"})
+                       "sentence": f"drl - joint on {metric}: {s['mean']:+.3f} "
+                                   f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]"})
     return {"study": study, "select_metric": "val/acc_best", "seeds": SEEDS, "top_k": 1,
             "metrics": list(VALUES[("drl", 1)]), "configs": configs, "reference": {"method": "joint", "rank": 1},
             "paired": paired, "headline": [p["sentence"] for p in paired]}

@@ -228,8 +228,7 @@ def dynamics(study: Study, trial_id: str | None = None) -> Figure:
             ax.set_xlabel("epoch")
             if col == 0:
                 ax.set_ylabel(f"{m}: accuracy / purity / α")
-            cfg = f"α={trial.get('drl.alpha'):.2f}, every {int(trial.get('drl.diagnosis_interval'))} epochs" \
-                if trial["method"] == "drl" and pd.notna(trial.get("drl.alpha")) else ""
+            cfg = _drl_setting(trial)
             ax.set_title(f"{trial['method']} trial {trial['trial_id']} (seed {trial['seed']}) {cfg} — {m}", fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles: dict[str, Any] = {}
@@ -240,6 +239,18 @@ def dynamics(study: Study, trial_id: str | None = None) -> Figure:
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
     return fig
+
+
+def _drl_setting(trial: pd.Series) -> str:
+    """``α(λ)=3.00, diagnose every 2`` for a DRL trial's title (only the keys the trial has)."""
+    if trial["method"] != "drl":
+        return ""
+    parts = []
+    if pd.notna(trial.get("drl.alpha")):
+        parts.append(f"λ={float(trial['drl.alpha']):.2f}")
+    if pd.notna(trial.get("drl.diagnosis_interval")):
+        parts.append(f"diagnose every {int(trial['drl.diagnosis_interval'])}")
+    return ", ".join(parts)
 
 
 def _alpha_spread(pts: pd.DataFrame, m: str) -> Any:
