@@ -22,7 +22,7 @@ from ray.tune import Callback
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "drl_tune.trial_id"
 STUDY_TAG = "drl_tune.study"
-STAGE_TAG = "drl_tune.stage"
+STAGE_TAG = "drl_tune.stage"  # search | confirm
 MAX_PARAM_LENGTH = 6000
 
 
@@ -102,10 +102,11 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: a child run per trial with its config and per-epoch metric history."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str,
-                 stage: str = "search") -> None:
-        self.stage = stage
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str, stage: str = "search",
+                 tags_by_config: dict[str, dict[str, str]] | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.stage = stage
+        self.tags_by_config = dict(tags_by_config or {})  # canonical config text -> extra tags
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.study = study
@@ -118,8 +119,7 @@ class MLflowTrialCallback(Callback):
         return {k: v for k, v in self.__dict__.items() if k != "_client"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.__dict__.setdefault("stage", "search")  # callbacks pickled before stages existed
+        self.__dict__.update({"stage": "search", "tags_by_config": {}, **state})  # studies saved before stages
         self._client = None
 
     def get_state(self) -> dict[str, Any]:
@@ -150,7 +150,8 @@ class MLflowTrialCallback(Callback):
         if run_id is None:
             config = dict(trial.config)
             tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, STUDY_TAG: self.study,
-                    "method": str(config.get("method", "")), STAGE_TAG: self.stage}
+                    STAGE_TAG: self.stage, "method": str(config.get("method", ""))}
+            tags.update(self.tags_by_config.get(json.dumps(config, sort_keys=True, default=str), {}))
             # named method-stage-trial so the runs table reads without opening a run
             run = self.client.create_run(self.experiment_id, tags=tags,
                                          run_name=f"{config.get('method', 'trial')}-{self.stage}-{trial_id}")
@@ -266,10 +267,9 @@ def metric_key(name: str) -> str:
 
 def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, study_dir: Path,
                   report: Path | None = None) -> str:
-    """Put the study's results where a reviewer looks first: per-method summary metrics on the parent run
-    (search: best trial by validation; confirmation: ``<method>/<metric>_mean`` and ``_ci95`` from answer.json
-    unless already logged), the answer table, the report and its figures as artifacts, and the review view.
-    Returns the review view's share key."""
+    """Put the study's results where a reviewer looks first: per-method search summary metrics on the parent run
+    (``<method>/search_best_<metric>`` of the best trial by validation), the report and its figures as artifacts,
+    and the review view. Returns the review view's share key."""
     from drl_tune.analysis.load import StudyError, load_tune
 
     client = MlflowClient(tracking_uri)
@@ -290,18 +290,10 @@ def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, stu
                     *[f"val/acc_{m}" for m in study.modalities]):
             if key in best and best[key] == best[key]:
                 metrics[f"{method}/search_best_{metric_key(key)}"] = float(best[key])
-    for cfg in (study.answer or {}).get("configs", []):
-        if int(cfg.get("rank", 1)) != 1:
-            continue
-        for key, stats in cfg.get("stats", {}).items():
-            metrics[f"{cfg['method']}/{metric_key(key)}_mean"] = float(stats["mean"])
-            metrics[f"{cfg['method']}/{metric_key(key)}_ci95"] = float(stats["half_width"])
+    # (the confirmation logs the answer's <method>/<metric>_mean and _ci95 and answer.json/csv itself)
     new = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in existing]
     for start in range(0, len(new), 500):
         client.log_batch(parent_run_id, metrics=new[start : start + 500])
-    for name in ("answer.json", "answer.csv"):
-        if (study_dir / name).is_file():
-            client.log_artifact(parent_run_id, str(study_dir / name))
     if report is not None and report.is_file():
         client.log_artifact(parent_run_id, str(report), artifact_path="report")
         figures = report.parent / "figures"

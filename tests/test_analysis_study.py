@@ -1,4 +1,5 @@
-"""End to end (slow): a tiny real study (local Ray, MLflow sqlite) -> frames from both sources, the report that
+"""End to end (slow): a tiny real study with its confirmation (local Ray, MLflow sqlite; 4 search trials, the best
+configuration of each method re-run on 2 fresh seeds) -> frames from both sources, the report that
 ``drl_tune.run`` writes, the MLflow review (parent summary, artifacts, saved view), the three notebooks executed
 headless against it, and the MLflow UI in a real headless Chromium."""
 
@@ -25,7 +26,6 @@ from mlflow import MlflowClient
 from drl_tune.analysis import load_mlflow, load_tune, plots
 from drl_tune.run import main
 from drl_tune.study import PLAN_FILE, Plan
-from tests.analysis_fixtures import write_answer
 from tests.test_study_e2e import tiny_sets
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def study(tmp_path_factory):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             code = main(["--space", str(space), "--storage", str(root / "studies"), "--name", "tiny",
-                         "--progress-interval", "600", *tiny_sets()])
+                         "--progress-interval", "600", "--confirm-seeds", "2", *tiny_sets()])
     finally:
         ray.shutdown()
     out = buf.getvalue()
@@ -73,9 +73,15 @@ def test_both_sources_give_the_same_frames(study):
     b = load_mlflow(study["plan"].mlflow_uri, "tiny")
     pd.testing.assert_frame_equal(a.trials, b.trials)
     pd.testing.assert_frame_equal(a.epochs, b.epochs)
-    assert len(a.trials) == 4 and set(a.methods) == {"joint", "drl"}, a.trials[["method", "trial_id"]]
+    search, confirm = a.trials[a.trials["stage"] == "search"], a.trials[a.trials["stage"] == "confirm"]
+    assert len(search) == 4 and set(a.methods) == {"joint", "drl"}, a.trials[["method", "trial_id"]]
+    # the confirmation: each method's best search trial (by validation) re-run on the same 2 fresh seeds
+    assert len(confirm) == 4 and (confirm["rank"] == 1).all()
+    for method, mine in confirm.groupby("method"):
+        best = search[search["method"] == method].sort_values("val/acc_best").iloc[-1]["trial_id"]
+        assert set(mine["source_trial"]) == {best} and sorted(mine["seed"]) == sorted(a.answer["seeds"])
     # one row per trial-epoch, every trial ran its 3 epochs (no scheduler)
-    assert a.epochs.groupby("trial_id").size().tolist() == [3, 3, 3, 3]
+    assert a.epochs.groupby(["stage", "trial_id"]).size().tolist() == [3] * 8
     assert (a.trials["epochs_run"] == 3).all() and (a.trials["status"] == "completed").all()
 
 
@@ -83,13 +89,19 @@ def test_plots_hold_the_studys_series(study):
     s = load_tune(study["dir"])
     fig = plots.tradeoff(s)
     series = {c.get_gid(): c for c in fig.axes[0].collections if (c.get_gid() or "").startswith("trials-")}
-    per_method = s.trials.groupby("method").size().to_dict()
+    per_method = s.trials[s.trials["stage"] == "search"].groupby("method").size().to_dict()
     assert {k.split("-", 1)[1]: len(v.get_offsets()) for k, v in series.items()} == per_method
     assert len({to_hex(v.get_facecolors()[0], keep_alpha=False) for v in series.values()}) == len(per_method)
-    # the dynamics plot marks exactly the epochs on which the trial's result.json counted a re-init
-    drl, _ = plots.pick_dynamics_trials(s)
+    for cfg in s.answer["configs"]:  # the confirmed configurations at their answer.json means
+        line = next(ln for ln in fig.axes[0].lines if ln.get_gid() == f"confirmed-{cfg['method']}-1")
+        assert line.get_xydata()[0] == pytest.approx([cfg["stats"]["balance/gap"]["mean"],
+                                                      cfg["stats"]["test/acc_at_best_val"]["mean"]])
+    # the dynamics plot marks exactly the epochs on which the trial's result.json counted a re-init; with a
+    # confirmation it shows a confirmation trial beside joint's on the same fresh seed
+    drl, joint = plots.pick_dynamics_trials(s)
+    assert drl["stage"] == joint["stage"] == "confirm" and drl["seed"] == joint["seed"]
     rows = [json.loads(line) for line in
-            (study["dir"] / f"drl_{drl['trial_id']}" / "result.json").read_text().splitlines()]
+            (study["dir"] / "confirm" / f"drl_{drl['trial_id']}" / "result.json").read_text().splitlines()]
     logged, count = [], 0
     for r in rows:
         if r.get("diag/reinits", 0) > count:
@@ -106,7 +118,8 @@ def test_run_wrote_the_report_and_the_mlflow_review(study):
     report = folder / "report" / "report.html"
     assert f"report:  {report}" in out
     html = report.read_text()
-    assert html.count("data:image/png;base64,") == 4  # no answer.json in a search-only study: no comparison
+    assert html.count("data:image/png;base64,") == 5  # with the confirmation's answer: the comparison too
+    assert "Paired difference against joint #1" in html
     assert all(f"<td>{t}</td>" in html for t in load_tune(folder).trials["trial_id"])
     url = f"http://127.0.0.1:5000/#/experiments/{plan.experiment_id}/runs?workflowType=machine_learning" \
           f"&viewStateShareKey=drl-tune-review"
@@ -127,19 +140,17 @@ def test_run_wrote_the_report_and_the_mlflow_review(study):
     children = client.search_runs([plan.experiment_id], f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'")
     for run in children:
         method, tid = run.data.params["method"], run.data.tags["drl_tune.trial_id"]
-        assert run.info.run_name == f"{method}-search-{tid}" and run.data.tags["method"] == method
-        assert run.data.params["stage"] == "search" and run.data.tags["drl_tune.stage"] == "search"
+        stage = run.data.tags["drl_tune.stage"]
+        assert run.info.run_name == f"{method}-{stage}-{tid}" and run.data.tags["method"] == method
+        assert run.data.params["stage"] == stage
+    assert sorted(r.data.tags["drl_tune.stage"] for r in children) == ["confirm"] * 4 + ["search"] * 4
+    for method in s.methods:  # the confirmation's summary, logged by the confirmation stage
+        assert f"{method}/test_acc_at_best_val_mean" in parent.data.metrics
 
 
-def test_report_cli_from_mlflow_and_with_an_answer(study, tmp_path, capsys):
+def test_report_cli_from_mlflow(study, tmp_path, capsys):
     from drl_tune.report import main as report_main
 
-    folder = tmp_path / "copy"
-    shutil.copytree(study["dir"], folder)
-    write_answer(folder)
-    assert report_main(["--path", str(folder)]) == 0
-    html = (folder / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "Paired difference against joint #1" in html
     assert report_main(["--name", "tiny", "--mlflow-uri", study["plan"].mlflow_uri, "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.html").is_file()
     capsys.readouterr()
@@ -149,9 +160,7 @@ def test_report_cli_from_mlflow_and_with_an_answer(study, tmp_path, capsys):
 def test_notebooks_execute_headless(study, tmp_path, name):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    folder = tmp_path / "study"
-    shutil.copytree(study["dir"], folder)
-    write_answer(folder)
+    folder = study["dir"]
     nb = nbformat.read(ROOT / "analysis" / f"{name}.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # stored without outputs
     first = next(c for c in nb.cells if c.cell_type == "code")
@@ -205,7 +214,7 @@ def test_mlflow_ui_in_browser(study, tmp_path):
                 page.set_default_timeout(240_000)
                 page.goto(url)
                 for _, r in runs.iterrows():  # every trial listed by its method-stage-trial name
-                    page.get_by_text(f"{r['method']}-search-{r['trial_id']}").first.wait_for()
+                    page.get_by_text(f"{r['method']}-{r['stage']}-{r['trial_id']}").first.wait_for()
                 for header in ("Group: drl", "Group: joint", "val/acc_best", "balance/gap"):
                     page.get_by_text(header).first.wait_for()
                 page.screenshot(path=str(tmp_path / "runs_table.png"))

@@ -196,6 +196,11 @@ def _tune_trial(folder: Path, stage: str, extra: dict[str, Any]) -> dict[str, An
             "rank": info.get("rank"), "source_trial": info.get("source_trial")}
 
 
+def _config_key(config: dict[str, Any]) -> str:
+    """Same canonical text as ``drl_tune.confirmation.config_key`` (not imported: that module pulls in Ray)."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def resolve_study_dir(name: str | None = None, storage: Path | str | None = None,
                       path: Path | str | None = None) -> Path:
     """``--path DIR`` or ``--storage STORAGE --name NAME`` -> the study folder (checked to exist)."""
@@ -225,14 +230,18 @@ def load_tune(study_dir: Path | str) -> Study:
             runs.append(trial)
     confirm = study_dir / CONFIRM_DIR
     if confirm.is_dir():
-        listing: dict[str, Any] = {}
+        # the confirmation's plan lists (method, rank, source_trial, seed, config) per trial; a trial is matched
+        # to its entry by its configuration, as drl_tune.confirmation does
+        entries: dict[str, Any] = {}
         if (confirm / CONFIRM_FILE).is_file():
             data = json.loads((confirm / CONFIRM_FILE).read_text())
-            items = data.get("trials", data) if isinstance(data, dict) else data
-            listing = {str(i.get("trial_id", i.get("trial"))): i for i in items if isinstance(i, dict)}
+            entries = {_config_key(e["config"]): e for e in data.get("entries", []) if isinstance(e, dict)}
         for folder in sorted(p for p in confirm.iterdir() if p.is_dir() and (p / "params.json").is_file()):
-            trial = _tune_trial(folder, "confirm", listing)
+            trial = _tune_trial(folder, "confirm", {})
             if trial:
+                entry = entries.get(_config_key(trial["config"]), {})
+                trial["rank"] = int(entry["rank"]) if "rank" in entry else None
+                trial["source_trial"] = entry.get("source_trial")
                 runs.append(trial)
     trials, epochs = _frames(name, runs)
     answer = json.loads((study_dir / ANSWER_FILE).read_text()) if (study_dir / ANSWER_FILE).is_file() else None

@@ -56,24 +56,10 @@ def save(fig: Figure, out_dir: Path | str, name: str) -> list[Path]:
 
 def pareto_mask(x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> np.ndarray:
     """Points no other point beats on both axes (y always higher-better)."""
-    try:
-        from drl_tune.stats import pareto_front  # the project's one definition, once it exists
-    except ImportError:
-        pareto_front = None
-    xs = x if x_higher_better else -x
-    if pareto_front is not None:
-        try:
-            front = pareto_front(list(zip(xs.tolist(), y.tolist(), strict=True)))
-            idx = {int(i) for i in front} if all(isinstance(i, (int, np.integer)) for i in front) else None
-            if idx is not None:
-                return np.array([i in idx for i in range(len(x))])
-        except Exception:  # a different signature: fall back to the plain definition below
-            pass
-    keep = np.ones(len(x), dtype=bool)
-    for i in range(len(x)):
-        dominated = (xs >= xs[i]) & (y >= y[i]) & ((xs > xs[i]) | (y > y[i]))
-        keep[i] = not dominated.any()
-    return keep
+    from drl_tune.stats import pareto_front
+
+    front = set(pareto_front(list(zip(x.tolist(), y.tolist(), strict=True)), maximize=(x_higher_better, True)))
+    return np.array([i in front for i in range(len(x))], dtype=bool)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,6 +151,9 @@ def pick_dynamics_trials(study: Study, trial_id: str | None = None) -> tuple[pd.
     """The DRL trial to show (``trial_id`` or the best DRL trial by validation that re-initialised) and the best
     joint trial with the same seed (any joint trial if none shares it)."""
     trials = study.finished()
+    confirmed = trials[trials["stage"] == "confirm"]
+    if {"drl", "joint"} <= set(confirmed["method"]):
+        trials = confirmed  # the confirmation runs every method on the same fresh seeds: the cleanest pairing
     if trial_id is not None:
         found = study.trials[study.trials["trial_id"] == trial_id]
         if found.empty:
@@ -439,7 +428,7 @@ def comparison(study: Study, metric: str = TEST_METRIC) -> Figure:
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("confirmed configurations", fontsize=10)
     ax = axes[0][1]
-    ref = answer.get("reference", {"method": "joint", "rank": 1})
+    ref = answer.get("reference") or {"method": "joint", "rank": 1}
     if paired:
         for i, p in enumerate(paired):
             color = method_color(p["method"], methods)
