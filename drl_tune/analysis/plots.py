@@ -104,8 +104,9 @@ def tradeoff(study: Study) -> Figure:
             x, y = data[xkey].to_numpy(float), data[TEST_METRIC].to_numpy(float)
             front = pareto_mask(x, y, x_higher)
             order = np.argsort(x[front])
-            (line,) = ax.plot(x[front][order], y[front][order], "--", color="black", lw=1, zorder=2,
-                              label=f"Pareto front ({int(front.sum())} trials)")
+            k = int(front.sum())
+            (line,) = ax.plot(x[front][order], y[front][order], "--o", color="black", lw=1, ms=11, mfc="none",
+                              zorder=2, label=f"Pareto front ({k} trial{'s' if k != 1 else ''}, ringed)")
             line.set_gid("pareto")
         conf_x, conf_y = _confirmed(study, xkey), _confirmed(study, TEST_METRIC)
         for (method, rank), sy in conf_y.items():
