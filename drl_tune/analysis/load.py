@@ -336,8 +336,10 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id:
 
 
 def _json_artifact(client: Any, run_id: str, name: str) -> dict[str, Any] | None:
+    import os
     import tempfile
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
     try:
         if name not in {a.path for a in client.list_artifacts(run_id)}:
             return None
