@@ -50,8 +50,15 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis_study")
     space = root / "tiny.yaml"
     space.write_text(textwrap.dedent(SPACE))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-             object_store_memory=80 * 1024 * 1024)
+    for attempt in range(3):  # Ray gives its raylet a fixed 30 s to start; a loaded CI machine can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                     object_store_memory=80 * 1024 * 1024)
+            break
+        except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
     try:
         import contextlib
         import io
