@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (drl_tune.report)")
     return p.parse_args(argv)
 
 
@@ -222,8 +223,33 @@ def open_tracking(plan: Plan, resumed: bool) -> Any:
     return tracker
 
 
-def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float) -> int:
-    """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; exit code."""
+def review(plan: Plan, write_report: bool) -> tuple[Path | None, str]:
+    """The end of a study: the HTML report (unless skipped) and the MLflow review (parent-run summary metrics and
+    artifacts, the saved runs view); returns the report's path and the URL that opens the review. A failure here
+    is reported and leaves the study's results as they are."""
+    from drl_tune.tracking import publish_study, review_url
+
+    report = None
+    if write_report:
+        try:
+            from drl_tune.analysis.report import write_report as write
+
+            report = write(plan.study_dir)
+        except Exception as err:  # noqa: BLE001 — the study itself succeeded; say what failed, keep going
+            print(f"report: not written ({type(err).__name__}: {err}); try python -m drl_tune.report "
+                  f"--path {plan.study_dir}", file=sys.stderr, flush=True)
+    try:
+        view = publish_study(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.study_dir, report)
+    except Exception as err:  # noqa: BLE001
+        print(f"MLflow review: summary not published ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+        view = None
+    return report, review_url(plan.mlflow_uri, plan.experiment_id, view=view)
+
+
+def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float,
+              write_report: bool = True) -> int:
+    """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; the report and the MLflow
+    review at the end; exit code."""
     from ray import tune
 
     from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
@@ -269,10 +295,14 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             summary += "\n\nanswer (confirmation over fresh seeds):\n" + text
             print(f"\nanswer of study {plan.name!r} ({wall:.0f} s in all):\n{text}", flush=True)
         tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, summary)
+        report, url = review(plan, write_report and not interrupted)
         print(f"\nresults: {plan.study_dir}" + (f"  (answer: {plan.study_dir / 'answer.json'}, answer.csv)"
                                                 if answer is not None else ""))
+        if report:
+            print(f"report:  {report}")
         print(f"MLflow:  {plan.mlflow_uri}  (experiment {plan.name!r})")
         print(f"review:  {ui_command(plan.mlflow_uri)}")
+        print(f"         then open {url}")
         if interrupted:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
                   f"--storage {plan.storage}", flush=True)
@@ -304,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n(dry run: nothing started)")
         return 0
     try:
-        return run_study(plan, args.resume, args.address, args.progress_interval)
+        return run_study(plan, args.resume, args.address, args.progress_interval, not args.no_report)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

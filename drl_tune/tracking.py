@@ -68,7 +68,8 @@ class StudyTracker:
             self.experiment_id = found.experiment_id
         else:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
+                                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     def start_parent(self, run_name: str, tags: dict[str, str], params: dict[str, Any],
                      artifacts: dict[str, Path]) -> str:
@@ -151,11 +152,11 @@ class MLflowTrialCallback(Callback):
             tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, STUDY_TAG: self.study,
                     STAGE_TAG: self.stage, "method": str(config.get("method", ""))}
             tags.update(self.tags_by_config.get(json.dumps(config, sort_keys=True, default=str), {}))
-            stage = "" if self.stage == "search" else f"{self.stage}-"
-            run = self.client.create_run(self.experiment_id,
-                                         run_name=f"{config.get('method', 'trial')}-{stage}{trial_id}", tags=tags)
+            # named method-stage-trial so the runs table reads without opening a run
+            run = self.client.create_run(self.experiment_id, tags=tags,
+                                         run_name=f"{config.get('method', 'trial')}-{self.stage}-{trial_id}")
             run_id = run.info.run_id
-            log_params(self.client, run_id, config)
+            log_params(self.client, run_id, {**config, "stage": self.stage})
         else:  # a resumed study: continue the same child run after its last logged epoch
             history = self.client.get_metric_history(run_id, "epoch")
             self.last_step[trial_id] = max((int(m.step) for m in history), default=-1)
@@ -187,3 +188,115 @@ class MLflowTrialCallback(Callback):
         run_id = self._run_for(trial)
         self.client.log_batch(run_id, tags=[RunTag("drl_tune.outcome", "error")])
         self.client.set_terminated(run_id, "FAILED")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# review at a glance: the runs table and chart view a reviewer lands on (MLflow 3.17 UI)
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # a model-training experiment, not a GenAI one
+# MLflow's UI restores a saved runs-page view (columns, grouping, charts) from the experiment tag
+# `mlflow.sharedViewState.<key>` when the URL carries `?viewStateShareKey=<key>` — the same mechanism as its
+# "Share" button. The study writes one such view, so the printed URL opens on it without any clicking.
+VIEW_STATE_TAG = "mlflow.sharedViewState."
+VIEW_KEY = "drl-tune-review"
+REVIEW_METRICS = ["val/acc", "val/acc_best", "test/acc_at_best_val", "balance/gap", "train/loss"]
+
+
+def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def review_view_state(parent_run_id: str, methods: list[str], modalities: list[str]) -> dict[str, Any]:
+    """The saved runs-page view: runs grouped by the ``method`` param (each group expanded, so every trial is
+    listed), method/stage/key metrics as columns, and a chart section with per-method (group-averaged) curves
+    of accuracy, balance and the uni-modal probes over epochs."""
+    metrics = [*REVIEW_METRICS, *[f"val/acc_{m}" for m in modalities]]
+    columns = ["params.`method`", "tags.`drl_tune.stage`", "tags.`drl_tune.outcome`",
+               *[f"metrics.`{m}`" for m in ("val/acc_best", "test/acc_at_best_val", "balance/gap",
+                                              *[f"val/acc_{m}" for m in modalities], "epoch")]]
+    charts = [{"uuid": f"drl-tune-{i}", "type": "LINE", "metricSectionId": "drl-tune", "isGenerated": False,
+               "deleted": False, "runsCountToCompare": 100, "metricKey": m, "selectedMetricKeys": [m],
+               "displayName": m, "lineSmoothness": 0, "xAxisKey": "step", "xAxisScaleType": "linear",
+               "scaleType": "linear", "selectedXAxisMetricKey": "", "yAxisKey": "METRIC", "yAxisExpressions": [],
+               "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True,
+               "range": {}} for i, m in enumerate(metrics)]
+    return {
+        # search facets (sort: newest first, as the UI's default)
+        "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        # UI state
+        "selectedColumns": columns, "columnOrder": [], "columnWidths": {},
+        "runsExpanded": {parent_run_id: True}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {},
+        "runsHiddenMode": "SHOW_ALL",
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "method"}]},
+        "groupsExpanded": {f"param.method.{m}": True for m in methods},
+        "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+        "compareRunCharts": charts,
+        "compareRunSections": [{"uuid": "drl-tune", "name": "drl-tune: accuracy and balance per method (mean over "
+                                "trials)", "display": True, "isReordered": True}],
+        # "reordered": MLflow then keeps this section on top and appends its auto-generated ones below
+        "isAccordionReordered": True, "viewMaximized": False, "runListHidden": False, "autoRefreshEnabled": False,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def install_review_view(client: MlflowClient, experiment_id: str, parent_run_id: str, methods: list[str],
+                        modalities: list[str]) -> str:
+    """Tag the experiment as model training and save the review view; returns the view's share key."""
+    mark_training_experiment(client, experiment_id)
+    state = review_view_state(parent_run_id, methods, modalities)
+    client.set_experiment_tag(experiment_id, VIEW_STATE_TAG + VIEW_KEY, json.dumps(state))
+    return VIEW_KEY
+
+
+def review_url(tracking_uri: str, experiment_id: str, port: int = 5000, view: str | None = VIEW_KEY,
+               charts: bool = False) -> str:
+    """The URL of the study's runs page (not the experiment's GenAI overview), on the saved review view."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    # workflowType: the sidebar's "Model training" mode (a fresh browser starts in GenAI mode)
+    query = ["workflowType=machine_learning", *([f"viewStateShareKey={view}"] if view else [])]
+    if charts:
+        query.append("compareRunsMode=CHART")
+    return f"{base}/#/experiments/{experiment_id}/runs" + ("?" + "&".join(query) if query else "")
+
+
+def metric_key(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, study_dir: Path,
+                  report: Path | None = None) -> str:
+    """Put the study's results where a reviewer looks first: per-method search summary metrics on the parent run
+    (``<method>/search_best_<metric>`` of the best trial by validation), the report and its figures as artifacts,
+    and the review view. Returns the review view's share key."""
+    from drl_tune.analysis.load import StudyError, load_tune
+
+    client = MlflowClient(tracking_uri)
+    try:
+        study = load_tune(study_dir)
+    except StudyError:
+        return install_review_view(client, experiment_id, parent_run_id, [], [])
+    existing = client.get_run(parent_run_id).data.metrics
+    now = int(time.time() * 1000)
+    metrics: dict[str, float] = {}
+    finished = study.finished()
+    search = finished[finished["stage"] == "search"]
+    for method, mine in search.groupby("method"):
+        best = mine.sort_values("val/acc_best", ascending=False).iloc[0]
+        metrics[f"{method}/search_trials"] = float(len(study.trials[(study.trials["method"] == method)
+                                                                    & (study.trials["stage"] == "search")]))
+        for key in ("val/acc_best", "test/acc_at_best_val", "balance/gap",
+                    *[f"val/acc_{m}" for m in study.modalities]):
+            if key in best and best[key] == best[key]:
+                metrics[f"{method}/search_best_{metric_key(key)}"] = float(best[key])
+    # (the confirmation logs the answer's <method>/<metric>_mean and _ci95 and answer.json/csv itself)
+    new = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in existing]
+    for start in range(0, len(new), 500):
+        client.log_batch(parent_run_id, metrics=new[start : start + 500])
+    if report is not None and report.is_file():
+        client.log_artifact(parent_run_id, str(report), artifact_path="report")
+        figures = report.parent / "figures"
+        for png in sorted(figures.glob("*.png")) if figures.is_dir() else []:
+            client.log_artifact(parent_run_id, str(png), artifact_path="report/figures")
+    return install_review_view(client, experiment_id, parent_run_id, study.methods, study.modalities)

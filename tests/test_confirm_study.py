@@ -77,8 +77,9 @@ def test_study_with_confirmation(tmp_path, capsys):
     for run in confirmed:
         assert run.info.status == "FINISHED"
         source = search_ids[run.data.tags["drl_tune.source_trial"]]  # a copy of a search trial's config
-        assert {k: v for k, v in run.data.params.items() if k != "seed"} == \
-               {k: v for k, v in source.data.params.items() if k != "seed"}
+        # the same configuration; seed and stage (a param too, for the runs table) differ
+        assert {k: v for k, v in run.data.params.items() if k not in ("seed", "stage")} == \
+               {k: v for k, v in source.data.params.items() if k not in ("seed", "stage")}
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
         assert sorted(steps) == [0, 1]  # full epochs: no early stopping
     # the confirmed configuration of each method is its best search trial on validation accuracy

@@ -1,0 +1,8 @@
+"""Study analysis: load a study (Tune folder or MLflow) into tidy frames, draw its figures, write its report.
+Used by the notebooks in ``analysis/`` and by ``python -m drl_tune.report``."""
+
+from drl_tune.analysis import plots
+from drl_tune.analysis.load import Study, StudyError, load_mlflow, load_study, load_tune
+from drl_tune.analysis.report import write_report
+
+__all__ = ["Study", "StudyError", "load_mlflow", "load_study", "load_tune", "plots", "write_report"]
