@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +25,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -103,8 +106,12 @@ class Cluster:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.env.pop("RAY_ADDRESS", None)
+        # token authentication, with this cluster's own token (never the user's ~/.ray/auth_token, which a
+        # fresh machine does not have): every node, the job drivers and the test's `ray` commands get it
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+            self.env.pop(key, None)
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str], ready, attempts: int = 3) -> None:
@@ -196,95 +203,133 @@ def cluster(tmp_path_factory):
         cl.stop()
 
 
-def submit(cl: Cluster, tmp_path: Path, job_id: str, *args: str, space_text: str = SPACE,
-           timeout: float = 600) -> tuple[int, str, float]:
-    """`ray job submit` (blocks, streaming the job's logs); returns the job's final status code, logs, seconds."""
-    space = tmp_path / "cluster.yaml"
-    space.write_text(textwrap.dedent(space_text))
-    start = time.monotonic()
-    out = cl.ray("job", "submit", "--address", cl.dashboard, "--submission-id", job_id, "--working-dir", str(ROOT),
-                 "--", sys.executable, "-m", "drl_tune.run", "--space", str(space), "--progress-interval", "0",
-                 *tiny_sets(), *args, timeout=timeout)
-    seconds = time.monotonic() - start
-    status = cl.ray("job", "status", "--address", cl.dashboard, job_id).stdout
-    logs = cl.ray("job", "logs", "--address", cl.dashboard, job_id).stdout
-    code = 0 if out.returncode == 0 and "succeeded" in status.lower() else 1
-    text = logs + "\n" + out.stdout + out.stderr + status
-    (tmp_path / f"{job_id}.log").write_text(text)  # the whole story, when an assertion shows only its end
-    return code, text, seconds
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log = base / "mlflow.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                 "--backend-store-uri", f"sqlite:///{base / 'server.db'}",
+                                 "--artifacts-destination", str(base / "server_artifacts")],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 240, "mlflow server",
+                 proc, log)
+        yield url
+    finally:
+        procs = group_processes([proc.pid])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=30)
+        proc.wait(timeout=30)
+
+
+@dataclass
+class Job:
+    folder: Path
+    code: int = -1  # 0: SUCCEEDED
+    logs: str = ""
+    seconds: float = 0.0  # from submission until Ray reported the job finished
+
+
+def bad_input_args(case: str, folder: Path) -> tuple[list[str], str]:
+    if case == "cpus":
+        return ["--storage", str(folder / "studies"), "--cpus-per-trial", "3"], SPACE
+    if case == "storage":
+        (folder / "a_file").write_text("not a folder")
+        return ["--storage", str(folder / "a_file" / "studies")], SPACE
+    # prepared where the head looks (DRL_TUNE_CREMAD_ROOT in its shell), absent on the worker node
+    return ["--storage", str(folder / "studies")], SPACE.replace("{name: synthetic}", "{name: cremad}")
+
+
+@pytest.fixture(scope="module")
+def jobs(cluster, mlflow_server, tmp_path_factory) -> dict[str, Job]:
+    """Five studies submitted at once with `ray job submit --no-wait` (a 2-core machine runs them faster
+    together than one after another), then waited for: a good one, one logging to the tracking server, and
+    three bad inputs."""
+    plans: dict[str, tuple[list[str], str]] = {}
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("ok", "server", "cpus", "storage", "dataset")}
+    plans["ok"] = (["--storage", str(folders["ok"] / "studies"), "--name", "onjob"], SPACE)
+    plans["server"] = (["--storage", str(folders["server"] / "studies"), "--name", "served",
+                        "--mlflow-uri", mlflow_server], SPACE)
+    for case in ("cpus", "storage", "dataset"):
+        plans[case] = bad_input_args(case, folders[case])
+    started = {}
+    for name, (args, space_text) in plans.items():
+        space = folders[name] / "cluster.yaml"
+        space.write_text(textwrap.dedent(space_text))
+        out = cluster.ray("job", "submit", "--no-wait", "--address", cluster.dashboard, "--submission-id",
+                          f"drl-tune-{name}", "--working-dir", str(ROOT), "--", sys.executable, "-m", "drl_tune.run",
+                          "--space", str(space), "--progress-interval", "0", *tiny_sets(), *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        started[name] = time.monotonic()
+    result = {name: Job(folders[name]) for name in plans}
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline and any(job.code < 0 for job in result.values()):
+        for name, job in result.items():
+            if job.code >= 0:
+                continue
+            status = cluster.ray("job", "status", "--address", cluster.dashboard, f"drl-tune-{name}").stdout.lower()
+            if any(word in status for word in ("succeeded", "failed", "stopped")):
+                job.seconds = time.monotonic() - started[name]
+                job.code = 0 if "succeeded" in status else 1
+                job.logs = cluster.ray("job", "logs", "--address", cluster.dashboard, f"drl-tune-{name}").stdout
+                (job.folder / "job.log").write_text(job.logs)  # the whole story, when an assertion shows its end
+        time.sleep(5)
+    for name, job in result.items():
+        print(f"job {name}: {'succeeded' if job.code == 0 else 'failed'} after {job.seconds:.0f} s")
+    return result
 
 
 def trial_actor_nodes(cl: Cluster) -> list[str]:
+    """The node of every Tune trial actor (function trainables run as `ImplicitFunc`) from Ray's state API."""
     out = cl.ray("list", "actors", "--address", cl.dashboard, "--format", "json", "--detail", "--limit", "10000")
-    actors = json.loads(out.stdout)
-    return [a["node_id"] for a in actors if a.get("class_name") == "ImplicitFunc"]
+    return [a["node_id"] for a in json.loads(out.stdout) if a.get("class_name") == "ImplicitFunc"]
 
 
-def test_job_submit_runs_the_study_on_the_worker_node(cluster, tmp_path):
-    storage = tmp_path / "studies"
-    code, logs, seconds = submit(cluster, tmp_path, "drl-tune-ok", "--storage", str(storage), "--name", "onjob")
-    assert code == 0, logs[-6000:]
+def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
+    job = jobs["ok"]
+    assert job.code == 0, job.logs[-6000:]
     # the first line: the job joined its own cluster (the worker's 2 CPUs; the head has none) — no local Ray
-    assert f"ray: inside Ray job drl-tune-ok, joined its cluster at {cluster.address} (2 CPUs, 0 GPUs) on 2 nodes" \
-        in logs, logs[:3000]
-    assert "progress" in logs and "summary of study 'onjob' (2 trials" in logs  # the table reaches the job logs
-    # every trial actor ran on the worker node
+    # (Ray hands the job the GCS address with the machine's own IP in place of 127.0.0.1)
+    assert re.search(rf"^ray: inside Ray job drl-tune-ok, joined its cluster at [\d.]+:{cluster.gcs_port} "
+                     r"\(2 CPUs, 0 GPUs\) on 2 nodes$", job.logs, re.M), job.logs[:3000]
+    assert "progress" in job.logs and "summary of study 'onjob' (2 trials" in job.logs  # the table in the job logs
+    # every trial actor (of this job and the tracking-server one: 4) ran on the worker node
     placed = trial_actor_nodes(cluster)
-    assert len(placed) >= 2 and set(placed) == {cluster.worker_id}, (placed, cluster.head_id)
+    assert len(placed) >= 4 and set(placed) == {cluster.worker_id}, (placed, cluster.head_id)
     # the results folder is complete: plan, both trials with one result line per epoch, the MLflow database
-    study = storage / "onjob"
+    study = job.folder / "studies" / "onjob"
     plan = Plan.from_json((study / PLAN_FILE).read_text())
     trials = sorted(study.glob("joint_*/result.json"))
     assert len(trials) == 2
     for result in trials:
-        lines = [json.loads(line) for line in result.read_text().splitlines()]
-        assert [r["epoch"] for r in lines] == [0, 1] and all(r["node_ip"] == "127.0.0.1" for r in lines)
+        assert [json.loads(line)["epoch"] for line in result.read_text().splitlines()] == [0, 1]
     client = MlflowClient(plan.mlflow_uri)
     assert client.get_run(plan.parent_run_id).info.status == "FINISHED"
     runs = client.search_runs([plan.experiment_id], f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
-    print(f"job study: {seconds:.0f} s")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    log = tmp_path / "mlflow.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                 "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                                 "--artifacts-destination", str(tmp_path / "server_artifacts")],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200, 180, "mlflow server",
-                 proc, log)
-        yield url
-    finally:
-        procs = group_processes([proc.pid])
-        os.killpg(proc.pid, signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=30)
-        proc.wait(timeout=30)
-
-
-def test_job_logs_to_an_mlflow_tracking_server(cluster, mlflow_server, tmp_path):
-    code, logs, _ = submit(cluster, tmp_path, "drl-tune-server", "--storage", str(tmp_path / "studies"),
-                           "--name", "served", "--mlflow-uri", mlflow_server)
-    assert code == 0, logs[-6000:]
+def test_job_logs_to_an_mlflow_tracking_server(jobs, mlflow_server):
+    job = jobs["server"]
+    assert job.code == 0, job.logs[-6000:]
     client = MlflowClient(mlflow_server)  # read back from the server, as a laptop would
     experiment = client.get_experiment_by_name("served")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 2 and all(len(client.get_metric_history(r.info.run_id, "val/acc")) == 2 for r in children)
     # artifacts went through the server (a laptop can read them), not into a folder only the head sees
     assert {"plan.txt", "summary.txt"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert f"review:  open {mlflow_server}/#/experiments/{experiment.experiment_id}/runs in a browser" in logs
-    assert not (tmp_path / "studies" / "served" / "mlflow.db").exists()
+    assert f"review:  open {mlflow_server}/#/experiments/{experiment.experiment_id}/runs in a browser" in job.logs
+    assert not (job.folder / "studies" / "served" / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize(("case", "expected"), [
@@ -292,24 +337,12 @@ def test_job_logs_to_an_mlflow_tracking_server(cluster, mlflow_server, tmp_path)
     ("storage", "cannot write the results storage"),
     ("dataset", "dataset: dataset 'cremad' is not prepared at"),
 ])
-def test_bad_input_on_the_cluster_names_what_is_missing(cluster, tmp_path, case, expected):
-    storage = tmp_path / "studies"
-    args = ["--storage", str(storage)]
-    space_text = SPACE
-    if case == "cpus":
-        args += ["--cpus-per-trial", "3"]
-    elif case == "storage":
-        (tmp_path / "a_file").write_text("not a folder")
-        args = ["--storage", str(tmp_path / "a_file" / "studies")]
-    else:  # prepared where the head looks (DRL_TUNE_CREMAD_ROOT in its shell), absent on the worker node
-        space_text = SPACE.replace("{name: synthetic}", "{name: cremad}")
-    code, logs, seconds = submit(cluster, tmp_path, f"drl-tune-bad-{case}", *args, space_text=space_text,
-                                 timeout=400)
-    assert code != 0
-    errors = [line for line in logs.splitlines() if line.startswith("error:")]
-    assert errors and expected in logs, logs[-4000:]
-    assert "Traceback" not in logs, logs[-4000:]
+def test_bad_input_on_the_cluster_names_what_is_missing(cluster, jobs, case, expected):
+    job = jobs[case]
+    assert job.code == 1, job.logs[-4000:]
+    errors = [line for line in job.logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], job.logs[-4000:]
+    assert "Traceback" not in job.logs, job.logs[-4000:]
     if case != "cpus":  # the message names the node that lacks it: the worker, not the head
-        assert f"id {cluster.worker_id[:8]})" in logs and f"id {cluster.head_id[:8]}" not in logs, logs[-3000:]
-    assert not list(storage.glob(f"*/{PLAN_FILE}"))  # nothing was started
-    print(f"{case}: refused after {seconds:.0f} s")
+        assert f"id {cluster.worker_id[:8]})" in errors[0] and f"id {cluster.head_id[:8]}" not in job.logs
+    assert not list(job.folder.glob(f"**/{PLAN_FILE}"))  # nothing was started
