@@ -47,7 +47,7 @@ fixed: {threads: 1, method: joint, lr: 0.05, epochs: 2}
 search:
   lr: {type: choice, values: [0.05, 0.02]}
 scheduler: {type: none}
-study: {num_samples: 2, max_concurrent: 2, seed: 0, max_failures: 0}
+study: {num_samples: 2, max_concurrent: 2, seed: 0, max_failures: 0, confirm: {seeds: 0}}
 resources: {cpus_per_trial: 1}
 """
 
@@ -114,7 +114,7 @@ class Cluster:
             self.env.pop(key, None)
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, name: str, args: list[str], env: dict[str, str], ready, attempts: int = 3) -> None:
+    def start(self, name: str, args: list[str], env: dict[str, str], ready, attempts: int = 5) -> None:
         """Start a node and wait until ``ready()``. Each node has its own temp dir, as separate machines would
         (nodes sharing one would share the job's unpacked working directory, and one node's clean-up would
         delete it under the other). Retried: on a loaded machine the raylet sometimes gives up waiting 15 s for
@@ -296,7 +296,7 @@ def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
     # (Ray hands the job the GCS address with the machine's own IP in place of 127.0.0.1)
     assert re.search(rf"^ray: inside Ray job drl-tune-ok, joined its cluster at [\d.]+:{cluster.gcs_port} "
                      r"\(2 CPUs, 0 GPUs\) on 2 nodes$", job.logs, re.M), job.logs[:3000]
-    assert "progress" in job.logs and "summary of study 'onjob' (2 trials" in job.logs  # the table in the job logs
+    assert "progress" in job.logs and "search of study 'onjob' (2 trials" in job.logs  # the table in the job logs
     # every trial actor (of this job and the tracking-server one: 4) ran on the worker node
     placed = trial_actor_nodes(cluster)
     assert len(placed) >= 4 and set(placed) == {cluster.worker_id}, (placed, cluster.head_id)
