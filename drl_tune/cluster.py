@@ -30,7 +30,9 @@ from drl_tune.config import ConfigError
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's entrypoint (Ray 2.60)
 PROBE_TIMEOUT_S = 3.0  # connecting to a GCS port that is listening takes milliseconds, even across a data centre
-PREFLIGHT_TIMEOUT_S = 180.0  # a node's first task starts a worker process that imports torch: seconds, not minutes
+# a node's first task of a job first unpacks the job's working directory and starts a worker that imports torch:
+# seconds on an idle node, but 180 s was too short on this project's 2-core test machine under heavy load
+PREFLIGHT_TIMEOUT_S = 600.0
 
 
 class ClusterError(ConfigError):
