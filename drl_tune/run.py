@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drl_tune.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.config import ConfigError, make_config, parse_assignments
 from drl_tune.data.cache import CacheError
 from drl_tune.spaces import load_space
@@ -157,29 +158,17 @@ def check_dataset(plan: Plan) -> None:
 
 
 def start_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start a local Ray (dashboard off); False if Ray was already running here."""
+    """Join ``address``, the Ray job's cluster, or start a local Ray (drl_tune/cluster.py says which when);
+    False if Ray was already running here. Prints which Ray it is as the first line."""
     import ray
+
+    from drl_tune.cluster import connect
 
     if ray.is_initialized():
         return False
     # trial processes' own log lines (Tune's "checkpoint created" chatter) stay in the trial logs; the driver
     # prints the progress table, trial endings and errors
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
-    if address:
-        kwargs = {"address": address, "log_to_driver": False, "logging_level": "WARNING"}
-    try:
-        ray.init(**kwargs)
-    except (ray.exceptions.AuthenticationError, ConnectionError) as err:
-        # Ray 2.60's `ray start` turns token authentication on; a driver without RAY_AUTH_MODE=token is
-        # refused, reported either as an AuthenticationError or as a plain ConnectionError
-        message = f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}"
-        if os.environ.get("RAY_AUTH_MODE", "") != "token":
-            message += (". If it uses token authentication (`ray start` turns it on), export RAY_AUTH_MODE=token "
-                        "(the token is read from ~/.ray/auth_token or RAY_AUTH_TOKEN) and run again")
-        raise UsageError(message + "; check the address with `ray status` on the head node") from err
-    resources = ray.cluster_resources()
-    where = f"joined the cluster at {address}" if address else "started a local Ray"
-    print(f"ray: {where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)", flush=True)
+    print(connect(address), flush=True)
     return True
 
 
@@ -200,7 +189,9 @@ def open_tracking(plan: Plan, resumed: bool) -> Any:
     """The study's MLflow experiment and parent run (created once; re-opened on --resume)."""
     from drl_tune.tracking import StudyTracker, git_commit
 
-    tracker = StudyTracker(plan.mlflow_uri, plan.name, artifact_dir=plan.study_dir / "mlartifacts")
+    # a tracking server keeps the artifacts itself (proxied), so a laptop reviewing the study can read them
+    remote = plan.mlflow_uri.startswith(("http://", "https://"))
+    tracker = StudyTracker(plan.mlflow_uri, plan.name, artifact_dir=None if remote else plan.study_dir / "mlartifacts")
     if resumed and plan.parent_run_id:
         tracker.reopen_parent(plan.parent_run_id)
         return tracker
@@ -252,6 +243,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     review at the end; exit code."""
     from ray import tune
 
+    from drl_tune.cluster import preflight, review_command
     from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
     from drl_tune.study import ProgressTable, make_trainable, make_tuner
     from drl_tune.tracking import MLflowTrialCallback, ui_command
@@ -259,6 +251,8 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     started_ray = start_ray(address)
     try:
         gpus = resolve_gpus(plan)
+        preflight({**plan.constants, **(plan.points_to_evaluate or [{}])[0]}, plan.storage, plan.cpus_per_trial,
+                  gpus)
         tracker = open_tracking(plan, resumed)
         print(plan.describe() if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}", flush=True)
         start = time.monotonic()
@@ -301,7 +295,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         if report:
             print(f"report:  {report}")
         print(f"MLflow:  {plan.mlflow_uri}  (experiment {plan.name!r})")
-        print(f"review:  {ui_command(plan.mlflow_uri)}")
+        print(f"review:  {review_command(plan.mlflow_uri, plan.experiment_id, ui_command(plan.mlflow_uri))}")
         print(f"         then open {url}")
         if interrupted:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
@@ -324,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_tune()
     try:
+        check_storage_arg(args.storage)
+        if args.address:
+            check_address(args.address)  # seconds, before the dataset check: Ray would retry for minutes
         plan = plan_from_args(args)
         check_dataset(plan)
     except (ConfigError, CacheError, ValueError) as err:
@@ -335,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return run_study(plan, args.resume, args.address, args.progress_interval, not args.no_report)
-    except UsageError as err:
+    except (UsageError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
