@@ -117,10 +117,10 @@ class OPM(Method):
         f1, f2 = features[first], features[second]
         n = f1.shape[0]
         keep = torch.bernoulli(torch.tensor([1.0 - q[0], 1.0 - q[1]]).expand(n, 2).contiguous()).to(f1.device)
-        scale = feature_rescale(q, (f1.shape[1], f2.shape[1]))
         alive = keep.sum(dim=1) > 0
         if not bool(alive.any()):
             return None
+        scale = feature_rescale(q, (f1.shape[1], f2.shape[1]))
         out = {first: f1 * keep[:, :1].to(f1.dtype) * scale, second: f2 * keep[:, 1:].to(f2.dtype) * scale}
         return {m: f[alive] for m, f in out.items()}, labels[alive]
 
