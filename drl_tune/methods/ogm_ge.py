@@ -57,8 +57,8 @@ class OGMGEParams:
             raise ConfigError(f"ogm_ge.alpha must be a finite number > 0, got {self.alpha}")
         if self.modulation_starts < 0 or self.modulation_ends < self.modulation_starts:
             raise ConfigError(
-                f"ogm_ge needs 0 <= modulation_starts <= modulation_ends, got {self.modulation_starts} and "
-                f"{self.modulation_ends}"
+                f"ogm_ge.modulation_starts/ogm_ge.modulation_ends need 0 <= starts <= ends, got "
+                f"{self.modulation_starts} and {self.modulation_ends}"
             )
 
 
