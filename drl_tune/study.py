@@ -58,6 +58,8 @@ class Plan:
     max_failures: int
     mlflow_uri: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    confirm_top_k: int = 1
+    confirm_seeds: int = 0  # 0: no confirmation stage (also what plans saved before the stage existed mean)
     balanced_methods: list[str] = field(default_factory=list)  # round robin over these (equal trials each)
     parent_run_id: str = ""
     experiment_id: str = ""
@@ -102,6 +104,11 @@ class Plan:
             lines.append("  early stopping: none")
         lines.append(f"  checkpoints: every epoch, {self.keep_checkpoints} kept; "
                      f"a failed trial is retried {self.max_failures}x from its last checkpoint")
+        if self.confirm_seeds:
+            lines.append(f"  then confirmation: the top {self.confirm_top_k} configuration(s) of each method "
+                         f"(on val/acc_best) re-trained with {self.confirm_seeds} fresh seeds, full epochs")
+        else:
+            lines.append("  confirmation: none (single-seed search results only)")
         lines.append("  searched:")
         lines += [f"    {p.key:<32} {p.describe()}" for p in self.params] or ["    (nothing: one configuration)"]
         if self.balanced_methods:
@@ -113,6 +120,9 @@ class Plan:
         else:
             lines.append("  first trial (official setting): "
                          + ", ".join(f"{k}={v}" for k, v in (self.points_to_evaluate or [{}])[0].items()))
+            for point in self.points_to_evaluate[1:]:
+                lines.append("  then the official setting of each other method: "
+                             + ", ".join(f"{k}={v}" for k, v in point.items()))
         lines.append("  fixed:")
         lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items())]
         return "\n".join(lines)
@@ -125,9 +135,27 @@ def official_point(space: Space, search: dict[str, Param], values: dict[str, Any
     return {k: flat[k] for k, p in search.items() if p.method is None or p.method == method}
 
 
+def official_points(space: Space, search: dict[str, Param], values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first trials of a study: the official setting, then the same setting with each other searched
+    method (its own keys at their official values where those lie inside the searched range, else sampled).
+
+    So every method of the space runs at least once, however the sampler draws ``method`` — without it a short
+    study can end with no joint-training trial, and then with no answer to "does DRL beat joint training?"."""
+    first = official_point(space, search, values)
+    points = [first]
+    if "method" in search:
+        for method in search["method"].values:
+            if method == first.get("method"):
+                continue
+            point = official_point(space, search, {**values, "method": method})
+            points.append({k: v for k, v in point.items() if search[k].contains(v)})
+    return points
+
+
 def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: Path, mlflow_uri: str | None,
                num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
-               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None) -> Plan:
+               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+               confirm_seeds: int | None = None, confirm_top_k: int | None = None) -> Plan:
     """Resolve a space and the command line into a :class:`Plan` (validates the configuration)."""
     from drl_tune.tracking import default_tracking_uri
 
@@ -144,16 +172,16 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
 
     constants = {k: v for k, v in flat.items()
                  if k not in search and (k.split(".")[0] not in REGISTRY or k.split(".")[0] in methods)}
+    points = official_points(space, search, {**values, "threads": flat["threads"]})
     balanced: list[str] = []
     if space.study.equal_trials_per_method and "method" in search:
-        balanced = [str(m) for m in search["method"].values]
-        points = [official_point(space, search, {**values, "threads": flat["threads"], "method": m}) for m in balanced]
+        # one official point per method, the space's own method first: trials 0..M-1 in this order, so the
+        # round robin over trial numbers must use the same order
+        balanced = [str(p["method"]) for p in points]
         n = int(num_samples or space.study.num_samples)
         if n % len(balanced):
             raise ConfigError(f"--num-samples {n} must be a multiple of the {len(balanced)} methods of space "
                               f"{space.name!r} (study.equal_trials_per_method gives each the same number of trials)")
-    else:
-        points = [official_point(space, search, {**values, "threads": flat["threads"]})]
     max_t = space.scheduler.max_t
     if max_t is None:
         max_t = int(search["epochs"].high) if "epochs" in search else int(flat["epochs"])
@@ -174,6 +202,8 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
         keep_checkpoints=space.study.keep_checkpoints, max_failures=space.study.max_failures,
         mlflow_uri=mlflow_uri or default_tracking_uri(storage / name),
         overrides=dict(overrides),
+        confirm_top_k=int(space.confirm.top_k if confirm_top_k is None else confirm_top_k),
+        confirm_seeds=int(space.confirm.seeds if confirm_seeds is None else confirm_seeds),
         balanced_methods=balanced,
     )
     return plan
