@@ -1,7 +1,8 @@
 """The one epoch loop every method uses.
 
-``Engine(config).run_epoch()`` trains one epoch, evaluates on val and test, lets the method act
-(``on_epoch_end``), and returns the epoch's metrics under the names in DESIGN.md:
+``Engine(config).run_epoch()`` trains one epoch through the method's hooks (``on_epoch_start``,
+``training_rows``, ``training_step`` per batch; methods/base.py), evaluates on val and test, lets the method
+act (``on_epoch_end``), and returns the epoch's metrics under the names in DESIGN.md:
 
     epoch, train/loss, val/acc, val/macro_f1, val/acc_best, test/acc, test/macro_f1,
     test/acc_at_best_val, val/acc_<modality>, balance/gap, diag/* (diagnosis epochs), time/epoch_s
@@ -24,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from drl_tune.config import ConfigError, TrainConfig
 from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import BatchBuffers, prepare_input
 from drl_tune.methods import REGISTRY
+from drl_tune.methods.base import Batch
 from drl_tune.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
 from drl_tune.models import MultimodalClassifier
 
@@ -71,9 +74,13 @@ class Engine:
         torch.manual_seed(config.seed)
         self.model = MultimodalClassifier(
             self.data.modalities, self.data.n_classes, config.model.width, config.fusion
-        ).to(self.device)
-        self.optimizer = self._make_optimizer()
+        )
         self.method = REGISTRY[config.method](config.params)
+        extra = self.method.extra_modules(self.model, self.data.n_classes)
+        if extra:  # trained, checkpointed and moved with the model (MMPareto's uni-modal heads)
+            self.model.add_module("method_modules", nn.ModuleDict(extra))
+        self.model.to(self.device)
+        self.optimizer = self._make_optimizer()
         self.method.setup(self.model, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
         n_train = len(self.data.splits["train"])
@@ -115,27 +122,31 @@ class Engine:
 
     def train_epoch(self) -> float:
         self.model.train()
-        n = len(self.data.splits["train"])
-        order = torch.randperm(n, generator=self.generator).numpy()
+        self.method.on_epoch_start(self.model, self)
+        rows, keep = self.method.training_rows(len(self.data.splits["train"]))
+        order = torch.randperm(len(rows), generator=self.generator).numpy()
         size = self.config.batch_size
         total, count = 0.0, 0
-        for start in range(0, n, size):
-            # sorted indices read memory-mapped arrays in file order; order inside a batch is irrelevant
-            indices = np.sort(order[start : start + size])
-            if len(indices) < 2:  # BatchNorm cannot train on a batch of one
+        for start in range(0, len(order), size):
+            # rows sorted by sample index read memory-mapped arrays in file order; order inside a batch is
+            # irrelevant (with the default rows, this is the sorted slice of the permutation)
+            chosen = order[start : start + size]
+            chosen = chosen[np.argsort(rows[chosen], kind="stable")]
+            if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            inputs, labels = self._batch("train", indices, train=True)
+            inputs, labels = self._batch("train", rows[chosen], train=True)
+            batch_keep = None if keep is None else torch.as_tensor(keep[chosen], device=self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.method.loss(self.model(inputs), labels)
+            loss = self.method.training_step(self.model, Batch(inputs, labels, batch_keep))
+            if loss is None:  # the method skipped this batch (OPM dropped every sample)
+                continue
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {self.epoch}; lower lr (now {self.config.lr})"
                 )
-            loss.backward()
-            self.method.after_backward(self.model)
             self.optimizer.step()
-            total += loss.item() * len(indices)
-            count += len(indices)
+            total += loss.item() * len(chosen)
+            count += len(chosen)
         return total / max(count, 1)
 
     # -- evaluation ------------------------------------------------------------------------------------

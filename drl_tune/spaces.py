@@ -118,6 +118,9 @@ class StudySpec:
     seed: int = 0
     keep_checkpoints: int = 2
     max_failures: int = 1
+    # every method of search.method gets the same number of trials (round robin over trial numbers, each
+    # method's official setting first) instead of TPE choosing the method: a comparison study's fairness
+    equal_trials_per_method: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     confirm: dict[str, Any] = field(default_factory=dict)  # parsed into Space.confirm (a ConfirmSpec)
 
@@ -283,6 +286,9 @@ def _typed(cls: type, raw: dict[str, Any], block: str, path: Path) -> Any:
                 raise SpaceError(f"{where} must be a string, got {value!r}")
         elif value is None and default is None:
             pass
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise SpaceError(f"{where} must be true or false, got {value!r}")
         elif isinstance(default, int) or (default is None and key == "max_t"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpaceError(f"{where} must be an integer, got {value!r}")
@@ -306,6 +312,14 @@ def _check_study(space: Space) -> None:
                          f"got top_k={space.confirm.top_k}, seeds={space.confirm.seeds}")
     if st.max_failures < 0:
         raise SpaceError(f"{path}: 'study.max_failures' must be >= 0, got {st.max_failures}")
+    if st.equal_trials_per_method:
+        method = space.search.get("method")
+        if method is None or method.kind != "choice" or len(method.values) < 2:
+            raise SpaceError(f"{path}: 'study.equal_trials_per_method' needs 'search.method' to be a choice of at "
+                             f"least two methods")
+        if st.num_samples % len(method.values):
+            raise SpaceError(f"{path}: 'study.num_samples' ({st.num_samples}) must be a multiple of the "
+                             f"{len(method.values)} methods for equal trials per method")
     if sc.type not in ("asha", "none"):
         raise SpaceError(f"{path}: 'scheduler.type' must be 'asha' or 'none', got {sc.type!r}")
     if sc.metric not in SCHEDULER_METRICS:
@@ -355,18 +369,24 @@ def _check_search(space: Space) -> None:
             typed.append(flat[key])
         if param.kind == "choice":  # typed by the config ("1e-3" from YAML becomes 0.001)
             space.search[key] = dataclasses.replace(param, values=tuple(typed))
-    official = make_config(base).to_flat()  # the study's first trial: defaults + study.overrides
-    for key, param in space.search.items():
-        if param.method is not None and param.method != official["method"]:
-            continue
-        if key not in official:
-            raise SpaceError(f"{space.path}: 'search.{key}' is not a config key")
-        if not param.contains(official[key]):
-            raise SpaceError(
-                f"{space.path}: the official setting {key}={official[key]!r} ('defaults'/'study.overrides', or "
-                f"the built-in default) lies outside 'search.{key}' ({param.describe()}); widen the range or "
-                f"change 'defaults'"
-            )
+    # the study's first trial(s): defaults + study.overrides — one per method with equal trials per method
+    firsts = sorted(methods) if space.study.equal_trials_per_method else [make_config(base).method]
+    for first in firsts:
+        official = make_config({**base, "method": first}).to_flat()
+        for key, param in space.search.items():
+            if key == "method" or (param.method is not None and param.method != official["method"]):
+                continue
+            if key not in official:
+                raise SpaceError(f"{space.path}: 'search.{key}' is not a config key")
+            if not param.contains(official[key]):
+                raise SpaceError(
+                    f"{space.path}: the official setting {key}={official[key]!r} ('defaults'/'study.overrides', or "
+                    f"the built-in default) lies outside 'search.{key}' ({param.describe()}); widen the range or "
+                    f"change 'defaults'"
+                )
+    if "method" in space.search and not space.search["method"].contains(make_config(base).method):
+        raise SpaceError(f"{space.path}: the official setting method={make_config(base).method!r} lies outside "
+                         f"'search.method' ({space.search['method'].describe()})")
 
 
 def load_space(name_or_path: str) -> Space:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from drl_tune.config import make_config
+from drl_tune.config import ConfigError, make_config
 from drl_tune.spaces import Param, SchedulerSpec, Space
 
 PLAN_FILE = "drl_tune_study.json"
@@ -59,6 +59,7 @@ class Plan:
     overrides: dict[str, Any] = field(default_factory=dict)
     confirm_top_k: int = 1
     confirm_seeds: int = 0  # 0: no confirmation stage (also what plans saved before the stage existed mean)
+    balanced_methods: list[str] = field(default_factory=list)  # round robin over these (equal trials each)
     parent_run_id: str = ""
     experiment_id: str = ""
 
@@ -109,11 +110,18 @@ class Plan:
             lines.append("  confirmation: none (single-seed search results only)")
         lines.append("  searched:")
         lines += [f"    {p.key:<32} {p.describe()}" for p in self.params] or ["    (nothing: one configuration)"]
-        lines.append("  first trial (official setting): "
-                     + ", ".join(f"{k}={v}" for k, v in (self.points_to_evaluate or [{}])[0].items()))
-        for point in self.points_to_evaluate[1:]:
-            lines.append("  then the official setting of each other method: "
-                         + ", ".join(f"{k}={v}" for k, v in point.items()))
+        if self.balanced_methods:
+            lines.append(f"  methods: {', '.join(self.balanced_methods)} in turn, "
+                         f"{self.num_samples // len(self.balanced_methods)} trials each "
+                         f"(study.equal_trials_per_method)")
+            lines += [f"  first {m} trial (official setting): " + ", ".join(f"{k}={v}" for k, v in point.items())
+                      for m, point in zip(self.balanced_methods, self.points_to_evaluate, strict=True)]
+        else:
+            lines.append("  first trial (official setting): "
+                         + ", ".join(f"{k}={v}" for k, v in (self.points_to_evaluate or [{}])[0].items()))
+            for point in self.points_to_evaluate[1:]:
+                lines.append("  then the official setting of each other method: "
+                             + ", ".join(f"{k}={v}" for k, v in point.items()))
         lines.append("  fixed:")
         lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items())]
         return "\n".join(lines)
@@ -164,6 +172,15 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
     constants = {k: v for k, v in flat.items()
                  if k not in search and (k.split(".")[0] not in REGISTRY or k.split(".")[0] in methods)}
     points = official_points(space, search, {**values, "threads": flat["threads"]})
+    balanced: list[str] = []
+    if space.study.equal_trials_per_method and "method" in search:
+        # one official point per method, the space's own method first: trials 0..M-1 in this order, so the
+        # round robin over trial numbers must use the same order
+        balanced = [str(p["method"]) for p in points]
+        n = int(num_samples or space.study.num_samples)
+        if n % len(balanced):
+            raise ConfigError(f"--num-samples {n} must be a multiple of the {len(balanced)} methods of space "
+                              f"{space.name!r} (study.equal_trials_per_method gives each the same number of trials)")
     max_t = space.scheduler.max_t
     if max_t is None:
         max_t = int(search["epochs"].high) if "epochs" in search else int(flat["epochs"])
@@ -186,6 +203,7 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
         overrides=dict(overrides),
         confirm_top_k=int(space.confirm.top_k if confirm_top_k is None else confirm_top_k),
         confirm_seeds=int(space.confirm.seeds if confirm_seeds is None else confirm_seeds),
+        balanced_methods=balanced,
     )
     return plan
 
@@ -197,22 +215,32 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
 @dataclass
 class DefineByRun:
     """Optuna define-by-run space: ``method`` first, then the keys of the method that was drawn.
-    A class (not a closure) so Tune can pickle it into the experiment checkpoint for ``--resume``."""
+    A class (not a closure) so Tune can pickle it into the experiment checkpoint for ``--resume``.
+
+    With ``balanced`` methods the method is not drawn but assigned in turn by Optuna's trial number
+    (trial n gets ``balanced[n % M]``), so every method gets the same number of trials; the enqueued
+    official points (one per method, in the same order) are trials 0..M-1, so each method's official
+    setting is its first trial. TPE still models each method's own keys."""
 
     params: list[Param]
     constants: dict[str, Any]
+    balanced: tuple[str, ...] = ()
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         method = self.constants.get("method")
+        out = dict(self.constants)
+        if self.balanced:
+            method = self.balanced[trial.number % len(self.balanced)]
+            out["method"] = method
         for param in self.params:
-            if param.method is None:
+            if param.method is None and not (self.balanced and param.key == "method"):
                 value = param.suggest(trial)
                 if param.key == "method":
                     method = value
         for param in self.params:
             if param.method is not None and param.method == method:
                 param.suggest(trial)
-        return dict(self.constants)
+        return out
 
 
 def make_searcher(plan: Plan) -> Any:
@@ -226,7 +254,8 @@ def make_searcher(plan: Plan) -> Any:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # multivariate+group TPE models the conditional (per-method) parameters jointly, as Optuna recommends
     sampler = optuna.samplers.TPESampler(seed=plan.seed, multivariate=True, group=True)
-    search = OptunaSearch(DefineByRun(plan.params, plan.constants), metric=plan.metric, mode=plan.mode,
+    space = DefineByRun(plan.params, plan.constants, tuple(plan.balanced_methods))
+    search = OptunaSearch(space, metric=plan.metric, mode=plan.mode,
                           points_to_evaluate=plan.points_to_evaluate, sampler=sampler)
     return ConcurrencyLimiter(search, max_concurrent=plan.max_concurrent)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from drl_tune.config import make_config
+from drl_tune.config import ConfigError, flatten, make_config
 from drl_tune.spaces import SpaceError, load_space
 from drl_tune.study import DefineByRun, build_plan
 
-SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101"]
+SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare"]
 
 GOOD = """\
 dataset: {name: synthetic}
@@ -169,3 +169,44 @@ def test_set_fixes_a_key_and_drops_other_methods_keys(tmp_path):
     assert plan.constants["lr"] == 0.02 and plan.constants["method"] == "joint"
     assert not any(k.startswith("drl.") for k in plan.constants)
     assert plan.mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_compare_space_gives_every_method_the_same_trials_and_its_official_setting_first(tmp_path):
+    """study.equal_trials_per_method through Ray's OptunaSearch: methods take turns by trial number, and each
+    method's first trial is its official setting (the enqueued points are trials 0..M-1)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from drl_tune.methods import REGISTRY
+
+    space = load_space("demo_compare")
+    assert set(space.search["method"].values) == set(REGISTRY)
+    plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+    methods = plan.balanced_methods
+    assert len(plan.points_to_evaluate) == len(methods) == 7
+    search = OptunaSearch(DefineByRun(plan.params, plan.constants, tuple(methods)), metric="val/acc_best",
+                          mode="max", points_to_evaluate=plan.points_to_evaluate,
+                          sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True))
+    configs = []
+    for i in range(plan.num_samples):
+        config = search.suggest(f"t{i}")
+        configs.append(config)
+        search.on_trial_complete(f"t{i}", {"val/acc_best": 0.1 * (i % 5), "training_iteration": 1})
+    counts = {m: sum(c["method"] == m for c in configs) for m in methods}
+    assert counts == {m: plan.num_samples // len(methods) for m in methods}
+    for m, point in zip(methods, plan.points_to_evaluate, strict=True):
+        first = next(c for c in configs if c["method"] == m)
+        flat = {k: v for k, v in make_config(first).to_flat().items() if k in point}
+        assert flat == point, m
+        searched = {p.key: p.method for p in plan.params}
+        sampled = {searched[k] for k in flatten(first) if searched.get(k)}
+        assert sampled <= {m}  # a trial samples only its own method's keys
+    assert plan.points_to_evaluate[2] == {"method": "ogm_ge", "lr": 0.01, "ogm_ge.alpha": 0.1}
+
+
+def test_equal_trials_needs_a_multiple_of_the_methods(tmp_path):
+    text = GOOD.replace("study: {num_samples: 6,", "study: {num_samples: 5, equal_trials_per_method: true,")
+    with pytest.raises(SpaceError, match="multiple of the 2 methods"):
+        load_space(str(write(tmp_path, text)))
+    space = load_space("demo_compare")
+    with pytest.raises(ConfigError, match="multiple of the 7 methods"):
+        build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None, num_samples=10)

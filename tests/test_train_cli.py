@@ -38,12 +38,15 @@ def test_train_resume_continues_the_log(tmp_path):
 
 
 @pytest.mark.parametrize(("assignment", "message"), [
-    ("method=nope", "unknown method 'nope'; registered methods: drl, joint"),
+    ("method=nope", "unknown method 'nope'; registered methods: drl, inforeg, joint, mmpareto, ogm_ge, opm, "
+     "valuation"),
     ("learning_rate=0.1", "unknown key 'learning_rate'"),
     ("drl.alpah=1", "unknown key 'drl.alpah'"),
     ("drl.alpha=-1", "drl.alpha must be a finite number >= 0"),
     ("drl.diagnosis_interval=0", "drl.diagnosis_interval must be >= 1"),
     ("drl.n_clusters=1", "drl.n_clusters must be >= 2"),
+    ("opm.q_base=2", "opm.q_base must be in [0, 1]"),
+    ("valuation.level=batch", "valuation.level must be 'sample' or 'modality'"),
     ("epochs=many", "epochs must be an integer"),
     ("fusion=mean", "unknown fusion 'mean'"),
     ("optimizer=rmsprop", "optimizer must be 'sgd' or 'adam'"),

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from drl_tune.methods.base import EpochContext, Method, NoParams
+from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.drl import DRL
+from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
+from drl_tune.methods.mmpareto import MMPareto
+from drl_tune.methods.ogm_ge import OGMGE
+from drl_tune.methods.opm import OPM
+from drl_tune.methods.valuation import Valuation
 
 REGISTRY: dict[str, type[Method]] = {
     Joint.name: Joint,
     DRL.name: DRL,
+    OGMGE.name: OGMGE,
+    OPM.name: OPM,
+    MMPareto.name: MMPareto,
+    InfoReg.name: InfoReg,
+    Valuation.name: Valuation,
 }
 
-__all__ = ["REGISTRY", "EpochContext", "Method", "NoParams"]
+__all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]

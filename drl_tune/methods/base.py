@@ -1,9 +1,24 @@
 """The hook protocol every method implements; the engine's one epoch loop calls these hooks.
 
 A method changes training only through hooks, so comparing methods never means comparing training
-loops: ``setup`` once, ``loss`` per batch, ``after_backward`` between backward and the optimizer step,
-``on_epoch_end`` after evaluation (it may change the model and returns extra metrics), and
-``state_dict``/``load_state_dict`` so an interrupted run resumes exactly.
+loops. Per run: ``extra_modules`` (trainable modules the method adds, e.g. MMPareto's uni-modal heads —
+built before the optimizer so it trains them) and ``setup``. Per epoch: ``on_epoch_start`` and
+``training_rows`` (which training samples the epoch visits, with repeats and per-row modality masks —
+modality valuation's resampling), then per batch ``training_step``, then ``on_epoch_end`` after the
+evaluation. ``state_dict``/``load_state_dict`` carry everything the next epochs depend on, so an
+interrupted run resumes exactly.
+
+The default ``training_step`` is plain joint training, split into the hooks most methods override:
+
+    features = model.encode(inputs)
+    features, labels = modify_features(features, labels, batch)   # OPM drops features; None skips the batch
+    outputs = ModelOutput(model.fuse(features), features)
+    loss = loss(outputs, labels);  loss.backward()
+    after_backward(model)                                          # OGM-GE / InfoReg touch the gradients
+
+A method that needs several backward passes (MMPareto) overrides ``training_step`` itself. The engine then
+checks the returned loss is finite and steps the optimizer. Randomness inside hooks uses torch's global
+generator, whose state the engine checkpoints (so resumed runs draw the same numbers).
 """
 
 from __future__ import annotations
@@ -16,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drl_tune.config import ConfigError
 from drl_tune.models import ModelOutput, MultimodalClassifier
+from drl_tune.models.fusion import ConcatFusion, SumFusion
 
 
 @dataclass
@@ -24,10 +41,20 @@ class NoParams:
     """A method without hyperparameters of its own."""
 
 
-class EpochContext(Protocol):
-    """What the engine offers a method at the end of an epoch."""
+@dataclass
+class Batch:
+    """One training batch. ``keep`` [B, M] (modality order of the model) is False where that modality's
+    features are zeroed for that row (modality valuation's re-sampled copies); None = keep everything."""
 
-    epoch: int
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    keep: torch.Tensor | None = None
+
+
+class EpochContext(Protocol):
+    """What the engine offers a method around an epoch."""
+
+    epoch: int  # the 0-based index of the epoch being trained (on_epoch_start) or just trained (on_epoch_end)
     n_classes: int
     seed: int
     optimizer: torch.optim.Optimizer
@@ -46,8 +73,57 @@ class Method:
     def __init__(self, params: Any) -> None:
         self.params = params
 
+    # -- once per run ----------------------------------------------------------------------------------
+
+    def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
+        """Trainable modules the method adds (attached to the model as ``model.method_modules`` before the
+        optimizer is built, so they are trained, checkpointed and moved to the device with it)."""
+        return {}
+
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        """Called once, before the first epoch (not again on resume: ``load_state_dict`` is)."""
+        """Called once, before the first epoch (not again on resume: ``load_state_dict`` is). Refuse an
+        unsupported model here with a :class:`ConfigError`."""
+
+    # -- per epoch -------------------------------------------------------------------------------------
+
+    def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
+        """Before the epoch's first batch (``ctx.epoch`` is the epoch about to be trained)."""
+
+    def training_rows(self, n_train: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The epoch's training set as rows: sample indices (repeats allowed) and an optional [rows, M]
+        bool mask of kept modalities. The engine shuffles the rows. Default: every sample once, all kept."""
+        return np.arange(n_train), None
+
+    def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
+        """After the epoch's evaluation; may change the model; returns extra metrics for this epoch."""
+        return {}
+
+    # -- per batch -------------------------------------------------------------------------------------
+
+    def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
+        """Forward, loss, backward; gradients are left in ``.grad`` for the engine's optimizer step.
+        Returns the (detached) loss, or None to skip the batch without a step."""
+        features = model.encode(batch.inputs)
+        modified = self.modify_features(features, batch.labels, batch)
+        if modified is None:
+            return None
+        features, labels = modified
+        outputs = ModelOutput(model.fuse(features), features)
+        loss = self.loss(outputs, labels)
+        if not torch.isfinite(loss):
+            return loss.detach()  # the engine stops the run with a clear error
+        loss.backward()
+        self.after_backward(model)
+        return loss.detach()
+
+    def modify_features(
+        self, features: dict[str, torch.Tensor], labels: torch.Tensor, batch: Batch
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """Between the encoders and the fusion. Default: zero the modalities ``batch.keep`` masks out."""
+        if batch.keep is None:
+            return features, labels
+        keep = batch.keep.to(next(iter(features.values())).dtype)
+        return {m: f * keep[:, i : i + 1] for i, (m, f) in enumerate(features.items())}, labels
 
     def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.logits, labels)
@@ -55,12 +131,80 @@ class Method:
     def after_backward(self, model: nn.Module) -> None:
         """Gradients are in ``.grad``; the optimizer step follows."""
 
-    def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        """After the epoch's evaluation; may change the model; returns extra metrics for this epoch."""
-        return {}
+    # -- state -----------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers shared by the comparator methods
+
+
+def require_two_modalities(model: MultimodalClassifier, method: str) -> tuple[str, str]:
+    """The comparator methods are defined for an audio-visual pair; refuse anything else clearly."""
+    if len(model.modalities) != 2:
+        raise ConfigError(
+            f"method {method} is defined for exactly two modalities, this run has {len(model.modalities)} "
+            f"({', '.join(model.modalities)}); set data.modalities to two of them"
+        )
+    return model.modalities[0], model.modalities[1]
+
+
+def require_unimodal_head(model: MultimodalClassifier, method: str) -> None:
+    """Refuse fusions whose output layer has no per-modality part (see :func:`unimodal_logits`)."""
+    if not isinstance(model.fusion, (ConcatFusion, SumFusion)):
+        kind = type(model.fusion).__name__
+        raise ConfigError(
+            f"method {method} reads uni-modal logits off the fused head, which {kind} does not have (its "
+            f"output layer sees both modalities mixed); use fusion=concat (the official setting) or sum"
+        )
+
+
+def unimodal_logits(
+    model: MultimodalClassifier, features: dict[str, torch.Tensor], detach_head: bool = False
+) -> dict[str, torch.Tensor]:
+    """Each modality's logits read off the fused classification head, as the official OGM-GE/OPM/InfoReg code.
+
+    * concat: ``logits_m = f_m · W[:, cols_m]ᵀ + b / M`` — the weight columns that multiply modality m and
+      an equal share of the bias (b/2 for two modalities, as the official code);
+    * sum: ``logits_m = W_m f_m + b_m`` — that modality's own linear layer with its own full bias (the
+      official OGM-GE code uses b_m/2 here too; we keep each layer's own full bias, so that Σ_m logits_m is
+      exactly the fused logits, as the issue specifies);
+    * FiLM and gated fusion have no such decomposition (the output layer sees γ⊙f₂+β or σ(W₁f₁)⊙W₂f₂, both
+      modalities multiplied together), so methods that need uni-modal logits refuse them
+      (:func:`require_unimodal_head`).
+
+    ``detach_head`` reads the head weights without gradient (OPM: ``weight.clone().detach()``).
+    """
+    fusion = model.fusion
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(fusion, ConcatFusion):
+        weight, bias = fusion.fc_out.weight, fusion.fc_out.bias
+        if detach_head:
+            weight, bias = weight.detach(), bias.detach()
+        start = 0
+        for m in model.modalities:
+            f = features[m]
+            out[m] = f @ weight[:, start : start + f.shape[1]].t() + bias / len(model.modalities)
+            start += f.shape[1]
+        return out
+    if isinstance(fusion, SumFusion):
+        for fc, m in zip(fusion.fc, model.modalities, strict=True):
+            weight, bias = (fc.weight.detach(), fc.bias.detach()) if detach_head else (fc.weight, fc.bias)
+            out[m] = features[m] @ weight.t() + bias
+        return out
+    require_unimodal_head(model, "this method")
+    raise AssertionError("unreachable")
+
+
+def batch_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """score_m = Σ_i softmax(logits_m)[i, y_i] — the batch-summed confidence in the true class that
+    OGM-GE, OPM and InfoReg compare between modalities."""
+    with torch.no_grad():
+        return {
+            m: float(torch.softmax(z.float(), dim=1).gather(1, labels.view(-1, 1)).sum()) for m, z in logits.items()
+        }

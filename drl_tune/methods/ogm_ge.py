@@ -1,0 +1,131 @@
+"""OGM-GE: on-the-fly gradient modulation with generalisation enhancement (Peng et al., CVPR 2022).
+
+As the official ``main.py`` (GeWu-Lab/OGM-GE_CVPR2022), per batch:
+
+* only the multimodal cross-entropy is back-propagated;
+* score_m = Σ_i softmax(out_m)[i, y_i] with the uni-modal logits read off the fused head
+  (:func:`~drl_tune.methods.base.unimodal_logits`: concat → weight halves + b/2; sum → the modality's own
+  layer); ratio_v = score_v / score_a;
+* ratio_v > 1 → coeff_v = 1 − tanh(α·ratio_v), coeff_a = 1; otherwise coeff_a = 1 − tanh(α/ratio_v),
+  coeff_v = 1 (so a tie slows audio down);
+* while ``modulation_starts`` ≤ epoch ≤ ``modulation_ends``: every 4-D (conv) weight gradient g of an
+  encoder becomes coeff·g, and with GE (default) plus noise N(0, std(g) + 1e-8), std of the *unmodulated*
+  gradient, for **both** encoders (the un-slowed one gets coeff 1 plus noise).
+
+The modalities play the official roles in the model's order: the first is "audio", the second "visual"
+(audio first in every dataset here). FiLM and gated fusion are refused: they have no uni-modal logits.
+
+Departures from the official code: (1) sum fusion reads each modality's logits with its own layer's full
+bias (official: bias/2), as the issue specifies — the scores' ratio is all that matters and Σ_m logits_m
+then equals the fused logits; (2) the noise is drawn from torch's global generator, which the engine
+checkpoints, so resumed runs are exact; (3) ``ge: false`` gives plain OGM (the official ``--modulation OGM``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drl_tune.config import ConfigError
+from drl_tune.methods.base import (
+    EpochContext,
+    Method,
+    batch_scores,
+    require_two_modalities,
+    require_unimodal_head,
+    unimodal_logits,
+)
+from drl_tune.models import ModelOutput, MultimodalClassifier
+
+
+@dataclass
+class OGMGEParams:
+    """``alpha``: α of Eq. 10 (the README's example 0.1); modulation active for starts ≤ epoch ≤ ends."""
+
+    alpha: float = 0.1
+    modulation_starts: int = 0
+    modulation_ends: int = 50
+    ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false = plain OGM
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"ogm_ge.alpha must be a finite number > 0, got {self.alpha}")
+        if self.modulation_starts < 0 or self.modulation_ends < self.modulation_starts:
+            raise ConfigError(
+                f"ogm_ge.modulation_starts/ogm_ge.modulation_ends need 0 <= starts <= ends, got "
+                f"{self.modulation_starts} and {self.modulation_ends}"
+            )
+
+
+def ogm_coefficients(score_a: float, score_v: float, alpha: float) -> tuple[float, float]:
+    """(coeff_a, coeff_v) of the official code for the batch scores of the first and second modality."""
+    ratio_v = score_v / score_a
+    if ratio_v > 1:
+        return 1.0, 1.0 - math.tanh(alpha * ratio_v)
+    return 1.0 - math.tanh(alpha / ratio_v), 1.0
+
+
+@torch.no_grad()
+def modulate_encoder(encoder: nn.Module, coeff: float, noise: bool) -> None:
+    """g ← coeff·g (+ N(0, std(g) + 1e-8)) for the encoder's 4-D weight gradients."""
+    for param in encoder.parameters():
+        g = param.grad
+        if g is None or g.dim() != 4:
+            continue
+        if noise:
+            std = g.std().item() + 1e-8
+            param.grad = g * coeff + torch.zeros_like(g).normal_(0.0, std)
+        else:
+            g.mul_(coeff)
+
+
+class OGMGE(Method):
+    name = "ogm_ge"
+    Params = OGMGEParams
+    params: OGMGEParams
+
+    def __init__(self, params: OGMGEParams) -> None:
+        super().__init__(params)
+        self.model: MultimodalClassifier | None = None
+        self.epoch = 0
+        self.coeffs: tuple[float, float] = (1.0, 1.0)
+        self._sums = [0.0, 0.0, 0]
+
+    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
+        require_two_modalities(model, self.name)
+        require_unimodal_head(model, self.name)
+
+    def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
+        self.model, self.epoch, self._sums = model, ctx.epoch, [0.0, 0.0, 0]
+
+    def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None
+        with torch.no_grad():
+            scores = batch_scores(unimodal_logits(self.model, outputs.features), labels)
+        first, second = self.model.modalities
+        self.coeffs = ogm_coefficients(scores[first], scores[second], self.params.alpha)
+        return F.cross_entropy(outputs.logits, labels)
+
+    def after_backward(self, model: nn.Module) -> None:
+        assert self.model is not None
+        if not self.params.modulation_starts <= self.epoch <= self.params.modulation_ends:
+            return
+        for m, coeff in zip(self.model.modalities, self.coeffs, strict=True):
+            modulate_encoder(self.model.encoders[m], coeff, self.params.ge)
+        self._sums[0] += self.coeffs[0]
+        self._sums[1] += self.coeffs[1]
+        self._sums[2] += 1
+
+    def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
+        steps = self._sums[2]
+        if not steps:
+            return {}
+        return {f"diag/coeff_{m}": self._sums[i] / steps for i, m in enumerate(model.modalities)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # coefficients are recomputed every batch; the noise RNG is the engine's torch RNG
