@@ -23,6 +23,7 @@ from typing import Any
 
 from drl_tune.config import ConfigError, make_config, parse_assignments
 from drl_tune.data.cache import CacheError
+from drl_tune.safety import redact
 from drl_tune.spaces import load_space
 from drl_tune.study import PLAN_FILE, Plan, build_plan, outcomes, summary_table
 
@@ -196,21 +197,31 @@ def open_tracking(plan: Plan, resumed: bool) -> Any:
     plan.parent_run_id = tracker.start_parent(plan.name, tags, params, {"": space_copy})
     plan.save()
     tracker.client.log_artifact(plan.parent_run_id, str(plan_path))
-    tracker.client.log_text(plan.parent_run_id, plan.describe(), "plan.txt")
+    tracker.client.log_text(plan.parent_run_id, redact(plan.describe()), "plan.txt")
     return tracker
 
 
 def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float) -> int:
     from ray import tune
 
+    from drl_tune import ray_session
     from drl_tune.study import ProgressTable, make_trainable, make_tuner
     from drl_tune.tracking import MLflowTrialCallback, ui_command
 
+    try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
+        cleaned = ray_session.clean_previous(plan.study_dir)
+    except ray_session.StudyRunning as err:
+        raise UsageError(str(err)) from None
+    if cleaned:
+        print(cleaned, flush=True)
     started_ray = start_ray(address)
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
     try:
         gpus = resolve_gpus(plan)
         tracker = open_tracking(plan, resumed)
-        print(plan.describe() if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}", flush=True)
+        print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
+              flush=True)
         start = time.monotonic()
         if resumed:
             tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
@@ -235,14 +246,15 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             metrics |= {"best/val_acc": top.val_acc_best, "best/test_acc_at_best_val": top.test_at_best_val}
         tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, table)
         print(f"\nresults: {plan.study_dir}")
-        print(f"MLflow:  {plan.mlflow_uri}  (experiment {plan.name!r})")
-        print(f"review:  {ui_command(plan.mlflow_uri)}")
+        print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")
+        print(f"review:  {redact(ui_command(plan.mlflow_uri))}")
         if interrupted:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
                   f"--storage {plan.storage}", flush=True)
             return EXIT_INTERRUPTED
         return 1 if items and all(i.status == "error" for i in items) else 0
     finally:
+        ray_session.mark_ended(plan.study_dir)
         if started_ray:
             import ray
 
@@ -264,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print(plan.describe())
+        print(redact(plan.describe()))
         print("\n(dry run: nothing started)")
         return 0
     try:

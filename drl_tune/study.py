@@ -26,6 +26,7 @@ from typing import Any
 from ray.tune import Callback
 
 from drl_tune.config import make_config
+from drl_tune.io import atomic_write_text
 from drl_tune.spaces import Param, SchedulerSpec, Space
 
 PLAN_FILE = "drl_tune_study.json"
@@ -78,11 +79,7 @@ class Plan:
 
     def save(self) -> Path:
         self.study_dir.mkdir(parents=True, exist_ok=True)
-        path = self.study_dir / PLAN_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return atomic_write_text(self.study_dir / PLAN_FILE, self.to_json())
 
     def describe(self) -> str:
         """The human version of the plan (``--dry-run`` prints it)."""
@@ -348,14 +345,18 @@ class TrialOutcome:
     gap_at_best_val: float = float("nan")
     epochs_run: int = 0
     path: str = ""
+    error: str = ""  # one line: why an errored trial failed
 
 
 def outcomes(results: Any) -> list[TrialOutcome]:
     """One :class:`TrialOutcome` per trial of a Tune ``ResultGrid`` (read from the per-epoch history)."""
+    from drl_tune.faults import reason_of, recorded_error
+    from drl_tune.history import dedupe_frame
+
     out = []
     for result in results:
         config = dict(result.config or {})
-        frame = result.metrics_dataframe
+        frame = dedupe_frame(result.metrics_dataframe)  # a restored trial may have re-reported epochs
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         item = TrialOutcome(trial_id=str(trial_id), method=str(config.get("method", "?")), status="completed",
                             config=config, path=str(result.path))
@@ -369,6 +370,8 @@ def outcomes(results: Any) -> list[TrialOutcome]:
                 item.gap_at_best_val = float(best.iloc[-1]["balance/gap"])
         if result.error is not None:
             item.status = "error"
+            recorded = recorded_error(result.path)
+            item.error = str(recorded["reason"]) if recorded else reason_of(result.error)
         elif item.epochs_run < int(config.get("epochs", 0)):
             item.status = "stopped"
         out.append(item)
@@ -382,7 +385,7 @@ def summary_table(items: list[TrialOutcome], plan: Plan) -> str:
     rows = []
     for method in sorted({i.method for i in items}):
         mine = [i for i in items if i.method == method]
-        scored = [i for i in mine if not math.isnan(i.val_acc_best)]
+        scored = [i for i in mine if not math.isnan(i.val_acc_best) and i.status != "error"]
         best = max(scored, key=lambda i: i.val_acc_best) if scored else None
         owner = {p.key: p.method for p in plan.params}
         knobs = [best.config.get(k) if best and owner.get(k) in (None, method) else None for k in knob_columns(plan)]
@@ -390,7 +393,12 @@ def summary_table(items: list[TrialOutcome], plan: Plan) -> str:
                      best.val_acc_best if best else None, best.test_at_best_val if best else None,
                      best.gap_at_best_val if best else None, len(mine),
                      sum(i.status == "stopped" for i in mine), sum(i.status == "error" for i in mine)])
-    return render_table(headers, rows)
+    table = render_table(headers, rows)
+    errored = [i for i in items if i.status == "error"]
+    if errored:  # why each errored trial failed (they never count as a method's best)
+        table += "\n\nerrored trials:\n" + render_table(
+            ["trial", "method", "epochs", "error"], [[i.trial_id, i.method, i.epochs_run, i.error] for i in errored])
+    return table
 
 
 def print_line(text: str = "") -> None:
