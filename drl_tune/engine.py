@@ -18,6 +18,7 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from typing import Any
 
@@ -260,4 +261,9 @@ class Engine:
         atomic_save_torch(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{path}: not a loadable checkpoint ({first[:200]}); delete it to start over") from None
+        self.load_state_dict(state)

@@ -78,13 +78,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def latest_study(storage: Path, space: str | None) -> Path:
-    plans = sorted((p for p in storage.glob(f"*/{PLAN_FILE}")
-                    if space is None or json.loads(p.read_text()).get("space_name") == space),
+    plans = sorted((p for p in storage.glob(f"*/{PLAN_FILE}") if space is None or _plan_space(p) == space),
                    key=lambda p: p.stat().st_mtime)
     if not plans:
         raise UsageError(f"--resume: no study found in {storage}" + (f" for space {space!r}" if space else "")
                          + "; pass --name and --storage of the study to resume")
     return plans[-1].parent
+
+
+def _plan_space(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("space_name")
+    except (OSError, ValueError, AttributeError):
+        return None  # not a plan of this tool: never the one to resume
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -99,9 +105,12 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         path = study_dir / PLAN_FILE
         if not path.is_file():
             raise UsageError(f"--resume: {study_dir} is not a study folder (no {PLAN_FILE})")
-        plan = Plan.from_json(path.read_text())
+        plan = Plan.from_json(path.read_text(), where=str(path))
         plan.storage = str(study_dir.resolve().parent)  # the folder may have moved
         return plan
+    if args.storage.exists() and not args.storage.is_dir():
+        raise UsageError(f"--storage {args.storage} is a file, not a folder; pass the folder that holds (or will "
+                         f"hold) the studies")
     if not args.space:
         raise UsageError("--space is required (a name such as demo, or a path to a .yaml file)")
     space = load_space(args.space)
@@ -112,6 +121,9 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     if (args.storage / name / PLAN_FILE).exists() and not args.dry_run:
         raise UsageError(f"study {args.storage / name} exists; resume it with --resume --name {name}, "
                          f"or choose another --name")
+    if args.mlflow_uri and args.mlflow_uri.startswith("sqlite:") and not args.mlflow_uri.startswith("sqlite:////"):
+        raise UsageError(f"--mlflow-uri {args.mlflow_uri}: a sqlite URI must hold an absolute path "
+                         f"(sqlite:////abs/path/mlflow.db): Tune runs each trial in its own working folder")
     return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
@@ -215,9 +227,9 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     if cleaned:
         print(cleaned, flush=True)
     started_ray = start_ray(address)
-    plan.study_dir.mkdir(parents=True, exist_ok=True)
-    ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
     try:
+        plan.study_dir.mkdir(parents=True, exist_ok=True)
+        ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
         gpus = resolve_gpus(plan)
         tracker = open_tracking(plan, resumed)
         print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",

@@ -25,11 +25,12 @@ from typing import Any
 
 from ray.tune import Callback
 
-from drl_tune.config import make_config
+from drl_tune.config import ConfigError, make_config
 from drl_tune.io import atomic_write_text
 from drl_tune.spaces import Param, SchedulerSpec, Space
 
 PLAN_FILE = "drl_tune_study.json"
+PLAN_FORMAT = "drl_tune.study/1"
 # what the live table shows per trial (result key -> column title)
 PROGRESS_COLUMNS = {"epoch": "epoch", "val/acc": "val acc", "val/acc_best": "best", "balance/gap": "gap"}
 
@@ -61,6 +62,7 @@ class Plan:
     overrides: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str = ""
     experiment_id: str = ""
+    format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
 
     @property
     def study_dir(self) -> Path:
@@ -74,8 +76,32 @@ class Plan:
         return json.dumps(dataclasses.asdict(self), indent=2, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, where: str = PLAN_FILE) -> Plan:
+        """Parse and check a plan file: ``--resume`` must never act on a folder this tool did not write."""
+        def refuse(why: str) -> ConfigError:
+            return ConfigError(f"{where} is not a drl_tune study plan ({why}); --resume only continues studies "
+                               f"that python -m drl_tune.run started — check --storage and --name")
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise refuse(f"not JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise refuse(f"a JSON {type(raw).__name__}, not an object")
+        if raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:  # plans written before the marker have all the keys
+            raise refuse(f"format {raw.get('format')!r}, this drl_tune writes {PLAN_FORMAT!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in raw]
+        unknown = [n for n in raw if n not in fields]
+        if missing or unknown:
+            raise refuse(f"missing {', '.join(missing)}" if missing else f"unknown key {unknown[0]!r}")
+        expected = {"name": str, "storage": str, "constants": dict, "search": list, "num_samples": int,
+                    "mlflow_uri": str, "scheduler": dict}
+        wrong = [n for n, kind in expected.items() if not isinstance(raw[n], kind)]
+        if wrong:
+            raise refuse(f"{wrong[0]!r} should be a {expected[wrong[0]].__name__}")
+        return cls(**raw)
 
     def save(self) -> Path:
         self.study_dir.mkdir(parents=True, exist_ok=True)

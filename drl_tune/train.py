@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not checkpoint.is_file():
             raise ConfigError(f"--resume: no checkpoint at {checkpoint}")
         engine = Engine(config)
+        if args.resume:
+            engine.load(checkpoint)
     except (ConfigError, CacheError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        engine.load(checkpoint)
         print(f"resumed from {checkpoint} at epoch {engine.epoch}")
     atomic_write_json(out / "config.json", config.to_flat())
     mode = "a" if args.resume else "w"
