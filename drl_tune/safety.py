@@ -16,7 +16,7 @@ from typing import Any
 MASK = "***"
 SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.IGNORECASE)
 URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?P<at>@)")
-QUERY_SECRET = re.compile(r"(?P<head>[?&;\s](?:access_?token|token|password|passwd|secret|api_?key|key)=)"
+QUERY_SECRET = re.compile(r"(?P<head>[?&;\s](?:access_?token|token|password|passwd|secret|api_?key|access_?key)=)"
                           r"(?P<secret>[^&\s;]+)", re.IGNORECASE)
 MIN_SECRET_LENGTH = 6  # shorter env values ("1", "true") would mask ordinary text
 

@@ -67,6 +67,19 @@ def env_for(ray_tmp: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp}
 
 
+def start_study(argv: list[str], log: Path, ray_tmp: str, cwd: Path) -> subprocess.Popen:
+    """Start a study; on this shared 2-core machine Ray's fixed 30 s node-startup wait can run out under
+    load, and such a start (nothing of the study run yet) is tried once more."""
+    for attempt in range(2):
+        with open(log, "w") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env_for(ray_tmp), cwd=cwd)
+        while proc.poll() is None and "started a local Ray" not in log.read_text():
+            time.sleep(0.2)
+        if proc.poll() is None or attempt or "timed out during startup" not in log.read_text():
+            return proc
+    return proc
+
+
 def wait_for(predicate, what: str, proc: subprocess.Popen, log: Path, timeout: float = 300.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -114,9 +127,8 @@ def test_sigkilled_trial_worker_restarts_from_its_checkpoint(tmp_path, ray_tmp):
     space.write_text(textwrap.dedent(SPACE).replace("NUM", "2").replace("EPOCHS", str(epochs)))
     storage = tmp_path / "studies"
     log = tmp_path / "study.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(study_cli("--space", str(space), "--storage", str(storage), "--name", "k"),
-                                stdout=out, stderr=subprocess.STDOUT, env=env_for(ray_tmp), cwd=tmp_path)
+    proc = start_study(study_cli("--space", str(space), "--storage", str(storage), "--name", "k"), log, ray_tmp,
+                       tmp_path)
     try:
         study = storage / "k"
         # the first trial, once its epoch 1 is reported (so a checkpoint of epoch 1 exists): mid-epoch 2
@@ -171,9 +183,8 @@ def test_sigkilled_driver_leaves_no_ray_behind_and_resume_completes(tmp_path, ra
     storage = tmp_path / "studies"
     study = storage / "d"
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(study_cli("--space", str(space), "--storage", str(storage), "--name", "d"),
-                                stdout=out, stderr=subprocess.STDOUT, env=env_for(ray_tmp), cwd=tmp_path)
+    proc = start_study(study_cli("--space", str(space), "--storage", str(storage), "--name", "d"), log, ray_tmp,
+                       tmp_path)
     try:
         # one trial finished, the next one mid-run
         wait_for(lambda: "terminated" in log.read_text() and sum(
