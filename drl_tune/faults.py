@@ -106,3 +106,26 @@ def reason_of(error: Any) -> str:
     if isinstance(error, RayActorError):
         return WORKER_DIED
     return one_line(str(error)) or type(error).__name__
+
+
+def storage_message(error: BaseException | str, plan: Any) -> str | None:
+    """One line for a failure caused by storage that refuses writes (full, read-only, quota), else None."""
+    import re
+
+    from drl_tune.io import storage_error
+
+    if isinstance(error, str):
+        if not re.search(r"No space left on device|Read-only file system|Disk quota exceeded|database or disk is "
+                         r"full|attempt to write a readonly database", error):
+            return None
+        found = re.search(r"'(/[^']+)'", error)
+        where, why = (found.group(1) if found else str(plan.study_dir)), one_line(error, 200)
+    else:
+        cause = storage_error(error)
+        if cause is None:
+            return None
+        where = cause.filename or str(plan.study_dir)
+        why = cause.strerror or one_line(str(cause), 200)
+    return (f"cannot write the study's results at {where} ({why}); what was complete is kept — free space or "
+            f"make {plan.study_dir} writable, then finish with: python -m drl_tune.run --resume --name "
+            f"{plan.name} --storage {plan.storage}")

@@ -30,6 +30,7 @@ from drl_tune.study import PLAN_FILE, Plan, build_plan, outcomes, summary_table
 DEFAULT_STORAGE = Path("runs") / "studies"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_STORAGE = 3  # the results storage is full or read-only
 
 
 class UsageError(ConfigError):
@@ -264,6 +265,12 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
                   f"--storage {plan.storage}", flush=True)
             return EXIT_INTERRUPTED
+        from drl_tune.faults import storage_message
+
+        full = next((m for m in (storage_message(i.error, plan) for i in items if i.status == "error") if m), None)
+        if full:  # trials failed because results could not be written: say so, and which path
+            print(f"error: {full}", file=sys.stderr)
+            return EXIT_STORAGE
         return 1 if items and all(i.status == "error" for i in items) else 0
     finally:
         ray_session.mark_ended(plan.study_dir)
@@ -296,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:  # a full or read-only disk surfaces from Tune, MLflow or our own writes
+        from drl_tune.faults import storage_message
+
+        message = storage_message(err, plan)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":
