@@ -75,4 +75,4 @@ def test_nonfinite_trial_errors_with_its_reason_and_the_study_goes_on(private_ra
     # the retries (max_failures 2) stopped at once instead of diverging again from the checkpoint
     folder = next(p for p in (storage / "nan").glob("joint_*") if (p / ERROR_FILE).exists())
     errors = (folder / "error.txt").read_text()
-    assert errors.count("Failure #") == 3 and errors.count("not retried") == 2, errors
+    assert errors.count("Failure #") == 3 and errors.count("drl_tune.faults.RepeatedFailure: ") == 2, errors
