@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -45,9 +46,22 @@ def _fraction(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -59,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fix a config key for every trial (a searched key stops being searched); repeatable")
     p.add_argument("--num-samples", type=_positive_int, help="number of trials (default: the space's study block)")
     p.add_argument("--max-concurrent", type=_positive_int, help="trials running at once (default: the space's)")
+    p.add_argument("--confirm-seeds", type=_count,
+                   help="fresh seeds per confirmed configuration after the search (default: the space's "
+                        "study.confirm.seeds, 5); 0 skips the confirmation")
+    p.add_argument("--confirm-top-k", type=_positive_int,
+                   help="configurations per method to confirm (default: the space's study.confirm.top_k, 1)")
     p.add_argument("--cpus-per-trial", type=_fraction, help="CPUs reserved per trial (also its torch threads)")
     p.add_argument("--gpus-per-trial", type=_fraction,
                    help="GPUs per trial, fractions allowed (default: the space's value when the cluster has "
@@ -99,7 +118,9 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         if args.dry_run:
             raise UsageError("--resume and --dry-run exclude each other")
         ignored = [flag for flag, value in (("--set", args.assignments), ("--num-samples", args.num_samples),
-                                            ("--seed", args.seed), ("--mlflow-uri", args.mlflow_uri)) if value]
+                                            ("--seed", args.seed), ("--mlflow-uri", args.mlflow_uri),
+                                            ("--confirm-seeds", args.confirm_seeds is not None),
+                                            ("--confirm-top-k", args.confirm_top_k)) if value]
         if ignored:
             raise UsageError(f"--resume continues the saved plan; {ignored[0]} cannot change it")
         study_dir = args.storage / args.name if args.name else latest_study(args.storage, _space_name(args.space))
@@ -127,7 +148,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                          f"(sqlite:////abs/path/mlflow.db): Tune runs each trial in its own working folder")
     return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
-                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                      confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k)
 
 
 def _space_name(space: str | None) -> str | None:
@@ -215,9 +237,11 @@ def open_tracking(plan: Plan, resumed: bool) -> Any:
 
 
 def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float) -> int:
+    """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; exit code."""
     from ray import tune
 
     from drl_tune import ray_session
+    from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
     from drl_tune.study import ProgressTable, make_trainable, make_tuner
     from drl_tune.tracking import MLflowTrialCallback, ui_command
 
@@ -243,22 +267,34 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
                          ProgressTable(plan, progress_interval)]
             tuner = make_tuner(plan, gpus, callbacks)
-        results = tuner.fit()
-        wall = time.monotonic() - start
+        # a confirmation already under way means the search had finished: read it, don't run it again
+        confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()
+        results = tuner.get_results() if confirming else tuner.fit()
         items = outcomes(results)
-        finished = results.num_terminated + results.num_errors
-        interrupted = finished < plan.num_samples
+        interrupted = results.num_terminated + results.num_errors < plan.num_samples
         table = summary_table(items, plan)
-        print(f"\nsummary of study {plan.name!r} ({len(items)} trials, {wall:.0f} s"
-              + (", INTERRUPTED" if interrupted else "") + "):", flush=True)
-        print(table)
-        best = [i for i in items if i.val_acc_best == i.val_acc_best]
+        print(f"\nsearch of study {plan.name!r} ({len(items)} trials, {time.monotonic() - start:.0f} s"
+              + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "
+              "is optimistic" + (", the confirmation is the answer" if plan.confirm_seeds else ""), flush=True)
+        print(table, flush=True)
+        answer = None
+        if not interrupted and plan.confirm_seeds > 0:
+            answer, interrupted = run_confirmation(plan, gpus, tracker, progress_interval, top_k=plan.confirm_top_k,
+                                                   n_seeds=plan.confirm_seeds, strict=False)
+        wall = time.monotonic() - start
+        best = [i for i in items if not math.isnan(i.val_acc_best) and i.status != "error"]
         metrics = {"trials": float(len(items)), "wall_s": wall}
         if best:
             top = max(best, key=lambda i: i.val_acc_best)
             metrics |= {"best/val_acc": top.val_acc_best, "best/test_acc_at_best_val": top.test_at_best_val}
-        tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, table)
-        print(f"\nresults: {plan.study_dir}")
+        summary = "search (one seed per trial, optimistic):\n" + table
+        if answer is not None:
+            text = answer_tables(answer)
+            summary += "\n\nanswer (confirmation over fresh seeds):\n" + text
+            print(f"\nanswer of study {plan.name!r} ({wall:.0f} s in all):\n{text}", flush=True)
+        tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, summary)
+        print(f"\nresults: {plan.study_dir}" + (f"  (answer: {plan.study_dir / 'answer.json'}, answer.csv)"
+                                                if answer is not None else ""))
         print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")
         print(f"review:  {redact(ui_command(plan.mlflow_uri))}")
         if interrupted:

@@ -60,6 +60,8 @@ class Plan:
     max_failures: int
     mlflow_uri: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    confirm_top_k: int = 1
+    confirm_seeds: int = 0  # 0: no confirmation stage (also what plans saved before the stage existed mean)
     parent_run_id: str = ""
     experiment_id: str = ""
     format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
@@ -124,10 +126,18 @@ class Plan:
             lines.append("  early stopping: none")
         lines.append(f"  checkpoints: every epoch, {self.keep_checkpoints} kept; "
                      f"a failed trial is retried {self.max_failures}x from its last checkpoint")
+        if self.confirm_seeds:
+            lines.append(f"  then confirmation: the top {self.confirm_top_k} configuration(s) of each method "
+                         f"(on val/acc_best) re-trained with {self.confirm_seeds} fresh seeds, full epochs")
+        else:
+            lines.append("  confirmation: none (single-seed search results only)")
         lines.append("  searched:")
         lines += [f"    {p.key:<32} {p.describe()}" for p in self.params] or ["    (nothing: one configuration)"]
         lines.append("  first trial (official setting): "
                      + ", ".join(f"{k}={v}" for k, v in (self.points_to_evaluate or [{}])[0].items()))
+        for point in self.points_to_evaluate[1:]:
+            lines.append("  then the official setting of each other method: "
+                         + ", ".join(f"{k}={v}" for k, v in point.items()))
         lines.append("  fixed:")
         lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items())]
         return "\n".join(lines)
@@ -140,9 +150,27 @@ def official_point(space: Space, search: dict[str, Param], values: dict[str, Any
     return {k: flat[k] for k, p in search.items() if p.method is None or p.method == method}
 
 
+def official_points(space: Space, search: dict[str, Param], values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first trials of a study: the official setting, then the same setting with each other searched
+    method (its own keys at their official values where those lie inside the searched range, else sampled).
+
+    So every method of the space runs at least once, however the sampler draws ``method`` — without it a short
+    study can end with no joint-training trial, and then with no answer to "does DRL beat joint training?"."""
+    first = official_point(space, search, values)
+    points = [first]
+    if "method" in search:
+        for method in search["method"].values:
+            if method == first.get("method"):
+                continue
+            point = official_point(space, search, {**values, "method": method})
+            points.append({k: v for k, v in point.items() if search[k].contains(v)})
+    return points
+
+
 def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: Path, mlflow_uri: str | None,
                num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
-               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None) -> Plan:
+               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+               confirm_seeds: int | None = None, confirm_top_k: int | None = None) -> Plan:
     """Resolve a space and the command line into a :class:`Plan` (validates the configuration)."""
     from drl_tune.tracking import default_tracking_uri
 
@@ -159,7 +187,7 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
 
     constants = {k: v for k, v in flat.items()
                  if k not in search and (k.split(".")[0] not in REGISTRY or k.split(".")[0] in methods)}
-    points = [official_point(space, search, {**values, "threads": flat["threads"]})]
+    points = official_points(space, search, {**values, "threads": flat["threads"]})
     max_t = space.scheduler.max_t
     if max_t is None:
         max_t = int(search["epochs"].high) if "epochs" in search else int(flat["epochs"])
@@ -180,6 +208,8 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
         keep_checkpoints=space.study.keep_checkpoints, max_failures=space.study.max_failures,
         mlflow_uri=mlflow_uri or default_tracking_uri(storage / name),
         overrides=dict(overrides),
+        confirm_top_k=int(space.confirm.top_k if confirm_top_k is None else confirm_top_k),
+        confirm_seeds=int(space.confirm.seeds if confirm_seeds is None else confirm_seeds),
     )
     return plan
 

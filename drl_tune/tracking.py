@@ -25,6 +25,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "drl_tune.trial_id"
 STUDY_TAG = "drl_tune.study"
 ERROR_TAG = "drl_tune.error"  # one line: why the trial failed
+STAGE_TAG = "drl_tune.stage"  # search | confirm
 MAX_PARAM_LENGTH = 6000
 
 
@@ -103,8 +104,11 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 class MLflowTrialCallback(Callback):
     """Driver-side Tune callback: a child run per trial with its config and per-epoch metric history."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study: str, stage: str = "search",
+                 tags_by_config: dict[str, dict[str, str]] | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.stage = stage
+        self.tags_by_config = dict(tags_by_config or {})  # canonical config text -> extra tags
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.study = study
@@ -118,7 +122,7 @@ class MLflowTrialCallback(Callback):
         return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_synced")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"stage": "search", "tags_by_config": {}, **state})  # studies saved before stages
         self._client = None
         self._synced = set()
 
@@ -150,9 +154,11 @@ class MLflowTrialCallback(Callback):
         if run_id is None:
             config = dict(trial.config)
             tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, STUDY_TAG: self.study,
-                    "method": str(config.get("method", ""))}
-            run = self.client.create_run(self.experiment_id, run_name=f"{config.get('method', 'trial')}-{trial_id}",
-                                         tags=tags)
+                    STAGE_TAG: self.stage, "method": str(config.get("method", ""))}
+            tags.update(self.tags_by_config.get(json.dumps(config, sort_keys=True, default=str), {}))
+            stage = "" if self.stage == "search" else f"{self.stage}-"
+            run = self.client.create_run(self.experiment_id,
+                                         run_name=f"{config.get('method', 'trial')}-{stage}{trial_id}", tags=tags)
             run_id = run.info.run_id
             log_params(self.client, run_id, config)
         else:  # a resumed study: continue the same child run after the last epoch MLflow really holds (the

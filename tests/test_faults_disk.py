@@ -35,7 +35,7 @@ SPACE = """\
 dataset: {name: synthetic}
 fixed: {threads: 1, method: joint, lr: 0.05}
 scheduler: {type: none}
-study: {num_samples: 2, max_concurrent: 1, seed: 0, max_failures: 1, overrides: {epochs: 4}}
+study: {num_samples: 2, max_concurrent: 1, seed: 0, max_failures: 1, confirm: {seeds: 0}, overrides: {epochs: 4}}
 resources: {cpus_per_trial: 1}
 """
 

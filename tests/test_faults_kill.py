@@ -45,7 +45,7 @@ defaults: {lr: 0.05}
 search:
   lr: {type: choice, values: [0.05, 0.02]}
 scheduler: {type: none}
-study: {num_samples: NUM, max_concurrent: 1, seed: 0, max_failures: 2, overrides: {epochs: EPOCHS}}
+study: {num_samples: NUM, max_concurrent: 1, seed: 0, max_failures: 2, confirm: {seeds: 0}, overrides: {epochs: EPOCHS}}
 resources: {cpus_per_trial: 1}
 """
 
@@ -146,7 +146,7 @@ def test_sigkilled_trial_worker_restarts_from_its_checkpoint(tmp_path, ray_tmp):
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert "summary of study 'k' (2 trials" in text, text
+    assert "search of study 'k' (2 trials" in text, text
     assert len(killed_after) < epochs, "the kill came too late to interrupt the trial"
     restarted = json.loads((trial_dir / WORKER_FILE).read_text())
     assert restarted["pid"] != pid  # a new worker process ran the rest of the trial
@@ -215,7 +215,7 @@ def test_sigkilled_driver_leaves_no_ray_behind_and_resume_completes(tmp_path, ra
               "--progress-interval", "0"]
     done = subprocess.run(resume, capture_output=True, text=True, env=env_for(ray_tmp), cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"summary of study 'd' ({trials} trials" in done.stdout, done.stdout
+    assert f"search of study 'd' ({trials} trials" in done.stdout, done.stdout
     assert not [p for p in ray_session.leftovers(saved) if Path(f"/proc/{p}").exists()]  # the killed session's gone
     if lingering:
         assert "leftover Ray process" in done.stdout, done.stdout

@@ -27,7 +27,7 @@ defaults: {lr: 0.05}
 search:
   lr: {type: choice, values: [0.05, 1.0e+6]}
 scheduler: {type: none}
-study: {num_samples: 2, max_concurrent: 1, seed: 0, max_failures: 2, overrides: {epochs: 2}}
+study: {num_samples: 2, max_concurrent: 1, seed: 0, max_failures: 2, confirm: {seeds: 0}, overrides: {epochs: 2}}
 resources: {cpus_per_trial: 1}
 """
 
@@ -57,7 +57,7 @@ def test_nonfinite_trial_errors_with_its_reason_and_the_study_goes_on(private_ra
                  *tiny_sets()])
     out = capsys.readouterr().out
     assert code == 0, out  # one trial errored, the other completed: the study succeeded
-    summary = out[out.index("summary of study 'nan'"):]
+    summary = out[out.index("search of study 'nan'"):]
     assert "errored trials:" in summary and "FloatingPointError: training loss became" in summary, summary
 
     plan = Plan.from_json((storage / "nan" / PLAN_FILE).read_text())

@@ -117,8 +117,10 @@ def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
     space = load_space(str(write(tmp_path, GOOD)))
     plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
     # the official setting: the space's defaults, and the built-in defaults for searched keys it leaves out
+    # then the same setting with every other method of the choice, so each method runs at least once
     assert plan.points_to_evaluate == [{"method": "drl", "lr": 0.01, "batch_size": 64, "momentum": 0.9,
-                                        "drl.alpha": 3.0, "drl.diagnosis_interval": 2, "drl.max_reinits": 3}]
+                                        "drl.alpha": 3.0, "drl.diagnosis_interval": 2, "drl.max_reinits": 3},
+                                       {"method": "joint", "lr": 0.01, "batch_size": 64, "momentum": 0.9}]
     point = plan.points_to_evaluate[0]
     assert plan.constants["epochs"] == 3 and "lr" not in plan.constants and plan.constants["threads"] == 1
     assert plan.mlflow_uri == f"sqlite:///{tmp_path.resolve() / 't' / 'mlflow.db'}"
@@ -138,6 +140,24 @@ def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
     for params in seen:
         has_drl = any(k.startswith("drl.") for k in params)
         assert has_drl == (params["method"] == "drl"), params
+
+
+def test_every_method_gets_its_official_point_inside_the_space(tmp_path):
+    # the official method is joint; DRL's keys come from the built-in defaults (interval 20, 3 re-inits), and
+    # the interval's default lies outside the searched 1..3, so that key is left to the sampler
+    text = GOOD.replace("defaults: {method: drl, lr: 0.01, drl.alpha: 3.0, drl.diagnosis_interval: 2}",
+                        "defaults: {method: joint, lr: 0.01}")
+    plan = build_plan(load_space(str(write(tmp_path, text))), overrides={}, name="t", storage=tmp_path,
+                      mlflow_uri=None)
+    assert [p["method"] for p in plan.points_to_evaluate] == ["joint", "drl"]
+    drl = plan.points_to_evaluate[1]
+    assert drl["drl.alpha"] == 3.0 and drl["drl.max_reinits"] == 3 and "drl.diagnosis_interval" not in drl
+    assert {k: v for k, v in drl.items() if not k.startswith("drl.")} == {**plan.points_to_evaluate[0],
+                                                                          "method": "drl"}
+    # a fixed method leaves one official point
+    fixed = build_plan(load_space(str(write(tmp_path, text))), overrides={"method": "drl"}, name="u",
+                       storage=tmp_path, mlflow_uri=None)
+    assert len(fixed.points_to_evaluate) == 1
 
 
 def test_set_fixes_a_key_and_drops_other_methods_keys(tmp_path):

@@ -25,7 +25,7 @@ fixed: {threads: 1, method: joint, lr: 0.05, epochs: 2}
 search:
   lr: {type: choice, values: [0.05, 0.02]}
 scheduler: {type: none}
-study: {num_samples: 2, max_concurrent: 2, seed: 0, max_failures: 0}
+study: {num_samples: 2, max_concurrent: 2, seed: 0, max_failures: 0, confirm: {seeds: 0}}
 resources: {cpus_per_trial: 1}
 """
 

@@ -57,7 +57,7 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     space.write_text(textwrap.dedent(SPACE))
     storage = tmp_path / "studies"
     code = main(["--space", str(space), "--storage", str(storage), "--name", "e2e", "--progress-interval", "0",
-                 *tiny_sets()])
+                 "--confirm-seeds", "0", *tiny_sets()])
     out = capsys.readouterr().out
     assert code == 0, out
     plan = Plan.from_json((storage / "e2e" / PLAN_FILE).read_text())
@@ -69,7 +69,9 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     assert {a.path for a in client.list_artifacts(plan.parent_run_id)} >= {"e2e.yaml", PLAN_FILE, "plan.txt",
                                                                           "summary.txt"}
     runs = children(client, plan)
-    assert len(runs) == 6  # exactly one child run per trial
+    assert len(runs) == 6  # exactly one child run per trial: --confirm-seeds 0 added no confirmation
+    assert {r.data.tags["drl_tune.stage"] for r in runs} == {"search"}
+    assert not (storage / "e2e" / "confirm").exists() and not (storage / "e2e" / "answer.json").exists()
     assert len({r.data.tags["drl_tune.trial_id"] for r in runs}) == 6
     outcome = {r.data.tags["drl_tune.trial_id"]: r.data.tags.get("drl_tune.outcome") for r in runs}
     by_lr = {}

@@ -26,7 +26,7 @@ search:
   method: {type: choice, values: [joint, drl]}
   lr: {type: loguniform, low: 0.01, high: 0.1}
 scheduler: {type: none}
-study: {num_samples: 4, max_concurrent: 1, seed: 1, overrides: {epochs: 5}}
+study: {num_samples: 4, max_concurrent: 1, seed: 1, overrides: {epochs: 5}, confirm: {seeds: 0}}
 resources: {cpus_per_trial: 1}
 """
 

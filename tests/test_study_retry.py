@@ -32,7 +32,7 @@ fixed: {threads: 1, method: joint, lr: 0.05, epochs: 4}
 search:
   fusion: {type: choice, values: [concat]}
 scheduler: {type: none}
-study: {num_samples: 1, max_concurrent: 1, seed: 0, max_failures: 1}
+study: {num_samples: 1, max_concurrent: 1, seed: 0, max_failures: 1, confirm: {seeds: 0}}
 resources: {cpus_per_trial: 1}
 """
 

@@ -1,0 +1,128 @@
+"""Confirm an existing study: ``python -m drl_tune.confirm --name STUDY``.
+
+    python -m drl_tune.confirm --name demo-20261125-120000                 # the space's top_k and seeds
+    python -m drl_tune.confirm --name my-study --seeds 10 --top-k 2        # more seeds, two configs per method
+    python -m drl_tune.confirm --name my-study --resume                    # finish an interrupted confirmation
+    python -m drl_tune.confirm --name my-study --answer                    # print the saved answer again
+
+Re-trains the best configurations of each method (ranked on validation accuracy) with fresh seeds as Tune
+trials in ``STUDY/confirm/`` and writes the answer (``answer.json``, ``answer.csv``): mean and 95% interval per
+configuration and the paired difference against joint training. ``python -m drl_tune.run`` does this at the
+end of a study unless ``--confirm-seeds 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from drl_tune.config import ConfigError
+from drl_tune.confirmation import (
+    ANSWER_JSON,
+    CONFIRM_DIR,
+    CONFIRM_FILE,
+    ConfirmError,
+    answer_tables,
+    plan_confirmation,
+    read_trials,
+    run_confirmation,
+)
+from drl_tune.run import DEFAULT_STORAGE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int
+from drl_tune.study import PLAN_FILE, Plan
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m drl_tune.confirm", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="the study to confirm (its folder under --storage)")
+    p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help=f"results folder (default: {DEFAULT_STORAGE})")
+    p.add_argument("--seeds", type=_count, help="fresh seeds per configuration (default: the study's, else 5)")
+    p.add_argument("--top-k", type=_positive_int, help="configurations per method (default: the study's, else 1)")
+    p.add_argument("--methods", help="comma-separated methods to confirm (default: every method the search ran)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted confirmation")
+    p.add_argument("--answer", action="store_true", help="print the saved answer; run nothing")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    return p.parse_args(argv)
+
+
+def load_plan(storage: Path, name: str) -> Plan:
+    study_dir = storage / name
+    path = study_dir / PLAN_FILE
+    if not path.is_file():
+        raise UsageError(f"no study {name!r} in {storage} (no {PLAN_FILE} in {study_dir}); "
+                         f"pass the --name and --storage the study was run with")
+    try:
+        plan = Plan.from_json(path.read_text())
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{path} is not a study plan this tool wrote ({err})") from None
+    plan.storage = str(study_dir.resolve().parent)
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = load_plan(args.storage, args.name)
+        folder = plan.study_dir / CONFIRM_DIR
+        if args.answer:
+            answer_file = plan.study_dir / ANSWER_JSON
+            if not answer_file.is_file():
+                raise UsageError(f"study {args.name!r} has no answer yet ({answer_file}); confirm it first")
+            print(answer_tables(json.loads(answer_file.read_text())))
+            return 0
+        started = (folder / CONFIRM_FILE).is_file()
+        if started and not args.resume:
+            raise UsageError(f"study {args.name!r} already has a confirmation in {folder}; finish it with --resume "
+                             f"(or print its answer with --answer)")
+        if args.resume and not started:
+            raise UsageError(f"study {args.name!r} has no confirmation to resume; run without --resume")
+        top_k = args.top_k or plan.confirm_top_k or 1
+        seeds = args.seeds if args.seeds is not None else (plan.confirm_seeds or 5)
+        if seeds == 0:
+            raise UsageError("--seeds 0 confirms nothing; give at least 1 (5 is the default)")
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        if not started:  # check everything before Ray starts and before anything is written
+            records = read_trials(plan.study_dir)
+            known = sorted({r.method for r in records})
+            if methods and sorted(set(methods) - set(known)):
+                raise UsageError(f"--methods: {', '.join(sorted(set(methods) - set(known)))} did not run in study "
+                                 f"{args.name!r}; it ran {', '.join(known)}")
+            plan_confirmation(records, top_k, seeds, methods)
+    except (ConfigError, ConfirmError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from drl_tune.run import open_tracking, quiet_tune, resolve_gpus, start_ray
+
+    quiet_tune()
+    started_ray = start_ray(args.address)
+    try:
+        gpus = resolve_gpus(plan)
+        tracker = open_tracking(plan, resumed=True)
+        answer, interrupted = run_confirmation(plan, gpus, tracker, args.progress_interval, top_k=top_k,
+                                               n_seeds=seeds, methods=methods)
+        if interrupted or answer is None:
+            tracker.finish_parent(plan.parent_run_id, "KILLED", {}, None)
+            print(f"interrupted: finish it with  python -m drl_tune.confirm --resume --name {plan.name} "
+                  f"--storage {plan.storage}", flush=True)
+            return EXIT_INTERRUPTED
+        text = answer_tables(answer)
+        tracker.finish_parent(plan.parent_run_id, "FINISHED", {}, None)
+        tracker.client.log_text(plan.parent_run_id, text, "answer.txt")
+        print(f"\nanswer of study {plan.name!r}:\n{text}\n\nanswer: {plan.study_dir / ANSWER_JSON}", flush=True)
+        return 0
+    except (ConfigError, ConfirmError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

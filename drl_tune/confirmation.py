@@ -1,0 +1,578 @@
+"""The confirmation stage and the study's answer.
+
+A search ranks single-seed trials, and the best of many noisy trials is biased upwards (it is partly the
+luckiest seed). So after the search the top-K configurations of each method — ranked on the *validation*
+metric ``val/acc_best``, never on test — are re-trained with N fresh seeds (seeds no search trial used), full
+epochs, no early stopping, as Ray Tune trials of their own experiment in ``STUDY/confirm/`` (same resources,
+retries and ``--resume`` as the search; MLflow children of the same parent, tagged ``drl_tune.stage=confirm``).
+
+The answer (``answer.json``, ``answer.csv``, printed) gives per configuration the mean and Student-t 95%
+interval over seeds of ``test/acc_at_best_val``, ``val/acc_best``, ``balance/gap`` and each modality's probe
+accuracy, all read at the trial's best-validation epoch; and the paired difference of every configuration
+against the reference joint-training configuration, seed by seed (same seed ⇒ same data order and
+initialisation), with its interval and a plain sentence. Test figures are reported, never ranked on: the
+reference joint configuration (when K > 1) is the one with the best mean *validation* accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+from drl_tune.io import atomic_write_text
+from drl_tune.stats import Interval, paired_difference, t_interval
+
+CONFIRM_DIR = "confirm"
+CONFIRM_FILE = "drl_tune_confirm.json"
+ANSWER_JSON = "answer.json"
+ANSWER_CSV = "answer.csv"
+ANSWER_TXT = "answer.txt"
+SELECT_METRIC = "val/acc_best"  # validation only: the search's own ranking metric
+REFERENCE_METHOD = "joint"
+HEADLINE_METRIC = "test/acc_at_best_val"
+BASE_METRICS = ("test/acc_at_best_val", "val/acc_best", "balance/gap")
+LABELS = {"test/acc_at_best_val": "test acc at best val", "val/acc_best": "best val acc",
+          "balance/gap": "balance gap"}
+
+
+class ConfirmError(ValueError):
+    """The confirmation cannot start (no study, no finished trial, bad K or N); one message, exit code 2."""
+
+
+def metric_label(metric: str) -> str:
+    if metric.startswith("val/acc_") and metric not in LABELS:
+        return f"{metric.removeprefix('val/acc_')} probe acc"
+    return LABELS.get(metric, metric)
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A canonical text of a configuration (matches a confirmation trial to its planned entry)."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading a Tune experiment folder
+
+
+@dataclass
+class TrialRecord:
+    """One trial as read back from disk: its config, status and per-epoch rows (one per epoch)."""
+
+    trial_id: str
+    method: str
+    config: dict[str, Any]
+    status: str  # completed, stopped, error, running
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    path: str = ""
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.rows[-1] if self.rows else {}
+
+    def summary(self) -> dict[str, float]:
+        """The answer's metrics for this trial: everything at its best-validation epoch.
+
+        ``val/acc_best`` and ``test/acc_at_best_val`` are read from the last row (they are running values
+        that already refer to the best epoch); per-epoch metrics (balance gap, probes) from the row of
+        ``best_epoch``."""
+        if not self.rows:
+            return {}
+        last = self.final
+        best_epoch = last.get("best_epoch", -1)
+        at_best = next((r for r in self.rows if r.get("epoch") == best_epoch), last)
+        out = {k: float(v) for k, v in at_best.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and (k == "balance/gap" or (k.startswith("val/acc_") and k != "val/acc_best"))}
+        for key in ("val/acc_best", "test/acc_at_best_val"):
+            if key in last:
+                out[key] = float(last[key])
+        return out
+
+
+def _rows(trial_path: Path) -> list[dict[str, Any]]:
+    """``result.json`` rows, one per epoch (a retried trial may have re-reported an epoch: the last wins)."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    result = trial_path / "result.json"
+    if result.is_file():
+        for line in result.read_text().splitlines():
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+                if "epoch" in row:
+                    by_epoch[int(row["epoch"])] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_trials(experiment_dir: Path) -> list[TrialRecord]:
+    """Every trial of the Tune experiment in ``experiment_dir`` with its status (from Tune's experiment
+    state) and its de-duplicated per-epoch history."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(experiment_dir))
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise ConfirmError(f"{experiment_dir}: no Tune experiment state found ({err})") from None
+    records = []
+    for trial in analysis.trials:
+        path = Path(trial.path)  # the trial's folder in the study's storage
+        if not path.is_dir():  # the study folder was moved: find the trial by its folder name
+            path = experiment_dir / path.name
+        config = dict(trial.config or {})
+        rows = _rows(path)
+        epochs = int(config.get("epochs", 0))
+        if trial.status == "ERROR":
+            status = "error"
+        elif trial.status == "TERMINATED":
+            status = "completed" if rows and int(rows[-1]["epoch"]) + 1 >= epochs else "stopped"
+        else:
+            status = "running"  # PENDING/RUNNING/PAUSED: an interrupted experiment
+        records.append(TrialRecord(trial.trial_id, str(config.get("method", "?")), config, status, rows, str(path)))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------
+# planning the confirmation
+
+
+@dataclass
+class ConfirmEntry:
+    """One confirmation trial: configuration ``rank`` of ``method`` (a copy of search trial
+    ``source_trial``) with a fresh ``seed``."""
+
+    method: str
+    rank: int
+    source_trial: str
+    seed: int
+    config: dict[str, Any]
+    source_val: float = math.nan  # the search trial's (optimistic) val/acc_best
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}#{self.rank}"
+
+
+def fresh_seeds(used: set[int], n: int) -> list[int]:
+    """The ``n`` smallest positive seeds no search trial used (deterministic, so a re-run picks the same)."""
+    seeds, candidate = [], 1
+    while len(seeds) < n:
+        if candidate not in used:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
+def select_top(records: list[TrialRecord], top_k: int,
+               methods: list[str] | None = None) -> dict[str, list[TrialRecord]]:
+    """The ``top_k`` best distinct configurations per method on ``val/acc_best`` (validation only).
+
+    Candidates are the trials that ran all their epochs; a method none of whose trials did (all stopped
+    early) falls back to its stopped trials. Errored trials are never candidates. Two trials with the same
+    configuration (up to the seed) count once."""
+    chosen: dict[str, list[TrialRecord]] = {}
+    for method in sorted({r.method for r in records} | set(methods or [])):
+        if methods is not None and method not in methods:
+            continue
+        mine = [r for r in records if r.method == method and r.status in ("completed", "stopped")
+                and SELECT_METRIC in r.final and not math.isnan(float(r.final[SELECT_METRIC]))]
+        pool = [r for r in mine if r.status == "completed"] or mine
+        pool.sort(key=lambda r: float(r.final[SELECT_METRIC]), reverse=True)
+        seen, picked = set(), []
+        for record in pool:
+            key = config_key({k: v for k, v in record.config.items() if k != "seed"})
+            if key not in seen:
+                seen.add(key)
+                picked.append(record)
+            if len(picked) == top_k:
+                break
+        chosen[method] = picked
+    return chosen
+
+
+def plan_confirmation(records: list[TrialRecord], top_k: int, n_seeds: int,
+                      methods: list[str] | None = None, strict: bool = True) -> list[ConfirmEntry]:
+    """Entries for K configurations × N fresh seeds × methods. Raises ConfirmError when a method asked for
+    (or present in the search) has no finished trial to confirm; with ``strict=False`` (the stage at the end of
+    a study) such a method is left out with a note, and only a search with no finished trial at all fails."""
+    if top_k < 1 or n_seeds < 1:
+        raise ConfirmError(f"the confirmation needs top_k >= 1 and seeds >= 1, got top_k={top_k}, seeds={n_seeds}")
+    if not records:
+        raise ConfirmError("the search has no trials to confirm")
+    unfinished = [r.trial_id for r in records if r.status == "running"]
+    if unfinished:
+        raise ConfirmError(f"the search is not finished ({len(unfinished)} trials still pending); finish it first "
+                           f"with python -m drl_tune.run --resume --name STUDY")
+    chosen = select_top(records, top_k, methods)
+    empty = [m for m, picked in chosen.items() if not picked]
+    if empty and not strict and len(empty) < len(chosen):
+        print(f"note: no finished trial of method {', '.join(empty)} (every trial errored): not confirmed", flush=True)
+        chosen = {m: picked for m, picked in chosen.items() if picked}
+    elif empty:
+        raise ConfirmError(f"no finished trial of method {', '.join(empty)} to confirm (every trial errored); "
+                           f"confirm the other methods with --methods "
+                           f"{','.join(m for m in chosen if m not in empty) or 'METHOD'}")
+    used = {int(r.config.get("seed", 0)) for r in records}
+    seeds = fresh_seeds(used, n_seeds)
+    entries = []
+    for method, picked in chosen.items():
+        for rank, record in enumerate(picked, start=1):
+            for seed in seeds:
+                entries.append(ConfirmEntry(method, rank, record.trial_id, seed, {**record.config, "seed": seed},
+                                            float(record.final.get(SELECT_METRIC, math.nan))))
+    return entries
+
+
+def save_entries(path: Path, entries: list[ConfirmEntry], top_k: int, seeds: list[int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"top_k": top_k, "seeds": seeds, "entries": [e.__dict__ for e in entries]}
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def load_entries(path: Path) -> tuple[list[ConfirmEntry], int, list[int]]:
+    payload = json.loads(path.read_text())
+    return [ConfirmEntry(**e) for e in payload["entries"]], int(payload["top_k"]), list(payload["seeds"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the answer
+
+
+@dataclass
+class ConfigResult:
+    entry: ConfirmEntry  # the first entry (method, rank, source); seeds vary
+    seeds: list[int]
+    trials: list[str]
+    summaries: list[dict[str, float]]  # per seed, aligned with seeds
+    failed_seeds: list[int]
+    stats: dict[str, Interval]
+
+
+def _searched_keys(entries: list[ConfirmEntry]) -> list[str]:
+    """Config keys that differ between the confirmed configurations (what the tables show)."""
+    keys: set[str] = set()
+    configs = [e.config for e in entries]
+    for key in {k for c in configs for k in c}:
+        if key in ("seed", "method"):
+            continue
+        values = {json.dumps(c.get(key), default=str) for c in configs}
+        if len(values) > 1:
+            keys.add(key)
+    return sorted(keys)
+
+
+def build_answer(study_dir: Path, study_name: str) -> dict[str, Any]:
+    """Read the finished confirmation trials and compute the answer (see the module docstring)."""
+    entries, top_k, seeds = load_entries(study_dir / CONFIRM_DIR / CONFIRM_FILE)
+    records = {config_key(r.config): r for r in read_trials(study_dir / CONFIRM_DIR)}
+    groups: dict[tuple[str, int], list[ConfirmEntry]] = {}
+    for e in entries:
+        groups.setdefault((e.method, e.rank), []).append(e)
+    modalities = sorted({k for r in records.values() for k in r.summary() if k.startswith("val/acc_")
+                         and k != "val/acc_best"})
+    metrics = [*BASE_METRICS, *modalities]
+    results: dict[tuple[str, int], ConfigResult] = {}
+    for (method, rank), group in sorted(groups.items()):
+        ok_seeds, trials, summaries, failed = [], [], [], []
+        for e in sorted(group, key=lambda e: e.seed):
+            record = records.get(config_key(e.config))
+            if record is None or record.status != "completed":
+                failed.append(e.seed)
+                continue
+            ok_seeds.append(e.seed)
+            trials.append(record.trial_id)
+            summaries.append(record.summary())
+        stats = {m: t_interval([s[m] for s in summaries]) for m in metrics
+                 if summaries and all(m in s for s in summaries)}
+        results[(method, rank)] = ConfigResult(group[0], ok_seeds, trials, summaries, failed, stats)
+
+    # the reference: the joint configuration with the best mean *validation* accuracy
+    joint = [r for (m, _), r in results.items() if m == REFERENCE_METHOD and SELECT_METRIC in r.stats]
+    reference = max(joint, key=lambda r: r.stats[SELECT_METRIC].mean) if joint else None
+    paired = []
+    if reference is not None:
+        ref_by_seed = dict(zip(reference.seeds, reference.summaries, strict=True))
+        for (method, rank), res in results.items():
+            if res is reference:
+                continue
+            common = [(s, summ) for s, summ in zip(res.seeds, res.summaries, strict=True) if s in ref_by_seed]
+            for metric in metrics:
+                pairs = [(summ[metric], ref_by_seed[s][metric]) for s, summ in common
+                         if metric in summ and metric in ref_by_seed[s]]
+                if not pairs:
+                    continue
+                diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+                paired.append({"method": method, "rank": rank, "metric": metric,
+                               **{k: v for k, v in diff.to_dict().items() if k != "level"},
+                               "significant": diff.excludes_zero,
+                               "sentence": sentence(f"{method}#{rank}" if top_k > 1 else method,
+                                                    reference.entry.method, metric, diff)})
+    shown = _searched_keys([e for e in entries])
+    answer = {
+        "study": study_name,
+        "select_metric": SELECT_METRIC,
+        "seeds": seeds,
+        "top_k": top_k,
+        "metrics": metrics,
+        "configs": [{
+            "method": method, "rank": rank, "source_trial": res.entry.source_trial,
+            "source_val_acc_best": res.entry.source_val,
+            "config": {k: res.entry.config.get(k) for k in shown if k in res.entry.config},
+            "full_config": {k: v for k, v in res.entry.config.items() if k != "seed"},
+            "seeds": res.seeds, "trials": res.trials, "failed_seeds": res.failed_seeds,
+            "stats": {m: iv.to_dict() for m, iv in res.stats.items()},
+        } for (method, rank), res in results.items()],
+        "reference": ({"method": reference.entry.method, "rank": reference.entry.rank}
+                      if reference is not None else None),
+        "paired": paired,
+        "headline": [p["sentence"] for p in paired if p["metric"] == HEADLINE_METRIC],
+    }
+    if reference is None:
+        answer["headline"] = [f"no {REFERENCE_METHOD} configuration was confirmed, so there is no paired "
+                              f"difference against joint training"]
+    return _finite(answer)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN → None, so answer.json is strict JSON (readable by any tool, not only Python)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def sentence(name: str, reference: str, metric: str, diff: Interval) -> str:
+    """"drl − joint: +1.2 points test acc at best val (95% CI −0.4 … +2.8), not significant at 5 seeds"."""
+    n = diff.n
+    if n < 2:
+        return f"{name} − {reference}: {100 * diff.mean:+.1f} points {metric_label(metric)} from 1 seed (no interval)"
+    verdict = "significant" if diff.excludes_zero else "not significant"
+    return (f"{name} − {reference}: {100 * diff.mean:+.1f} points {metric_label(metric)} "
+            f"(95% CI {100 * diff.ci_low:+.1f} … {100 * diff.ci_high:+.1f}), {verdict} at {n} seeds")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+
+
+def _ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    if stat.get("ci_low") is None:
+        return fmt.format(stat["mean"]) + " (1 seed)"
+    return f"{fmt.format(stat['mean'])} [{fmt.format(stat['ci_low'])}, {fmt.format(stat['ci_high'])}]"
+
+
+def answer_tables(answer: dict[str, Any]) -> str:
+    """The answer as text: per configuration mean [95% CI]; then the paired differences; then sentences."""
+    from drl_tune.study import render_table
+
+    metrics = answer["metrics"]
+    keys = sorted({k for c in answer["configs"] for k in c["config"]})[:4]
+    headers = ["method", "rank", "from trial", *keys, "seeds", *[metric_label(m) for m in metrics]]
+    rows = [[c["method"], c["rank"], c["source_trial"], *[c["config"].get(k) for k in keys],
+             f"{len(c['seeds'])}" + (f" ({len(c['failed_seeds'])} failed)" if c["failed_seeds"] else ""),
+             *[_ci(c["stats"].get(m)) for m in metrics]] for c in answer["configs"]]
+    seeds = ", ".join(str(s) for s in answer["seeds"])
+    out = [f"mean [95% CI] over fresh seeds {seeds}, each metric at the trial's best-validation epoch:",
+           render_table(headers, rows)]
+    ref = answer.get("reference")
+    if ref and answer["paired"]:
+        pairs: dict[tuple[str, int], dict[str, dict]] = {}
+        for p in answer["paired"]:
+            pairs.setdefault((p["method"], p["rank"]), {})[p["metric"]] = p
+        headers = ["method", "rank", *[f"Δ {metric_label(m)}" for m in metrics]]
+        rows = [[m, r, *[_ci(d.get(metric), signed=True) + (" *" if d.get(metric, {}).get("significant") else "")
+                         for metric in metrics]] for (m, r), d in pairs.items()]
+        out += ["", f"paired difference against {ref['method']} (rank {ref['rank']}), seed by seed "
+                    f"(* = the 95% CI excludes 0):", render_table(headers, rows)]
+    out += [""] + answer["headline"]
+    return "\n".join(out)
+
+
+def answer_csv(answer: dict[str, Any]) -> str:
+    """One row per (configuration, metric): its interval and its paired difference against joint."""
+    paired = {(p["method"], p["rank"], p["metric"]): p for p in answer["paired"]}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "rank", "source_trial", "metric", "n", "mean", "std", "ci_low", "ci_high",
+                     "diff_vs_joint_mean", "diff_ci_low", "diff_ci_high", "diff_n", "significant"])
+    for c in answer["configs"]:
+        for metric in answer["metrics"]:
+            s = c["stats"].get(metric)
+            if not s:
+                continue
+            p = paired.get((c["method"], c["rank"], metric), {})
+            writer.writerow([c["method"], c["rank"], c["source_trial"], metric, s["n"], s["mean"], s["std"],
+                             s["ci_low"], s["ci_high"], p.get("mean", ""), p.get("ci_low", ""),
+                             p.get("ci_high", ""), p.get("n", ""), p.get("significant", "")])
+    return buffer.getvalue()
+
+
+def write_answer(study_dir: Path, answer: dict[str, Any]) -> dict[str, Path]:
+    """answer.json, answer.csv and answer.txt in the study folder (each written whole, then renamed)."""
+    files = {ANSWER_JSON: json.dumps(answer, indent=2), ANSWER_CSV: answer_csv(answer),
+             ANSWER_TXT: answer_tables(answer) + "\n"}
+    paths = {}
+    for name, text in files.items():
+        paths[name] = atomic_write_text(study_dir / name, text)
+    return paths
+
+
+def parent_metrics(answer: dict[str, Any]) -> dict[str, float]:
+    """Per-method summary metrics for the study's parent MLflow run (the best-validation configuration of
+    each method): ``<method>/<metric>_mean`` and ``_ci95`` (half width), and the paired difference vs joint."""
+    out: dict[str, float] = {}
+    best: dict[str, dict] = {}
+    for c in answer["configs"]:
+        val = (c["stats"].get(SELECT_METRIC) or {}).get("mean")
+        if val is not None and (c["method"] not in best or val > best[c["method"]]["stats"][SELECT_METRIC]["mean"]):
+            best[c["method"]] = c
+    for method, c in best.items():
+        for metric, s in c["stats"].items():
+            slug = metric.replace("/", "_")
+            if s.get("mean") is not None:
+                out[f"{method}/{slug}_mean"] = s["mean"]
+            if s.get("half_width") is not None:
+                out[f"{method}/{slug}_ci95"] = s["half_width"]
+        for p in answer["paired"]:
+            if p["method"] == method and p["rank"] == c["rank"] and p.get("mean") is not None:
+                slug = p["metric"].replace("/", "_")
+                out[f"{method}/diff_vs_joint_{slug}_mean"] = p["mean"]
+                if p.get("half_width") is not None:
+                    out[f"{method}/diff_vs_joint_{slug}_ci95"] = p["half_width"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running the confirmation as a Tune experiment of the study
+
+
+class PlannedConfigs(Searcher):
+    """A Tune searcher that proposes exactly the planned configurations, once each, in order.
+
+    Tune's basic variant generator cannot do this when the configurations have different keys (a joint
+    configuration has no ``drl.*`` keys, and its ``points_to_evaluate`` must fill every key of one shared
+    space), so the few lines of a searcher are written here."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs = [dict(c) for c in configs]
+        self.next_index = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.next_index >= len(self.configs):
+            return Searcher.FINISHED
+        self.next_index += 1
+        return dict(self.configs[self.next_index - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # nothing to learn: the plan is fixed
+
+    def get_state(self) -> dict[str, Any]:
+        return {"configs": self.configs, "next_index": self.next_index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.configs, self.next_index = state["configs"], state["next_index"]
+
+    def save(self, checkpoint_path: str) -> None:
+        atomic_write_text(checkpoint_path, json.dumps(self.get_state(), default=str))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+
+
+def make_confirm_tuner(plan: Any, gpus: float, entries: list[ConfirmEntry], callbacks: list) -> Any:
+    """One Tune trial per entry (exactly the planned configurations), FIFO (no early stopping), the study's
+    resources and retries, as the Tune experiment ``STUDY/confirm``."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from drl_tune.study import make_trainable, trial_name
+
+    run_config = tune.RunConfig(
+        name=CONFIRM_DIR, storage_path=str(plan.study_dir),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        callbacks=callbacks, verbose=0,
+    )
+    tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(PlannedConfigs([e.config for e in entries]),
+                                                                plan.max_concurrent),
+                                  scheduler=FIFOScheduler(), num_samples=len(entries),
+                                  trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    return tune.Tuner(make_trainable(plan, gpus), tune_config=tune_config, run_config=run_config)
+
+
+def confirm_tags(entries: list[ConfirmEntry]) -> dict[str, dict[str, str]]:
+    """MLflow tags of each confirmation trial, keyed by its configuration."""
+    return {config_key(e.config): {"drl_tune.confirm_rank": str(e.rank), "drl_tune.source_trial": e.source_trial,
+                                   "drl_tune.confirm_seed": str(e.seed)} for e in entries}
+
+
+def run_confirmation(plan: Any, gpus: float, tracker: Any, progress_interval: float, *, top_k: int, n_seeds: int,
+                     methods: list[str] | None = None, strict: bool = True) -> tuple[dict[str, Any] | None, bool]:
+    """Plan (or, when ``STUDY/confirm`` exists, resume) the confirmation, run it, and compute the answer.
+
+    Returns ``(answer, interrupted)``; the answer is None when the run was interrupted, or (``strict=False``)
+    when the search left nothing to confirm."""
+    from ray import tune
+
+    from drl_tune.study import ProgressTable, make_trainable
+    from drl_tune.tracking import MLflowTrialCallback
+
+    folder = plan.study_dir / CONFIRM_DIR
+    entries_file = folder / CONFIRM_FILE
+    if entries_file.is_file() and tune.Tuner.can_restore(str(folder)):
+        entries, top_k, seeds = load_entries(entries_file)
+        print(f"\nresuming the confirmation: {len(entries)} trials in {folder}", flush=True)
+        tuner = tune.Tuner.restore(str(folder), trainable=make_trainable(plan, gpus), resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        try:
+            entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict)
+        except ConfirmError as err:
+            if strict:
+                raise
+            print(f"\nno confirmation: {err}", flush=True)
+            return None, False
+        seeds = sorted({e.seed for e in entries})
+        save_entries(entries_file, entries, top_k, seeds)
+        labels = sorted({(e.method, e.rank, e.source_trial, e.source_val) for e in entries})
+        print(f"\nconfirmation: the top {top_k} configuration(s) of each method (ranked on {SELECT_METRIC}) "
+              f"re-trained with {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), full epochs, no early "
+              f"stopping — {len(entries)} trials", flush=True)
+        for method, rank, source, val in labels:
+            print(f"  {method} #{rank}: search trial {source} (search val acc {val:.3f}, single seed)", flush=True)
+        callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
+                                         stage="confirm", tags_by_config=confirm_tags(entries)),
+                     ProgressTable(plan, progress_interval)]
+        tuner = make_confirm_tuner(plan, gpus, entries, callbacks)
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(entries):
+        return None, True
+    answer = build_answer(plan.study_dir, plan.name)
+    paths = write_answer(plan.study_dir, answer)
+    if tracker is not None:
+        for path in paths.values():
+            tracker.client.log_artifact(plan.parent_run_id, str(path))
+        metrics = parent_metrics(answer)
+        if metrics:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            for start in range(0, len(items), 500):
+                tracker.client.log_batch(plan.parent_run_id, metrics=items[start : start + 500])
+    return answer, False
