@@ -176,20 +176,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_sigkilled_driver_leaves_no_ray_behind_and_resume_completes(tmp_path, ray_tmp, capsys):
-    epochs, trials = 3, 3
+def running_in(folder: Path, epochs: int) -> int:
+    """How many trials under ``folder`` have reported some but not all epochs."""
+    return sum(0 < len(epochs_in(d / "result.json")) < epochs for d in folder.glob("joint_*"))
+
+
+@pytest.mark.parametrize("stage", ["search", "confirm"])
+def test_sigkilled_driver_leaves_no_ray_behind_and_resume_completes(tmp_path, ray_tmp, capsys, stage):
+    epochs = 3
+    trials, confirm = (3, 0) if stage == "search" else (2, 2)  # confirm: top 1 configuration x 2 fresh seeds
     space = tmp_path / "driver.yaml"
-    space.write_text(textwrap.dedent(SPACE).replace("NUM", str(trials)).replace("EPOCHS", str(epochs)))
+    space.write_text(textwrap.dedent(SPACE).replace("NUM", str(trials)).replace("EPOCHS", str(epochs))
+                     .replace("confirm: {seeds: 0}", f"confirm: {{top_k: 1, seeds: {confirm}}}"))
     storage = tmp_path / "studies"
     study = storage / "d"
     log = tmp_path / "first.log"
     proc = start_study(study_cli("--space", str(space), "--storage", str(storage), "--name", "d"), log, ray_tmp,
                        tmp_path)
     try:
-        # one trial finished, the next one mid-run
-        wait_for(lambda: "terminated" in log.read_text() and sum(
-            0 < len(epochs_in(d / "result.json")) < epochs for d in study.glob("joint_*")) == 1,
-            "a trial finished and the next one running", proc, log)
+        if stage == "search":  # one trial finished, the next one mid-run
+            wait_for(lambda: "terminated" in log.read_text() and running_in(study, epochs) == 1,
+                     "a trial finished and the next one running", proc, log)
+        else:  # the search done, a confirmation trial mid-run
+            wait_for(lambda: running_in(study / "confirm", epochs) == 1, "a confirmation trial running", proc, log)
         saved = json.loads((study / ray_session.SESSION_FILE).read_text())
         assert saved["driver_pid"] == proc.pid and saved["session_dir"].startswith(ray_tmp)
         before = ray_session.leftovers(saved)
@@ -206,24 +215,27 @@ def test_sigkilled_driver_leaves_no_ray_behind_and_resume_completes(tmp_path, ra
     time.sleep(5)
     burned = {pid: cpu_seconds(pid) - used[pid] for pid in lingering if Path(f"/proc/{pid}").exists()}
     with capsys.disabled():
-        print(f"\nSIGKILLed driver: {len(before)} processes of its Ray session before the kill; 3 s after it "
-              f"{len(lingering)} still alive: {titles}; CPU seconds they used in the next 5 s: {burned}")
+        print(f"\nSIGKILLed driver ({stage}): {len(before)} processes of its Ray session before the kill; 3 s after "
+              f"it {len(lingering)} still alive: {titles}; CPU seconds they used in the next 5 s: {burned}")
     assert sum(burned.values()) < 2.5, burned  # nothing left spinning (2 cores x 5 s would be 10 s)
     assert not any("raylet" in t or "gcs_server" in t for t in titles.values()), titles
 
     resume = [sys.executable, "-m", "drl_tune.run", "--resume", "--storage", str(storage), "--name", "d",
               "--progress-interval", "0"]
-    done = subprocess.run(resume, capture_output=True, text=True, env=env_for(ray_tmp), cwd=tmp_path, timeout=600)
+    done = subprocess.run(resume, capture_output=True, text=True, env=env_for(ray_tmp), cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"search of study 'd' ({trials} trials" in done.stdout, done.stdout
     assert not [p for p in ray_session.leftovers(saved) if Path(f"/proc/{p}").exists()]  # the killed session's gone
     if lingering:
         assert "leftover Ray process" in done.stdout, done.stdout
     plan = Plan.from_json((study / PLAN_FILE).read_text())
-    check_mlflow(plan, trials, epochs)
-    folders = list(study.glob("joint_*"))
-    assert len(folders) == trials
+    check_mlflow(plan, trials + confirm, epochs)
+    folders = list(study.glob("joint_*")) + list(study.glob("confirm/joint_*"))
+    assert len(folders) == trials + confirm
     for folder in folders:
         assert [int(r["epoch"]) for r in read_result_json(folder)] == list(range(epochs))
+    if confirm:
+        answer = json.loads((study / "answer.json").read_text())
+        assert [len(c["trials"]) for c in answer["configs"]] == [confirm]
     # the next run of the study ended cleanly: its record says so, nothing to clean next time
     assert json.loads((study / ray_session.SESSION_FILE).read_text())["ended"]
