@@ -22,6 +22,8 @@ TMP_MARK = ".drl_tune_tmp"  # part of every temporary name, so leftovers are rec
 
 # errors that mean "this storage cannot take more writes" (full, read-only, quota, permission)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
+STORAGE_PHRASES = ("no space left on device", "read-only file system", "database or disk is full",
+                   "attempt to write a readonly database", "disk quota exceeded")
 
 
 @contextlib.contextmanager
@@ -106,9 +108,10 @@ def storage_error(err: BaseException) -> OSError | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
             return current
-        text = str(current).lower()
-        if "database or disk is full" in text or "readonly database" in text or "read-only file system" in text \
-                or "no space left on device" in text:
-            return OSError(errno.ENOSPC if "full" in text or "space" in text else errno.EROFS, str(current))
+        line = next((s.strip() for s in str(current).splitlines() if any(p in s.lower() for p in STORAGE_PHRASES)),
+                    None)
+        if line is not None:  # e.g. sqlite's "database or disk is full" inside an MLflow or Tune error
+            full = "full" in line.lower() or "space" in line.lower()
+            return OSError(errno.ENOSPC if full else errno.EROFS, line[:200])
         current = current.__cause__ or current.__context__
     return None
