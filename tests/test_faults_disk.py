@@ -74,10 +74,15 @@ def test_storage_that_stops_taking_writes(tiny_fs, tmp_path, fault):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "DRL_TUNE_DATA": str(data)}
     tiny = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("epochs", "lr", "threads")]
     log = tmp_path / "study.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "drl_tune.run", "--space", str(space), "--storage",
-                                 str(storage), "--name", "disk", "--progress-interval", "0", *tiny],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    argv = [sys.executable, "-m", "drl_tune.run", "--space", str(space), "--storage", str(storage), "--name",
+            "disk", "--progress-interval", "0", *tiny]
+    for attempt in range(2):  # Ray's fixed 30 s node-startup wait can run out on a loaded 2-core machine
+        with open(log, "w") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        while proc.poll() is None and "started a local Ray" not in log.read_text():
+            time.sleep(0.2)
+        if proc.poll() is None or attempt or "timed out during startup" not in log.read_text():
+            break
     try:
         study = storage / "disk"
         deadline = time.monotonic() + 400
