@@ -1,9 +1,14 @@
-"""Results storage that stops taking writes mid-study — filled to the last byte, or remounted read-only.
+"""Results storage that stops taking writes mid-study: filled to the last byte.
 
 ``chmod`` does not stop root (these tests run as root in CI), so the storage is a small tmpfs of its own
 (``mount -t tmpfs``; skipped where mounting is not permitted). The study's results *and* its dataset cache
 live there. Expected: one message naming the path, a non-zero exit, and every file that was complete before
 still loadable — the plan, the dataset cache, every checkpoint Tune had recorded, every result line.
+
+Read-only was tried too: ``mount -o remount,ro`` of the tmpfs fails with "busy" while the study holds files
+open for writing, so it cannot be injected mid-study this way; the EROFS path shares the handling tested here
+(``drl_tune.io.storage_error`` recognises it, ``tests/test_atomic_io.py``). Measured finding: Tune writes its
+own ``params.json`` in place, so a trial created after the disk filled can be left with an empty one.
 """
 
 from __future__ import annotations
@@ -65,8 +70,7 @@ def fill(folder: Path) -> None:
             assert err.errno == errno.ENOSPC, err
 
 
-@pytest.mark.parametrize("fault", ["full", "read-only"])
-def test_storage_that_stops_taking_writes(tiny_fs, tmp_path, fault):
+def test_storage_that_fills_up_mid_study(tiny_fs, tmp_path):
     space = tmp_path / "disk.yaml"
     space.write_text(textwrap.dedent(SPACE))
     storage, data = tiny_fs / "studies", tiny_fs / "data"
@@ -90,10 +94,7 @@ def test_storage_that_stops_taking_writes(tiny_fs, tmp_path, fault):
                       for d in study.glob("joint_*") if (d / "result.json").exists()):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        if fault == "full":
-            fill(tiny_fs)
-        else:
-            subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+        fill(tiny_fs)
         code = proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
@@ -120,7 +121,8 @@ def test_storage_that_stops_taking_writes(tiny_fs, tmp_path, fault):
             if index + 1 in recorded:  # Tune recorded it (its result was written): it must load
                 state = torch.load(checkpoint / CHECKPOINT_FILE, weights_only=True)
                 assert state["epoch"] == index + 1
-        for name in ("drl_tune_worker.json", "drl_tune_error.json", "params.json"):  # complete or absent
+        # ours: complete or absent (Tune's own params.json is written in place and can be left empty here)
+        for name in ("drl_tune_worker.json", "drl_tune_error.json"):
             if (folder / name).exists():
                 json.loads((folder / name).read_text())
     # an interrupted atomic write leaves at most a dot-named temporary, never a torn file under a final name
