@@ -8,7 +8,10 @@ still loadable — the plan, the dataset cache, every checkpoint Tune had record
 Read-only was tried too: ``mount -o remount,ro`` of the tmpfs fails with "busy" while the study holds files
 open for writing, so it cannot be injected mid-study this way; the EROFS path shares the handling tested here
 (``drl_tune.io.storage_error`` recognises it, ``tests/test_atomic_io.py``). Measured finding: Tune writes its
-own ``params.json`` in place, so a trial created after the disk filled can be left with an empty one.
+own ``params.json`` in place, and copies the trial's staging folder (``get_trial_dir()``, where the trainable
+writes ``drl_tune_worker.json`` / ``drl_tune_error.json`` atomically) into the storage folder in place too, so
+after the disk fills those copies can be empty; no reader of the project depends on them being complete
+(the error reason falls back to Ray's error).
 """
 
 from __future__ import annotations
@@ -121,9 +124,8 @@ def test_storage_that_fills_up_mid_study(tiny_fs, tmp_path):
             if index + 1 in recorded:  # Tune recorded it (its result was written): it must load
                 state = torch.load(checkpoint / CHECKPOINT_FILE, weights_only=True)
                 assert state["epoch"] == index + 1
-        # ours: complete or absent (Tune's own params.json is written in place and can be left empty here)
-        for name in ("drl_tune_worker.json", "drl_tune_error.json"):
-            if (folder / name).exists():
-                json.loads((folder / name).read_text())
+        # not checked: params.json and the drl_tune_worker/error.json files here are *Tune's copies* (the trial
+        # writes them atomically into its staging folder; Tune's artifact sync copies them in place) and were
+        # measured empty after the disk filled — see the module docstring
     # an interrupted atomic write leaves at most a dot-named temporary, never a torn file under a final name
     assert all(p.name.startswith(".") for p in tiny_fs.rglob(f"*{TMP_MARK}*"))
