@@ -80,7 +80,7 @@ def start_study(argv: list[str], log: Path, ray_tmp: str, cwd: Path) -> subproce
     return proc
 
 
-def wait_for(predicate, what: str, proc: subprocess.Popen, log: Path, timeout: float = 300.0):
+def wait_for(predicate, what: str, proc: subprocess.Popen, log: Path, timeout: float = 900.0):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
