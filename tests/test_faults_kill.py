@@ -222,7 +222,10 @@ def test_sigkilled_driver_leaves_no_ray_behind_and_resume_completes(tmp_path, ra
 
     resume = [sys.executable, "-m", "drl_tune.run", "--resume", "--storage", str(storage), "--name", "d",
               "--progress-interval", "0"]
-    done = subprocess.run(resume, capture_output=True, text=True, env=env_for(ray_tmp), cwd=tmp_path, timeout=900)
+    for _ in range(2):  # as in start_study: a Ray start that timed out under load is tried once more
+        done = subprocess.run(resume, capture_output=True, text=True, env=env_for(ray_tmp), cwd=tmp_path, timeout=900)
+        if done.returncode == 0 or "timed out during startup" not in done.stdout + done.stderr:
+            break
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"search of study 'd' ({trials} trials" in done.stdout, done.stdout
     assert not [p for p in ray_session.leftovers(saved) if Path(f"/proc/{p}").exists()]  # the killed session's gone
