@@ -27,6 +27,7 @@ from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from drl_tune.io import atomic_write_text
 from drl_tune.stats import Interval, paired_difference, t_interval
 
 CONFIRM_DIR = "confirm"
@@ -233,9 +234,7 @@ def plan_confirmation(records: list[TrialRecord], top_k: int, n_seeds: int,
 def save_entries(path: Path, entries: list[ConfirmEntry], top_k: int, seeds: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"top_k": top_k, "seeds": seeds, "entries": [e.__dict__ for e in entries]}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def load_entries(path: Path) -> tuple[list[ConfirmEntry], int, list[int]]:
@@ -428,11 +427,7 @@ def write_answer(study_dir: Path, answer: dict[str, Any]) -> dict[str, Path]:
              ANSWER_TXT: answer_tables(answer) + "\n"}
     paths = {}
     for name, text in files.items():
-        path = study_dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        paths[name] = path
+        paths[name] = atomic_write_text(study_dir / name, text)
     return paths
 
 
@@ -493,7 +488,7 @@ class PlannedConfigs(Searcher):
         self.configs, self.next_index = state["configs"], state["next_index"]
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps(self.get_state(), default=str))
+        atomic_write_text(checkpoint_path, json.dumps(self.get_state(), default=str))
 
     def restore(self, checkpoint_path: str) -> None:
         self.set_state(json.loads(Path(checkpoint_path).read_text()))

@@ -19,8 +19,8 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import os
+import pickle
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch import nn
 from drl_tune.config import ConfigError, TrainConfig
 from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import BatchBuffers, prepare_input
+from drl_tune.io import atomic_save_torch
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch
 from drl_tune.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
@@ -268,10 +269,12 @@ class Engine:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state atomically (a crash mid-write leaves the previous checkpoint intact)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_save_torch(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{path}: not a loadable checkpoint ({first[:200]}); delete it to start over") from None
+        self.load_state_dict(state)

@@ -25,12 +25,14 @@ from typing import Any
 from drl_tune.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.config import ConfigError, make_config, parse_assignments
 from drl_tune.data.cache import CacheError
+from drl_tune.safety import redact
 from drl_tune.spaces import load_space
 from drl_tune.study import PLAN_FILE, Plan, build_plan, finished_trials, outcomes, summary_table
 
 DEFAULT_STORAGE = Path("runs") / "studies"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_STORAGE = 3  # the results storage is full or read-only
 
 
 class UsageError(ConfigError):
@@ -98,13 +100,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def latest_study(storage: Path, space: str | None) -> Path:
-    plans = sorted((p for p in storage.glob(f"*/{PLAN_FILE}")
-                    if space is None or json.loads(p.read_text()).get("space_name") == space),
+    plans = sorted((p for p in storage.glob(f"*/{PLAN_FILE}") if space is None or _plan_space(p) == space),
                    key=lambda p: p.stat().st_mtime)
     if not plans:
         raise UsageError(f"--resume: no study found in {storage}" + (f" for space {space!r}" if space else "")
                          + "; pass --name and --storage of the study to resume")
     return plans[-1].parent
+
+
+def _plan_space(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("space_name")
+    except (OSError, ValueError, AttributeError):
+        return None  # not a plan of this tool: never the one to resume
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -121,9 +129,12 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         path = study_dir / PLAN_FILE
         if not path.is_file():
             raise UsageError(f"--resume: {study_dir} is not a study folder (no {PLAN_FILE})")
-        plan = Plan.from_json(path.read_text())
+        plan = Plan.from_json(path.read_text(), where=str(path))
         plan.storage = str(study_dir.resolve().parent)  # the folder may have moved
         return plan
+    if args.storage.exists() and not args.storage.is_dir():
+        raise UsageError(f"--storage {args.storage} is a file, not a folder; pass the folder that holds (or will "
+                         f"hold) the studies")
     if not args.space:
         raise UsageError("--space is required (a name such as demo, or a path to a .yaml file)")
     space = load_space(args.space)
@@ -134,6 +145,9 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     if (args.storage / name / PLAN_FILE).exists() and not args.dry_run:
         raise UsageError(f"study {args.storage / name} exists; resume it with --resume --name {name}, "
                          f"or choose another --name")
+    if args.mlflow_uri and args.mlflow_uri.startswith("sqlite:") and not args.mlflow_uri.startswith("sqlite:////"):
+        raise UsageError(f"--mlflow-uri {args.mlflow_uri}: a sqlite URI must hold an absolute path "
+                         f"(sqlite:////abs/path/mlflow.db): Tune runs each trial in its own working folder")
     return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -210,7 +224,7 @@ def open_tracking(plan: Plan, resumed: bool) -> Any:
     plan.parent_run_id = tracker.start_parent(plan.name, tags, params, {"": space_copy})
     plan.save()
     tracker.client.log_artifact(plan.parent_run_id, str(plan_path))
-    tracker.client.log_text(plan.parent_run_id, plan.describe(), "plan.txt")
+    tracker.client.log_text(plan.parent_run_id, redact(plan.describe()), "plan.txt")
     return tracker
 
 
@@ -243,18 +257,28 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     review at the end; exit code."""
     from ray import tune
 
+    from drl_tune import ray_session
     from drl_tune.cluster import preflight, review_command
     from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
     from drl_tune.study import ProgressTable, make_trainable, make_tuner
     from drl_tune.tracking import MLflowTrialCallback, ui_command
 
+    try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
+        cleaned = ray_session.clean_previous(plan.study_dir)
+    except ray_session.StudyRunning as err:
+        raise UsageError(str(err)) from None
+    if cleaned:
+        print(cleaned, flush=True)
     started_ray = start_ray(address)
     try:
+        plan.study_dir.mkdir(parents=True, exist_ok=True)
+        ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
         gpus = resolve_gpus(plan)
         preflight({**plan.constants, **(plan.points_to_evaluate or [{}])[0]}, plan.storage, plan.cpus_per_trial,
                   gpus)
         tracker = open_tracking(plan, resumed)
-        print(plan.describe() if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}", flush=True)
+        print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
+              flush=True)
         start = time.monotonic()
         if resumed:
             tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
@@ -278,7 +302,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             answer, interrupted = run_confirmation(plan, gpus, tracker, progress_interval, top_k=plan.confirm_top_k,
                                                    n_seeds=plan.confirm_seeds, strict=False)
         wall = time.monotonic() - start
-        best = [i for i in items if not math.isnan(i.val_acc_best)]
+        best = [i for i in items if not math.isnan(i.val_acc_best) and i.status != "error"]
         metrics = {"trials": float(len(items)), "wall_s": wall}
         if best:
             top = max(best, key=lambda i: i.val_acc_best)
@@ -294,15 +318,22 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
                                                 if answer is not None else ""))
         if report:
             print(f"report:  {report}")
-        print(f"MLflow:  {plan.mlflow_uri}  (experiment {plan.name!r})")
-        print(f"review:  {review_command(plan.mlflow_uri, plan.experiment_id, ui_command(plan.mlflow_uri))}")
-        print(f"         then open {url}")
+        print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")
+        print(f"review:  {redact(review_command(plan.mlflow_uri, plan.experiment_id, ui_command(plan.mlflow_uri)))}")
+        print(f"         then open {redact(url)}")
         if interrupted:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
                   f"--storage {plan.storage}", flush=True)
             return EXIT_INTERRUPTED
+        from drl_tune.faults import storage_message
+
+        full = next((m for m in (storage_message(i.error, plan) for i in items if i.status == "error") if m), None)
+        if full:  # trials failed because results could not be written: say so, and which path
+            print(f"error: {full}", file=sys.stderr)
+            return EXIT_STORAGE
         return 1 if items and all(i.status == "error" for i in items) else 0
     finally:
+        ray_session.mark_ended(plan.study_dir)
         if started_ray:
             import ray
 
@@ -327,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print(plan.describe())
+        print(redact(plan.describe()))
         print("\n(dry run: nothing started)")
         return 0
     try:
@@ -335,6 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:  # a full or read-only disk surfaces from Tune, MLflow or our own writes
+        from drl_tune.faults import storage_message
+
+        message = storage_message(err, plan)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":

@@ -397,7 +397,12 @@ def load_space(name_or_path: str) -> Space:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SpaceError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise SpaceError(f"{path}: not valid YAML{where}: {what}" + (f" ({context})" if context else "")
+                         + "; fix the file (brackets and quotes closed, 'key: value' pairs)") from None
     except OSError as err:
         raise SpaceError(f"{path}: cannot read: {err}") from None
     if not isinstance(raw, dict):

@@ -25,9 +25,11 @@ from typing import Any
 from ray.tune import Callback
 
 from drl_tune.config import ConfigError, make_config
+from drl_tune.io import atomic_write_text
 from drl_tune.spaces import Param, SchedulerSpec, Space
 
 PLAN_FILE = "drl_tune_study.json"
+PLAN_FORMAT = "drl_tune.study/1"
 # what the live table shows per trial (result key -> column title)
 PROGRESS_COLUMNS = {"epoch": "epoch", "val/acc": "val acc", "val/acc_best": "best", "balance/gap": "gap"}
 
@@ -62,6 +64,7 @@ class Plan:
     balanced_methods: list[str] = field(default_factory=list)  # round robin over these (equal trials each)
     parent_run_id: str = ""
     experiment_id: str = ""
+    format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
 
     @property
     def study_dir(self) -> Path:
@@ -75,16 +78,36 @@ class Plan:
         return json.dumps(dataclasses.asdict(self), indent=2, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, where: str = PLAN_FILE) -> Plan:
+        """Parse and check a plan file: ``--resume`` must never act on a folder this tool did not write."""
+        def refuse(why: str) -> ConfigError:
+            return ConfigError(f"{where} is not a drl_tune study plan ({why}); --resume only continues studies "
+                               f"that python -m drl_tune.run started — check --storage and --name")
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise refuse(f"not JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise refuse(f"a JSON {type(raw).__name__}, not an object")
+        if raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:  # plans written before the marker have all the keys
+            raise refuse(f"format {raw.get('format')!r}, this drl_tune writes {PLAN_FORMAT!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in raw]
+        unknown = [n for n in raw if n not in fields]
+        if missing or unknown:
+            raise refuse(f"missing {', '.join(missing)}" if missing else f"unknown key {unknown[0]!r}")
+        expected = {"name": str, "storage": str, "constants": dict, "search": list, "num_samples": int,
+                    "mlflow_uri": str, "scheduler": dict}
+        wrong = [n for n, kind in expected.items() if not isinstance(raw[n], kind)]
+        if wrong:
+            raise refuse(f"{wrong[0]!r} should be a {expected[wrong[0]].__name__}")
+        return cls(**raw)
 
     def save(self) -> Path:
         self.study_dir.mkdir(parents=True, exist_ok=True)
-        path = self.study_dir / PLAN_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        return atomic_write_text(self.study_dir / PLAN_FILE, self.to_json())
 
     def describe(self) -> str:
         """The human version of the plan (``--dry-run`` prints it)."""
@@ -406,6 +429,7 @@ class TrialOutcome:
     gap_at_best_val: float = float("nan")
     epochs_run: int = 0
     path: str = ""
+    error: str = ""  # one line: why an errored trial failed
 
 
 def finished_trials(results: Any) -> int:
@@ -417,10 +441,13 @@ def finished_trials(results: Any) -> int:
 
 def outcomes(results: Any) -> list[TrialOutcome]:
     """One :class:`TrialOutcome` per trial of a Tune ``ResultGrid`` (read from the per-epoch history)."""
+    from drl_tune.faults import reason_of, recorded_error
+    from drl_tune.history import dedupe_frame
+
     out = []
     for result in results:
         config = dict(result.config or {})
-        frame = result.metrics_dataframe
+        frame = dedupe_frame(result.metrics_dataframe)  # a restored trial may have re-reported epochs
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         item = TrialOutcome(trial_id=str(trial_id), method=str(config.get("method", "?")), status="completed",
                             config=config, path=str(result.path))
@@ -434,6 +461,8 @@ def outcomes(results: Any) -> list[TrialOutcome]:
                 item.gap_at_best_val = float(best.iloc[-1]["balance/gap"])
         if result.error is not None:
             item.status = "error"
+            recorded = recorded_error(result.path)
+            item.error = str(recorded["reason"]) if recorded else reason_of(result.error)
         elif item.epochs_run < int(config.get("epochs", 0)):
             item.status = "stopped"
         out.append(item)
@@ -447,7 +476,7 @@ def summary_table(items: list[TrialOutcome], plan: Plan) -> str:
     rows = []
     for method in sorted({i.method for i in items}):
         mine = [i for i in items if i.method == method]
-        scored = [i for i in mine if not math.isnan(i.val_acc_best)]
+        scored = [i for i in mine if not math.isnan(i.val_acc_best) and i.status != "error"]
         best = max(scored, key=lambda i: i.val_acc_best) if scored else None
         owner = {p.key: p.method for p in plan.params}
         knobs = [best.config.get(k) if best and owner.get(k) in (None, method) else None for k in knob_columns(plan)]
@@ -455,4 +484,9 @@ def summary_table(items: list[TrialOutcome], plan: Plan) -> str:
                      best.val_acc_best if best else None, best.test_at_best_val if best else None,
                      best.gap_at_best_val if best else None, len(mine),
                      sum(i.status == "stopped" for i in mine), sum(i.status == "error" for i in mine)])
-    return render_table(headers, rows)
+    table = render_table(headers, rows)
+    errored = [i for i in items if i.status == "error"]
+    if errored:  # why each errored trial failed (they never count as a method's best)
+        table += "\n\nerrored trials:\n" + render_table(
+            ["trial", "method", "epochs", "error"], [[i.trial_id, i.method, i.epochs_run, i.error] for i in errored])
+    return table

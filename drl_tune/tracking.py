@@ -19,9 +19,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
+from drl_tune.safety import redact
+
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "drl_tune.trial_id"
 STUDY_TAG = "drl_tune.study"
+ERROR_TAG = "drl_tune.error"  # one line: why the trial failed
 STAGE_TAG = "drl_tune.stage"  # search | confirm
 MAX_PARAM_LENGTH = 6000
 
@@ -93,7 +96,7 @@ class StudyTracker:
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, ("null" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    items = [Param(k, redact("null" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
                    [:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
     for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
@@ -113,14 +116,16 @@ class MLflowTrialCallback(Callback):
         self.runs: dict[str, str] = {}  # trial id -> child run id
         self.last_step: dict[str, int] = {}  # trial id -> last epoch logged
         self._client: MlflowClient | None = None
+        self._synced: set[str] = set()  # trials whose last logged epoch was read from MLflow by this process
 
     # Tune pickles callbacks with the experiment; the client is rebuilt where needed
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_synced")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({"stage": "search", "tags_by_config": {}, **state})  # studies saved before stages
         self._client = None
+        self._synced = set()
 
     def get_state(self) -> dict[str, Any]:
         return {"runs": dict(self.runs), "last_step": dict(self.last_step)}
@@ -144,9 +149,9 @@ class MLflowTrialCallback(Callback):
 
     def _run_for(self, trial: Any) -> str:
         trial_id = trial.trial_id
-        if trial_id in self.runs:
+        if trial_id in self._synced:
             return self.runs[trial_id]
-        run_id = self._find_run(trial_id)
+        run_id = self.runs.get(trial_id) or self._find_run(trial_id)
         if run_id is None:
             config = dict(trial.config)
             tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, STUDY_TAG: self.study,
@@ -157,11 +162,13 @@ class MLflowTrialCallback(Callback):
                                          run_name=f"{config.get('method', 'trial')}-{self.stage}-{trial_id}")
             run_id = run.info.run_id
             log_params(self.client, run_id, {**config, "stage": self.stage})
-        else:  # a resumed study: continue the same child run after its last logged epoch
+        else:  # a resumed study: continue the same child run after the last epoch MLflow really holds (the
+            # callback state saved with the experiment lags behind when the driver was SIGKILLed)
             history = self.client.get_metric_history(run_id, "epoch")
             self.last_step[trial_id] = max((int(m.step) for m in history), default=-1)
             self.client.update_run(run_id, status="RUNNING")
         self.runs[trial_id] = run_id
+        self._synced.add(trial_id)
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -185,8 +192,11 @@ class MLflowTrialCallback(Callback):
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from drl_tune.faults import error_reason
+
         run_id = self._run_for(trial)
-        self.client.log_batch(run_id, tags=[RunTag("drl_tune.outcome", "error")])
+        self.client.log_batch(run_id, tags=[RunTag("drl_tune.outcome", "error"),
+                                            RunTag(ERROR_TAG, redact(error_reason(trial))[:MAX_PARAM_LENGTH])])
         self.client.set_terminated(run_id, "FAILED")
 
 

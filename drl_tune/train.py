@@ -17,6 +17,7 @@ from pathlib import Path
 from drl_tune.config import ConfigError, parse_assignments
 from drl_tune.data.cache import CacheError
 from drl_tune.engine import Engine
+from drl_tune.io import atomic_write_json
 from drl_tune.spaces import load_space
 
 
@@ -55,14 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not checkpoint.is_file():
             raise ConfigError(f"--resume: no checkpoint at {checkpoint}")
         engine = Engine(config)
+        if args.resume:
+            engine.load(checkpoint)
     except (ConfigError, CacheError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        engine.load(checkpoint)
         print(f"resumed from {checkpoint} at epoch {engine.epoch}")
-    (out / "config.json").write_text(json.dumps(config.to_flat(), indent=2))
+    atomic_write_json(out / "config.json", config.to_flat())
     mode = "a" if args.resume else "w"
     with open(out / "metrics.jsonl", mode) as log:
         while not engine.done:

@@ -3,6 +3,9 @@
 Every epoch's metrics are reported together with a checkpoint of the full engine state, so a trial that
 fails (or a study that is interrupted) continues from its last finished epoch exactly as if it had never
 stopped — ``tune.get_checkpoint()`` is non-empty then.
+
+Each attempt records its process in the trial folder and, when it fails, the reason (``drl_tune/faults.py``);
+a retry of a failure that would repeat identically (non-finite loss, bad configuration) stops at once.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune import get_context
 
+from drl_tune import faults
 from drl_tune.config import make_config
 from drl_tune.engine import Engine
 
@@ -27,13 +32,20 @@ def clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def train_trial(config: dict[str, Any]) -> None:
     """Run (or continue) one trial; ``config`` is the flat ``a.b`` configuration Optuna completed."""
-    engine = Engine(make_config(config))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            engine.load(Path(folder) / CHECKPOINT_FILE)
-    while not engine.done:
-        metrics = clean_metrics(engine.run_epoch())
-        with tempfile.TemporaryDirectory(prefix="drl_tune_ckpt_") as folder:
-            engine.save(Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    trial_dir = get_context().get_trial_dir()
+    faults.record_worker(trial_dir)
+    faults.refuse_deterministic_retry(trial_dir)
+    try:
+        engine = Engine(make_config(config))
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                engine.load(Path(folder) / CHECKPOINT_FILE)
+        while not engine.done:
+            metrics = clean_metrics(engine.run_epoch())
+            with tempfile.TemporaryDirectory(prefix="drl_tune_ckpt_") as folder:
+                engine.save(Path(folder) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except Exception as err:
+        faults.record_error(trial_dir, err)
+        raise

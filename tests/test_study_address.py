@@ -78,7 +78,7 @@ def test_study_joins_a_running_cluster(ray_head, tmp_path):
         capture_output=True, text=True, env=env, timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "summary of study 'joined' (2 trials" in proc.stdout
+    assert "search of study 'joined' (2 trials" in proc.stdout
     # the driver joined the head we started (3 logical CPUs; a local Ray here would have 2)
     assert f"ray: joined the cluster at {ray_head} (3 CPUs, 0 GPUs)" in proc.stdout
     # and left it running for the next job

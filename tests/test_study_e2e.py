@@ -96,7 +96,7 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     assert all(r.info.status == "FAILED" for r in by_lr[1e5])
     assert all(r.info.status == "FINISHED" for r in by_lr[0.05])
 
-    summary = out.split("summary of study 'e2e'")[1]
+    summary = out.split("search of study 'e2e'")[1]
     assert "joint" in summary and "drl" in summary and "stopped early" in summary
     assert f"mlflow ui --backend-store-uri '{plan.mlflow_uri}'" in out
     assert ray.is_initialized()  # the study used the caller's Ray and left it running

@@ -59,7 +59,7 @@ def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path):
     done = subprocess.run(cli("--resume", "--storage", str(storage), "--name", "r", sets=False), capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "summary of study 'r' (4 trials" in done.stdout
+    assert "search of study 'r' (4 trials" in done.stdout
 
     plan = Plan.from_json((storage / "r" / PLAN_FILE).read_text())
     client = MlflowClient(plan.mlflow_uri)
