@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from drl_tune.diagnosis import BACKENDS, diagnose
+from drl_tune.io import atomic_write_text
 from drl_tune.methods.drl import STABILITY_RESTARTS
 from drl_tune.models import MultimodalClassifier
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.restart_cost:
         cost = restart_cost()
         if args.json:
-            args.json.write_text(json.dumps({"restart_cost": cost}, indent=2))
+            atomic_write_text(args.json, json.dumps({"restart_cost": cost}, indent=2))
         return 0
     try:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (LARGE_SIZES if args.large else None)
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_diagnosis_bench(sizes, backends=backends, device=args.device, epoch=not args.no_epoch,
                                  restarts=args.restarts, epoch_kwargs={"batches": args.epoch_batches})
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        atomic_write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0
 

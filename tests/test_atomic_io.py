@@ -101,6 +101,7 @@ ALLOWED = {
     "data/bench.py": "writes the benchmark's throw-away raw clips",
     "data/cache.py": "writes inside a temporary folder that is renamed into place as a whole",
     "io.py": "the helper itself",
+    "cluster.py": "a throw-away probe file that checks the storage is writable, deleted at once",
     "train.py": "metrics.jsonl is an append-only log (one complete line per epoch; readers skip a torn line)",
     "experiments/imbalance.py": "metrics.jsonl, an append-only log as in train.py",
 }

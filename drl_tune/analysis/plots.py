@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
+from drl_tune.io import atomic_write_with
 
 # one fixed colour per registered method, so every figure (and every study) agrees
 METHOD_COLORS = {"joint": "#7f7f7f", "drl": "#d62728", "ogm_ge": "#1f77b4", "opm": "#2ca02c", "mmpareto": "#9467bd",
@@ -49,8 +51,8 @@ def save(fig: Figure, out_dir: Path | str, name: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    atomic_write_with(paths[0], partial(fig.savefig, dpi=150, bbox_inches="tight"))
+    atomic_write_with(paths[1], partial(fig.savefig, bbox_inches="tight"))
     return paths
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study, load_tune
+from drl_tune.io import atomic_write_text
 
 CAPTIONS = {
     "tradeoff": "Multimodal accuracy (test, at each trial's best-validation epoch) against balance: the gap between "
@@ -159,9 +160,7 @@ def write_report(study_dir: Path | str, out: Path | str | None = None, study: St
     out_dir = Path(out) if out is not None else Path(study_dir) / "report"
     figures = all_figures(study, out_dir / "figures")
     path = out_dir / "report.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render(study, figures), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, render(study, figures))
     return path
 
 
