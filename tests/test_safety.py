@@ -65,6 +65,7 @@ def test_servers_bind_localhost(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
     run_cli.start_ray(None)
     # a local Ray: no dashboard at all (were one asked for, Ray's own default host is 127.0.0.1)
     assert seen.get("include_dashboard") is False and seen.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
