@@ -271,11 +271,12 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         print(cleaned, flush=True)
     started_ray = start_ray(address)
     try:
-        plan.study_dir.mkdir(parents=True, exist_ok=True)
-        ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
         gpus = resolve_gpus(plan)
+        # every node can read the dataset and write the storage — checked before this study writes anything
         preflight({**plan.constants, **(plan.points_to_evaluate or [{}])[0]}, plan.storage, plan.cpus_per_trial,
                   gpus)
+        plan.study_dir.mkdir(parents=True, exist_ok=True)
+        ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
         tracker = open_tracking(plan, resumed)
         print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
               flush=True)
