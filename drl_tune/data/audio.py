@@ -11,6 +11,14 @@ import torch
 from torchaudio.compliance import kaldi
 
 
+def _kaldi_fbank(wave: torch.Tensor, sample_rate: int, n_mels: int, frame_shift_ms: float, frame_length_ms: float,
+                 subtract_mean: bool) -> torch.Tensor:
+    """The one Kaldi fbank front end of every dataset (so the per-clip and batched paths cannot drift apart)."""
+    return kaldi.fbank(wave, sample_frequency=float(sample_rate), num_mel_bins=n_mels, frame_shift=frame_shift_ms,
+                       frame_length=frame_length_ms, dither=0.0, window_type="hanning", htk_compat=True,
+                       use_energy=False, subtract_mean=subtract_mean)
+
+
 def log_fbank(
     waveform: np.ndarray | torch.Tensor,
     sample_rate: int,
@@ -24,18 +32,7 @@ def log_fbank(
     Normalisation: per-clip mean removal (Kaldi's CMN, ``subtract_mean``), no variance scaling.
     """
     wave = torch.as_tensor(np.asarray(waveform), dtype=torch.float32).reshape(1, -1)
-    feats = kaldi.fbank(
-        wave,
-        sample_frequency=float(sample_rate),
-        num_mel_bins=n_mels,
-        frame_shift=frame_shift_ms,
-        frame_length=frame_length_ms,
-        dither=0.0,
-        window_type="hanning",
-        htk_compat=True,
-        use_energy=False,
-        subtract_mean=True,
-    )
+    feats = _kaldi_fbank(wave, sample_rate, n_mels, frame_shift_ms, frame_length_ms, subtract_mean=True)
     if n_frames is not None:
         if feats.shape[0] < n_frames:
             feats = torch.nn.functional.pad(feats, (0, 0, 0, n_frames - feats.shape[0]))
@@ -71,23 +68,13 @@ def log_fbank_batch(
     padded = torch.zeros(waves.shape[0], stride * shift)
     padded[:, : waves.shape[1]] = waves
     out = np.empty((waves.shape[0], n_frames, n_mels), dtype=np.float32)
+    valid = min(n_frames, 1 + (waves.shape[1] - length) // shift) if waves.shape[1] >= length else 0
     for start in range(0, waves.shape[0], chunk):
         part = padded[start:start + chunk]
-        feats = kaldi.fbank(
-            part.reshape(1, -1),
-            sample_frequency=float(sample_rate),
-            num_mel_bins=n_mels,
-            frame_shift=frame_shift_ms,
-            frame_length=frame_length_ms,
-            dither=0.0,
-            window_type="hanning",
-            htk_compat=True,
-            use_energy=False,
-            subtract_mean=False,
-        )
+        feats = _kaldi_fbank(part.reshape(1, -1), sample_rate, n_mels, frame_shift_ms, frame_length_ms,
+                             subtract_mean=False)
         feats = torch.nn.functional.pad(feats, (0, 0, 0, len(part) * stride - feats.shape[0]))
         feats = feats.reshape(len(part), stride, n_mels)
-        valid = min(n_frames, 1 + (waves.shape[1] - length) // shift) if waves.shape[1] >= length else 0
         feats = feats[:, :valid]
         feats = feats - feats.mean(dim=1, keepdim=True)
         out[start:start + len(part)] = torch.nn.functional.pad(feats, (0, 0, 0, n_frames - valid)).numpy()
