@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import pytest
 from mlflow import MlflowClient
 
 from drl_tune.study import PLAN_FILE, Plan
+from tests.test_study_address import SPACE, free_port
 from tests.test_study_e2e import tiny_sets
 
 pytestmark = pytest.mark.slow
@@ -40,22 +40,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
-SPACE = """\
-dataset: {name: synthetic}
-fixed: {threads: 1, method: joint, lr: 0.05, epochs: 2}
-search:
-  lr: {type: choice, values: [0.05, 0.02]}
-scheduler: {type: none}
-study: {num_samples: 2, max_concurrent: 2, seed: 0, max_failures: 0, confirm: {seeds: 0}}
-resources: {cpus_per_trial: 1}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
