@@ -27,6 +27,7 @@ from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from drl_tune.history import read_result_json
 from drl_tune.io import atomic_write_text
 from drl_tune.stats import Interval, paired_difference, t_interval
 
@@ -97,22 +98,6 @@ class TrialRecord:
         return out
 
 
-def _rows(trial_path: Path) -> list[dict[str, Any]]:
-    """``result.json`` rows, one per epoch (a retried trial may have re-reported an epoch: the last wins)."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    result = trial_path / "result.json"
-    if result.is_file():
-        for line in result.read_text().splitlines():
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a crash
-                    continue
-                if "epoch" in row:
-                    by_epoch[int(row["epoch"])] = row
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def read_trials(experiment_dir: Path) -> list[TrialRecord]:
     """Every trial of the Tune experiment in ``experiment_dir`` with its status (from Tune's experiment
     state) and its de-duplicated per-epoch history."""
@@ -128,7 +113,7 @@ def read_trials(experiment_dir: Path) -> list[TrialRecord]:
         if not path.is_dir():  # the study folder was moved: find the trial by its folder name
             path = experiment_dir / path.name
         config = dict(trial.config or {})
-        rows = _rows(path)
+        rows = read_result_json(path)
         epochs = int(config.get("epochs", 0))
         if trial.status == "ERROR":
             status = "error"
