@@ -1,9 +1,15 @@
-"""Shared fixtures: a tiny synthetic dataset and fast configurations."""
+"""Shared fixtures: a tiny synthetic dataset, fast configurations, and one tiny real study with its
+confirmation — run once per session and shared by the tests that only read it (the confirmation's numbers, the
+analysis frames and plots, the report, the notebooks, the MLflow UI): local Ray, MLflow sqlite; 4 search trials
+over joint and DRL, the best configuration of each method re-run on 2 fresh seeds, 3 epochs each."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
+import textwrap
 
 import pytest
 
@@ -41,3 +47,56 @@ def tiny_config():
         return make_config(values)
 
     return make
+
+
+CONFIRMED_SPACE = """\
+dataset: {name: synthetic}
+fixed: {threads: 1, lr: 0.05}
+defaults: {method: drl, drl.diagnosis_interval: 1, drl.max_reinits: 2}
+search:
+  method: {type: choice, values: [joint, drl]}
+  drl.alpha: {type: uniform, low: 1, high: 5}
+  drl.n_clusters: {type: choice, values: [null, 12]}
+scheduler: {type: none}
+study: {num_samples: 4, max_concurrent: 2, seed: 3, max_failures: 0, overrides: {epochs: 3}}
+resources: {cpus_per_trial: 1}
+"""
+EPOCHS, SEEDS = 3, 2
+
+
+@pytest.fixture(scope="session")
+def confirmed_study(tmp_path_factory):
+    """Run the study once (the run also writes the report and the MLflow review); returns its folder, what the
+    run printed, its plan and its storage."""
+    import ray
+
+    from drl_tune.run import main
+    from drl_tune.study import PLAN_FILE, Plan
+    from tests.test_study_e2e import tiny_sets
+
+    root = tmp_path_factory.mktemp("confirmed_study")
+    space = root / "tiny.yaml"
+    space.write_text(textwrap.dedent(CONFIRMED_SPACE))
+    started_ray = not ray.is_initialized()  # a module's own Ray may be up: then the study uses it
+    for attempt in range(3 if started_ray else 0):  # Ray gives its raylet a fixed 30 s to start; CI can miss it
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                     object_store_memory=80 * 1024 * 1024)
+            break
+        except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(err):
+                raise
+    try:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main(["--space", str(space), "--storage", str(root / "studies"), "--name", "tiny",
+                         "--progress-interval", "600", "--confirm-seeds", str(SEEDS), *tiny_sets()])
+    finally:
+        if started_ray:
+            ray.shutdown()
+    out = buf.getvalue()
+    assert code == 0, out
+    folder = root / "studies" / "tiny"
+    return {"dir": folder, "out": out, "plan": Plan.from_json((folder / PLAN_FILE).read_text()),
+            "storage": root / "studies", "name": "tiny"}

@@ -12,67 +12,24 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 from matplotlib.colors import to_hex
 from mlflow import MlflowClient
 
 from drl_tune.analysis import load_mlflow, load_tune, plots
-from drl_tune.run import main
-from drl_tune.study import PLAN_FILE, Plan
-from tests.test_study_e2e import tiny_sets
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-SPACE = """\
-dataset: {name: synthetic}
-fixed: {threads: 1, lr: 0.05}
-defaults: {method: drl, drl.diagnosis_interval: 1, drl.max_reinits: 2}
-search:
-  method: {type: choice, values: [joint, drl]}
-  drl.alpha: {type: uniform, low: 1, high: 5}
-  drl.n_clusters: {type: choice, values: [null, 12]}
-scheduler: {type: none}
-study: {num_samples: 4, max_concurrent: 2, seed: 3, max_failures: 0, overrides: {epochs: 3}}
-resources: {cpus_per_trial: 1}
-"""
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """Run the tiny study once for the module (the run also writes the report and the MLflow review)."""
-    root = tmp_path_factory.mktemp("analysis_study")
-    space = root / "tiny.yaml"
-    space.write_text(textwrap.dedent(SPACE))
-    for attempt in range(3):  # Ray gives its raylet a fixed 30 s to start; a loaded CI machine can miss that
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                     object_store_memory=80 * 1024 * 1024)
-            break
-        except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception for this timeout
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(err):
-                raise
-    try:
-        import contextlib
-        import io
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            code = main(["--space", str(space), "--storage", str(root / "studies"), "--name", "tiny",
-                         "--progress-interval", "600", "--confirm-seeds", "2", *tiny_sets()])
-    finally:
-        ray.shutdown()
-    out = buf.getvalue()
-    assert code == 0, out
-    folder = root / "studies" / "tiny"
-    return {"dir": folder, "out": out, "plan": Plan.from_json((folder / PLAN_FILE).read_text())}
+def study(confirmed_study):
+    return confirmed_study
 
 
 def test_both_sources_give_the_same_frames(study):

@@ -230,14 +230,13 @@ def bad_input_args(case: str, folder: Path) -> tuple[list[str], str]:
 
 @pytest.fixture(scope="module")
 def jobs(cluster, mlflow_server, tmp_path_factory) -> dict[str, Job]:
-    """Five studies submitted at once with `ray job submit --no-wait` (a 2-core machine runs them faster
-    together than one after another), then waited for: a good one, one logging to the tracking server, and
-    three bad inputs."""
+    """Four studies submitted at once with `ray job submit --no-wait` (a 2-core machine runs them faster
+    together than one after another), then waited for: a good one, logging to the tracking server, and three
+    bad inputs."""
     plans: dict[str, tuple[list[str], str]] = {}
-    folders = {name: tmp_path_factory.mktemp(name) for name in ("ok", "server", "cpus", "storage", "dataset")}
-    plans["ok"] = (["--storage", str(folders["ok"] / "studies"), "--name", "onjob"], SPACE)
-    plans["server"] = (["--storage", str(folders["server"] / "studies"), "--name", "served",
-                        "--mlflow-uri", mlflow_server], SPACE)
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("ok", "cpus", "storage", "dataset")}
+    plans["ok"] = (["--storage", str(folders["ok"] / "studies"), "--name", "onjob", "--mlflow-uri", mlflow_server],
+                   SPACE)
     for case in ("cpus", "storage", "dataset"):
         plans[case] = bad_input_args(case, folders[case])
     started = {}
@@ -281,10 +280,10 @@ def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
     assert re.search(rf"^ray: inside Ray job drl-tune-ok, joined its cluster at [\d.]+:{cluster.gcs_port} "
                      r"\(2 CPUs, 0 GPUs\) on 2 nodes$", job.logs, re.M), job.logs[:3000]
     assert "progress" in job.logs and "search of study 'onjob' (2 trials" in job.logs  # the table in the job logs
-    # every trial actor (of this job and the tracking-server one: 4) ran on the worker node
+    # every trial actor ran on the worker node
     placed = trial_actor_nodes(cluster)
-    assert len(placed) >= 4 and set(placed) == {cluster.worker_id}, (placed, cluster.head_id)
-    # the results folder is complete: plan, both trials with one result line per epoch, the MLflow database
+    assert len(placed) >= 2 and set(placed) == {cluster.worker_id}, (placed, cluster.head_id)
+    # the results folder is complete: plan, both trials with one result line per epoch; the MLflow runs
     study = job.folder / "studies" / "onjob"
     plan = Plan.from_json((study / PLAN_FILE).read_text())
     trials = sorted(study.glob("joint_*/result.json"))
@@ -300,10 +299,10 @@ def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
 
 
 def test_job_logs_to_an_mlflow_tracking_server(jobs, mlflow_server):
-    job = jobs["server"]
+    job = jobs["ok"]
     assert job.code == 0, job.logs[-6000:]
     client = MlflowClient(mlflow_server)  # read back from the server, as a laptop would
-    experiment = client.get_experiment_by_name("served")
+    experiment = client.get_experiment_by_name("onjob")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -313,7 +312,7 @@ def test_job_logs_to_an_mlflow_tracking_server(jobs, mlflow_server):
     # artifacts went through the server (a laptop can read them), not into a folder only the head sees
     assert {"plan.txt", "summary.txt"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert f"review:  open {mlflow_server}/#/experiments/{experiment.experiment_id}/runs in a browser" in job.logs
-    assert not (job.folder / "studies" / "served" / "mlflow.db").exists()
+    assert not (job.folder / "studies" / "onjob" / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize(("case", "expected"), [
