@@ -20,7 +20,7 @@ def _finite_positive(value: float) -> bool:
     return value == value and 0 < value < float("inf")
 
 
-def test_epoch_and_data_benches_run_at_tiny_sizes(tmp_path):
+def test_epoch_bench_runs_at_tiny_sizes(tmp_path):
     out = tmp_path / "b.json"
     assert main(["epoch", "--tiny", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -30,6 +30,13 @@ def test_epoch_and_data_benches_run_at_tiny_sizes(tmp_path):
         assert row["ratio"] == pytest.approx(row["engine_samples_per_s"] / row["reference_samples_per_s"])
         assert not any(row["perf"].values())  # the GPU path is off on a CPU
     assert result["summary"]["epoch.ratio"] == result["epoch"]["sizes"]["cremad"]["ratio"]
+
+
+def test_data_and_diagnosis_benches_run_at_tiny_sizes(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["diagnosis", "--tiny", "--json", str(out)]) == 0
+    diagnosis = json.loads(out.read_text())["diagnosis"]
+    assert _finite_positive(diagnosis["fraction_of_epoch"]) and diagnosis["rows"][0]["n"] == 60
     assert main(["data", "--tiny", "--json", str(out)]) == 0
     data = json.loads(out.read_text())["data"]
     assert _finite_positive(data["ratio"]) and _finite_positive(data["eval_ratio"])
