@@ -89,7 +89,8 @@ class Accel:
         if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
             buffer = self._staging[key] = torch.empty(size, dtype=dtype, pin_memory=True)
         staged = buffer[:size].view(shape)
-        np.take(array, indices, axis=0, out=staged.numpy())
+        # mode='clip': with the default 'raise', NumPy gathers into a temporary and copies (engine indices are valid)
+        np.take(array, indices, axis=0, out=staged.numpy(), mode="clip")
         if self.augment_device.type == "cpu":
             return staged
         return staged.to(self.augment_device, non_blocking=True)

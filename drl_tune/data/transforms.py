@@ -264,7 +264,8 @@ def prepare_input(
     """
     if kind == "spectrogram":
         if torch.device(device).type == "cpu":
-            spec = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))  # torch's float16->float32 is ~2.5x NumPy's here
+            # torch's float16->float32 is ~2.5x NumPy's here
+            spec = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))
             if buffers is None:
                 return spec.float()
             return buffers.get(key, tuple(spec.shape)).copy_(spec)
