@@ -219,6 +219,7 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
     """The same epochs as one Tune trial (checkpoint + report per epoch, MLflow callback) vs the plain loop."""
     import ray
     from ray import tune
+    from threadpoolctl import threadpool_limits
 
     from drl_tune.engine import Engine
     from drl_tune.spaces import load_space
@@ -232,10 +233,13 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
     before = torch.get_num_threads()
 
     def plain() -> tuple[float, list[float]]:
-        start = time.perf_counter()
-        engine = Engine(config)
-        times = [engine.run_epoch()["time/epoch_s"] for _ in range(epochs)]
-        return time.perf_counter() - start, times
+        # as inside a Ray worker with 1 CPU, where Ray sets OMP_NUM_THREADS=1: one BLAS/OpenMP thread for the
+        # probe's sklearn fit too (torch gets threads=1 from the config in both)
+        with threadpool_limits(limits=1):
+            start = time.perf_counter()
+            engine = Engine(config)
+            times = [engine.run_epoch()["time/epoch_s"] for _ in range(epochs)]
+            return time.perf_counter() - start, times
 
     try:
         plain()  # warm-up: the dataset is generated and cached on disk, imports, kernels
