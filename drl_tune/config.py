@@ -132,6 +132,18 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches of the GPU path (drl_tune/accel.py). Each acts only on a CUDA device, so a CPU run is
+    the same computation whatever they say; set one false to rule it out when a GPU result looks wrong."""
+
+    bf16: bool = True  # bf16 autocast of the encoders' forward (features and loss stay float32)
+    channels_last: bool = True  # NHWC weights and activations (tensor-core friendly convolutions)
+    pin_memory: bool = True  # gather batches into pinned host buffers, copy them non-blocking
+    gpu_augment: bool = True  # crop/flip/normalise batch-wise on the GPU (false: on the host, then copy)
+    compile: bool = False  # torch.compile the encoders (minutes of compilation; pays off in long trials)
+
+
+@dataclass
 class TrainConfig:
     """One run. Defaults are the official CREMA-D settings of the DRL code (SGD 2e-3, momentum 0.9,
     weight decay 1e-4, batch 64, 90 epochs). ``method_params`` holds one block per registered method,
@@ -151,6 +163,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     method_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from drl_tune.accel import Accel
 from drl_tune.config import ConfigError, TrainConfig
 from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import BatchBuffers, prepare_input
@@ -81,6 +82,8 @@ class Engine:
         if extra:  # trained, checkpointed and moved with the model (MMPareto's uni-modal heads)
             self.model.add_module("method_modules", nn.ModuleDict(extra))
         self.model.to(self.device)
+        self.accel = Accel(config.perf, self.device)  # the GPU path; nothing changes on a CPU
+        self.accel.prepare_model(self.model)
         self.optimizer = self._make_optimizer()
         self.method.setup(self.model, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
@@ -111,9 +114,11 @@ class Engine:
     def _batch(self, split: str, indices: np.ndarray, train: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         data = self.data.splits[split]
         augment = train and self.config.data.augment
+        accel = self.accel
         inputs = {
-            m: prepare_input(kind, data.inputs[m][indices], self.device, augment=augment, generator=self.generator,
-                             policy=self._policy[m], aspect=self._aspect, buffers=self._buffers, key=m)
+            m: accel.to_device(prepare_input(
+                kind, accel.gather(m, data.inputs[m], indices), accel.augment_device, augment=augment,
+                generator=self.generator, policy=self._policy[m], aspect=self._aspect, buffers=self._buffers, key=m))
             for m, kind in self.data.modalities.items()
         }
         labels = torch.as_tensor(data.labels[indices], dtype=torch.long, device=self.device)
@@ -211,6 +216,7 @@ class Engine:
             raise RuntimeError(f"all {self.config.epochs} epochs are done")
         start = time.perf_counter()
         self._feature_cache.clear()
+        self.accel.epoch_start()
         metrics: dict[str, float] = {"epoch": float(self.epoch), "train/loss": self.train_epoch()}
         metrics |= self.evaluate()
         if metrics["val/acc"] > self.best["val/acc_best"]:
@@ -224,6 +230,7 @@ class Engine:
         self._feature_cache.clear()
         self.epoch += 1
         metrics["time/epoch_s"] = time.perf_counter() - start
+        metrics |= self.accel.epoch_metrics()  # time/gpu_mem_peak_mb on CUDA
         return metrics
 
     # EpochContext for the method hooks

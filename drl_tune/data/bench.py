@@ -24,7 +24,9 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,6 +145,79 @@ def timed(pipeline: ReferencePipeline | CachedPipeline) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
+def run_data_bench(clips: int = 512, workers: int = 2, batch_size: int = 64, epochs: int = 2,
+                   device: str | torch.device = "cpu", work: Path | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Generate ``clips`` CREMA-D-layout clips, prepare them, and time both pipelines side by side; returns
+    ``{"ratio": training (augmented) cached / reference, "eval_ratio": ..., "train": {...}, "eval": {...},
+    "host_samples_per_s", ...}``."""
+    device = torch.device(device)
+    work = work or Path(tempfile.mkdtemp(prefix="drl_tune_bench_"))
+    src, splits, cache = work / "src", work / "splits", work / "cache"
+
+    t0 = time.perf_counter()
+    clip_list = generate(src, clips, frames_per_clip=4)
+    rows = [(c, sorted(fx.CREMAD_EMOTIONS)[y]) for c, y in clip_list]
+    fx.write_csv(splits / "val.csv", rows[:1])  # only the training split is timed: one clip each for val, test
+    fx.write_csv(splits / "test.csv", rows[1:2])
+    fx.write_csv(splits / "my_train.csv", rows[2:])
+    print(f"generated {len(clip_list)} clips (480x360 jpgs, [300, 128] .pt fbanks) in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+    t0 = time.perf_counter()
+    code = prepare(["cremad", "--src", str(src), "--splits", str(splits), "--out", str(cache), "--workers",
+                    str(workers), "--force", "--quiet"])
+    if code:
+        raise RuntimeError(f"prepare cremad failed with exit status {code}")
+    prep_s = time.perf_counter() - t0
+    train_clips = clip_list[2:]
+    print(f"prepare: {len(clip_list)} clips in {prep_s:.1f} s ({len(clip_list) / prep_s:.0f} clips/s, {workers} "
+          f"workers)", file=sys.stderr)
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, workers))  # the cached pipeline gets as many threads as workers
+    load = os.getloadavg()[0]
+    result: dict[str, Any] = {"clips": len(train_clips), "batch_size": batch_size, "workers": workers,
+                              "epochs": epochs, "device": str(device)}
+    try:
+        for train in (True, False):
+            mode = "train (augment)" if train else "eval"
+            ref = ReferencePipeline(src, train_clips, train, workers, batch_size, device)
+            cached = CachedPipeline(cache, train, batch_size, device)
+            ref.epoch()  # warm-up: worker start-up, page cache, kernels
+            cached.epoch()
+            totals = {"reference": [0, 0.0], "cached": [0, 0.0]}
+            for _ in range(epochs):  # alternate, so a change in machine load hits both alike
+                for name, pipeline in (("reference", ref), ("cached", cached)):
+                    count, seconds = timed(pipeline)
+                    totals[name][0] += count
+                    totals[name][1] += seconds
+            del ref
+            rate = {name: count / seconds for name, (count, seconds) in totals.items()}
+            result["train" if train else "eval"] = {"reference_samples_per_s": rate["reference"],
+                                                    "cached_samples_per_s": rate["cached"],
+                                                    "ratio": rate["cached"] / rate["reference"]}
+            log(f"{mode:16s} reference {rate['reference']:7.0f} samples/s   cached {rate['cached']:7.0f} samples/s"
+                f"   ratio {rate['cached'] / rate['reference']:5.1f}x")
+        host = CachedPipeline(cache, True, batch_size, device, host_only=True)
+        host.epoch()
+        count, seconds = 0, 0.0
+        for _ in range(epochs):
+            c, s = timed(host)
+            count, seconds = count + c, seconds + s
+    finally:
+        torch.set_num_threads(threads_before)
+    host_rate = count / seconds
+    result |= {"ratio": result["train"]["ratio"], "eval_ratio": result["eval"]["ratio"],
+               "host_samples_per_s": host_rate, "host_ratio": host_rate / result["train"]["reference_samples_per_s"],
+               "load_before": load, "load_after": os.getloadavg()[0]}
+    log(f"{'host side only':16s} cached {host_rate:7.0f} samples/s (the uint8 gather an accelerator run "
+        f"leaves to the host)   ratio to the train reference {result['host_ratio']:5.1f}x")
+    log(f"(batch {batch_size}, {workers} DataLoader workers / torch threads, device {device}, "
+        f"{len(train_clips)} clips, {epochs} timed epochs each, {os.cpu_count()} CPUs, load average "
+        f"{load:.1f} -> {result['load_after']:.1f}, torch {torch.__version__})")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.data.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,59 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="where batches are delivered and augmented (cpu, cuda)")
     p.add_argument("--work", type=Path, help="folder for the generated data and cache (default: a temp folder)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    work = args.work or Path(tempfile.mkdtemp(prefix="drl_tune_bench_"))
-    src, splits, cache = work / "src", work / "splits", work / "cache"
-
-    t0 = time.perf_counter()
-    clips = generate(src, args.clips, frames_per_clip=4)
-    rows = [(c, sorted(fx.CREMAD_EMOTIONS)[y]) for c, y in clips]
-    fx.write_csv(splits / "val.csv", rows[:1])  # only the training split is timed: one clip each for val, test
-    fx.write_csv(splits / "test.csv", rows[1:2])
-    fx.write_csv(splits / "my_train.csv", rows[2:])
-    print(f"generated {len(clips)} clips (480x360 jpgs, [300, 128] .pt fbanks) in {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr)
-    t0 = time.perf_counter()
-    code = prepare(["cremad", "--src", str(src), "--splits", str(splits), "--out", str(cache), "--workers",
-                    str(args.workers), "--force", "--quiet"])
-    if code:
-        return code
-    prep_s = time.perf_counter() - t0
-    train_clips = clips[2:]
-    print(f"prepare: {len(clips)} clips in {prep_s:.1f} s ({len(clips) / prep_s:.0f} clips/s, {args.workers} workers)",
-          file=sys.stderr)
-
-    torch.set_num_threads(max(1, args.workers))  # the cached pipeline gets as many threads as workers
-    load = os.getloadavg()[0]
-    reference_rate: dict[bool, float] = {}
-    for train in (True, False):
-        mode = "train (augment)" if train else "eval"
-        ref = ReferencePipeline(src, train_clips, train, args.workers, args.batch_size, device)
-        cached = CachedPipeline(cache, train, args.batch_size, device)
-        ref.epoch()  # warm-up: worker start-up, page cache, kernels
-        cached.epoch()
-        totals = {"reference": [0, 0.0], "cached": [0, 0.0]}
-        for _ in range(args.epochs):  # alternate, so a change in machine load hits both alike
-            for name, pipeline in (("reference", ref), ("cached", cached)):
-                count, seconds = timed(pipeline)
-                totals[name][0] += count
-                totals[name][1] += seconds
-        del ref
-        rate = {name: count / seconds for name, (count, seconds) in totals.items()}
-        reference_rate[train] = rate["reference"]
-        print(f"{mode:16s} reference {rate['reference']:7.0f} samples/s   cached {rate['cached']:7.0f} samples/s"
-              f"   ratio {rate['cached'] / rate['reference']:5.1f}x", flush=True)
-    host = CachedPipeline(cache, True, args.batch_size, device, host_only=True)
-    host.epoch()
-    count, seconds = 0, 0.0
-    for _ in range(args.epochs):
-        c, s = timed(host)
-        count, seconds = count + c, seconds + s
-    print(f"{'host side only':16s} cached {count / seconds:7.0f} samples/s (the uint8 gather an accelerator run "
-          f"leaves to the host)   ratio to the train reference {count / seconds / reference_rate[True]:5.1f}x")
-    print(f"(batch {args.batch_size}, {args.workers} DataLoader workers / torch threads, device {device}, "
-          f"{len(train_clips)} clips, {args.epochs} timed epochs each, {os.cpu_count()} CPUs, load average "
-          f"{load:.1f} -> {os.getloadavg()[0]:.1f}, torch {torch.__version__})")
+    try:
+        run_data_bench(args.clips, args.workers, args.batch_size, args.epochs, args.device, args.work)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -213,11 +213,12 @@ def prepare_frames(
     buffers: BatchBuffers | None = None,
     key: str = "",
 ) -> torch.Tensor:
-    """uint8 [B, T, C, H, W] -> normalised float [B, T, C, H, W] on ``device``."""
+    """uint8 [B, T, C, H, W] (an array, or a tensor already on ``device``) -> normalised float [B, T, C, H, W] on
+    ``device``."""
     policy = policy or DEFAULT_POLICY.get(kind, "crop_flip")
     if policy not in POLICIES:
         raise ValueError(f"augmentation policy {policy!r} unknown; known: {', '.join(POLICIES)}")
-    x = torch.as_tensor(np.asarray(batch))
+    x = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch))
     b, t, c, h, w = x.shape
     n = b * t
     scale, bias = _normaliser(kind, device)
@@ -244,7 +245,7 @@ def prepare_frames(
 
 def prepare_input(
     kind: str,
-    batch: np.ndarray,
+    batch: np.ndarray | torch.Tensor,
     device: torch.device,
     *,
     augment: bool,
@@ -263,10 +264,12 @@ def prepare_input(
     """
     if kind == "spectrogram":
         if torch.device(device).type == "cpu":
-            spec = torch.from_numpy(np.asarray(batch))  # torch's float16->float32 is ~2.5x NumPy's here
+            # torch's float16->float32 is ~2.5x NumPy's here
+            spec = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))
             if buffers is None:
                 return spec.float()
             return buffers.get(key, tuple(spec.shape)).copy_(spec)
-        return torch.as_tensor(np.asarray(batch)).to(device, non_blocking=True).float()
+        spec = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch))
+        return spec.to(device, non_blocking=True).float()
     return prepare_frames(batch, device, kind=kind, augment=augment, generator=generator, policy=policy, aspect=aspect,
                           buffers=buffers, key=key)

@@ -1,0 +1,432 @@
+"""``python -m drl_tune.bench {data,epoch,diagnosis,overhead,study,all} [--json FILE]``: where the time goes.
+
+Every sub-benchmark measures the two things it compares side by side in one run and prints their ratio:
+on a shared machine the load changes by the minute, so absolute seconds mean little except on a GPU.
+
+* ``data``: samples/s of the cached loading pipeline vs a reference-style per-sample one (``torch.load`` +
+  PIL + torchvision in a DataLoader) on generated CREMA-D-layout clips (:mod:`drl_tune.data.bench`).
+  ``data.ratio`` = the augmented training path, ``data.eval_ratio`` the evaluation path.
+* ``epoch``: training samples/s of the engine (``Engine.train_epoch``, method ``joint``) vs a reference-style
+  loop doing what the official DRL script does per step: a DataLoader of per-sample transforms
+  (``ToTensor`` + ``Normalize`` of PIL frames, fp32 spectrograms), no buffer reuse, fp32 forward, cross-entropy,
+  backward, SGD step — the same model, batch size and data. At demo input size (the embedded synthetic set,
+  ResNet18 width 8, 2 frames 32², 64×40 spectrograms) and at CREMA-D input size (width 64, 2 frames 224²,
+  300×128 spectrograms; ``--limit`` generated clips). ``epoch.ratio`` = the CREMA-D size.
+* ``diagnosis``: sklearn vs torch k-means on N × 512 features and the diagnosis as a fraction of one
+  CREMA-D-sized epoch (:func:`drl_tune.bench_diagnosis.run_diagnosis_bench`).
+* ``overhead``: the same epochs as one Tune trial (a Ray worker process, a checkpoint and a ``tune.report``
+  per epoch, the MLflow callback logging every epoch to a sqlite store) vs the plain engine loop in this
+  process (engine built, epochs run). ``overhead.ratio`` = Tune trial wall time / plain wall time (``ray.init``
+  excluded), ``overhead.per_epoch_ratio`` = Tune's mean ``time_this_iter_s`` / the plain mean epoch.
+* ``study``: trials per hour of ``python -m drl_tune.run --space demo`` (no confirmation) with
+  ``--max-concurrent`` 1 and 2 (``--concurrency``).
+
+``--tiny`` shrinks every size so the whole command runs in a smoke test (its figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from drl_tune.config import TrainConfig, make_config, parse_assignments
+from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from drl_tune.io import atomic_write_text
+
+BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
+Log = Callable[[str], None]
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "load": _load()}
+
+
+# -- epoch -------------------------------------------------------------------------------------------------
+
+
+class ReferenceSamples(Dataset):
+    """Per-sample inputs the way the official DRL dataset builds them: every frame a PIL image through
+    ``ToTensor`` + ``Normalize`` (+ ``RandomResizedCrop`` + flip when augmenting), the spectrogram an fp32
+    tensor — from the same cached arrays the engine reads, so only the per-sample pipeline differs."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], kinds: dict[str, str], labels: np.ndarray, augment: bool):
+        from torchvision import transforms
+
+        self.inputs, self.kinds, self.labels = inputs, kinds, labels
+        tail = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        self.frame_transform = transforms.Compose(
+            ([transforms.RandomResizedCrop(next(a.shape[-1] for m, a in inputs.items() if kinds[m] != "spectrogram")),
+              transforms.RandomHorizontalFlip()] if augment else []) + tail)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
+        from PIL import Image
+
+        sample = {}
+        for m, kind in self.kinds.items():
+            x = np.asarray(self.inputs[m][i])
+            if kind == "spectrogram":
+                sample[m] = torch.tensor(x, dtype=torch.float32)
+            else:  # uint8 [T, C, H, W] -> per frame PIL -> transform
+                frames = [Image.fromarray(np.ascontiguousarray(f.transpose(1, 2, 0))) for f in x]
+                sample[m] = torch.stack([self.frame_transform(f) for f in frames])
+        return sample, int(self.labels[i])
+
+
+def _reference_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                     device: torch.device) -> int:
+    """One epoch of the official-style step: fp32 forward, cross-entropy, backward, SGD step."""
+    model.train()
+    count = 0
+    for inputs, labels in loader:
+        if len(labels) < 2:  # as the engine: BatchNorm cannot train on a batch of one
+            continue
+        inputs = {m: x.to(device) for m, x in inputs.items()}
+        labels = labels.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(inputs).logits, labels)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        count += len(labels)
+    return count
+
+
+def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, log: Log, label: str) -> dict[str, Any]:
+    """Training samples/s of the engine vs the reference-style loop on ``data``, alternating epochs."""
+    from drl_tune.engine import Engine
+    from drl_tune.models import MultimodalClassifier
+
+    engine = Engine(config, data)
+    split = engine.data.splits["train"]
+    torch.manual_seed(config.seed)
+    model = MultimodalClassifier(engine.data.modalities, engine.data.n_classes, config.model.width,
+                                 config.fusion).to(engine.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    loader = DataLoader(ReferenceSamples(split.inputs, engine.data.modalities, split.labels, config.data.augment),
+                        batch_size=config.batch_size, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=engine.device.type == "cuda")
+
+    def sync() -> None:
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+
+    def run_engine() -> int:
+        engine.train_epoch()
+        sync()
+        return len(split) - (len(split) % config.batch_size == 1)
+
+    def run_reference() -> int:
+        n = _reference_epoch(model, optimizer, loader, engine.device)
+        sync()
+        return n
+
+    totals = {"engine": [0, 0.0], "reference": [0, 0.0]}
+    run_engine(), run_reference()  # warm-up: workers, page cache, kernels
+    for _ in range(epochs):
+        for name, fn in (("engine", run_engine), ("reference", run_reference)):
+            start = time.perf_counter()
+            count = fn()
+            totals[name][0] += count
+            totals[name][1] += time.perf_counter() - start
+    rate = {name: count / seconds for name, (count, seconds) in totals.items()}
+    row = {"n_train": len(split), "batch_size": config.batch_size, "width": config.model.width,
+           "engine_samples_per_s": rate["engine"], "reference_samples_per_s": rate["reference"],
+           "ratio": rate["engine"] / rate["reference"], "augment": config.data.augment, "workers": workers,
+           "device": str(engine.device), "perf": engine.accel.describe()}
+    log(f"epoch {label:8s} ({len(split)} clips, batch {config.batch_size}, width {config.model.width}): engine "
+        f"{rate['engine']:7.1f} samples/s   reference {rate['reference']:7.1f} samples/s   ratio "
+        f"{row['ratio']:5.2f}x")
+    return row
+
+
+def run_epoch_bench(*, limit: int = 64, demo_n: int = 1000, epochs: int = 2, workers: int = 2,
+                    batch_size: int = 64, cremad_width: int = 64, threads: int = 2, augment: bool = False,
+                    tiny: bool = False, work: Path | None = None, log: Log = print) -> dict[str, Any]:
+    """Engine vs reference-style training loop at demo and at CREMA-D input size."""
+    from drl_tune.data.cache import load_cache
+    from drl_tune.data.synthetic import load_synthetic
+    from drl_tune.spaces import load_space
+
+    work = work or Path(tempfile.mkdtemp(prefix="drl_tune_bench_epoch_"))
+    before = torch.get_num_threads()
+    out: dict[str, Any] = {"sizes": {}}
+    try:
+        demo = load_space("demo").config(parse_assignments([
+            "method=joint", f"threads={threads}", f"data.augment={augment}", f"data.synthetic.n_train={demo_n}",
+            *(["data.synthetic.n_val=24", "data.synthetic.n_test=24", "model.width=4"] if tiny else [])]))
+        out["sizes"]["demo"] = time_epochs(demo, load_synthetic(demo.data.synthetic), epochs=epochs, workers=workers,
+                                           log=log, label="demo")
+        cache = _cremad_cache(work, limit + 2, workers)
+        cremad = make_config({"method": "joint", "threads": threads, "data.name": "cremad", "data.root": str(cache),
+                              "data.augment": augment, "batch_size": batch_size, "model.width": cremad_width,
+                              "eval.probe_samples": 10})
+        out["sizes"]["cremad"] = time_epochs(cremad, load_cache(cache), epochs=epochs, workers=workers, log=log,
+                                             label="CREMA-D")
+    finally:
+        torch.set_num_threads(before)
+    out["ratio"] = out["sizes"]["cremad"]["ratio"]
+    out["demo_ratio"] = out["sizes"]["demo"]["ratio"]
+    return out
+
+
+def _cremad_cache(work: Path, clips: int, workers: int) -> Path:
+    """``clips`` generated CREMA-D-layout clips, prepared (all but two in the training split)."""
+    from drl_tune.data import fixtures as fx
+    from drl_tune.data.bench import generate
+    from drl_tune.data.prepare import main as prepare
+
+    src, splits, cache = work / "src", work / "splits", work / "cache"
+    if (cache / "manifest.json").is_file():
+        return cache
+    rows = [(c, sorted(fx.CREMAD_EMOTIONS)[y]) for c, y in generate(src, clips, frames_per_clip=4)]
+    fx.write_csv(splits / "val.csv", rows[:1])
+    fx.write_csv(splits / "test.csv", rows[1:2])
+    fx.write_csv(splits / "my_train.csv", rows[2:])
+    code = prepare(["cremad", "--src", str(src), "--splits", str(splits), "--out", str(cache), "--workers",
+                    str(max(1, workers)), "--force", "--quiet"])
+    if code:
+        raise RuntimeError(f"prepare cremad failed with exit status {code}")
+    return cache
+
+
+# -- overhead ----------------------------------------------------------------------------------------------
+
+
+def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, log: Log = print) -> dict[str, Any]:
+    """The same epochs as one Tune trial (checkpoint + report per epoch, MLflow callback) vs the plain loop."""
+    import ray
+    from ray import tune
+    from threadpoolctl import threadpool_limits
+
+    from drl_tune.engine import Engine
+    from drl_tune.spaces import load_space
+    from drl_tune.tracking import MLflowTrialCallback, StudyTracker
+    from drl_tune.trainable import train_trial
+
+    config = load_space("demo").config(parse_assignments(["method=joint", "threads=1", f"epochs={epochs}",
+                                                          *(overrides or [])]))
+    flat = config.to_flat()
+    work = Path(tempfile.mkdtemp(prefix="drl_tune_bench_overhead_"))
+    before = torch.get_num_threads()
+
+    def plain() -> tuple[float, list[float]]:
+        # as inside a Ray worker with 1 CPU, where Ray sets OMP_NUM_THREADS=1: one BLAS/OpenMP thread for the
+        # probe's sklearn fit too (torch gets threads=1 from the config in both)
+        with threadpool_limits(limits=1):
+            start = time.perf_counter()
+            engine = Engine(config)
+            times = [engine.run_epoch()["time/epoch_s"] for _ in range(epochs)]
+            return time.perf_counter() - start, times
+
+    try:
+        plain()  # warm-up: the dataset is generated and cached on disk, imports, kernels
+        plain_runs = [plain()]
+        ray_start = time.perf_counter()
+        ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        ray_init_s = time.perf_counter() - ray_start
+        try:
+            tracker = StudyTracker(f"sqlite:///{work / 'mlflow.db'}", "bench-overhead", work / "artifacts")
+            parent = tracker.start_parent("bench", {}, {}, {})
+            callback = MLflowTrialCallback(tracker.tracking_uri, tracker.experiment_id, parent, "bench")
+            tuner = tune.Tuner(
+                tune.with_resources(train_trial, {"cpu": 1}), param_space=flat,
+                run_config=tune.RunConfig(name="overhead", storage_path=str(work), callbacks=[callback], verbose=0,
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+            start = time.perf_counter()
+            results = tuner.fit()
+            tune_s = time.perf_counter() - start
+            frame = results[0].metrics_dataframe
+            if results[0].error is not None or frame is None or len(frame) != epochs:
+                raise RuntimeError(f"the Tune trial did not finish its {epochs} epochs: {results[0].error}")
+            iter_s = [float(v) for v in frame["time_this_iter_s"]]
+            trial_epoch_s = [float(v) for v in frame["time/epoch_s"]]
+        finally:
+            ray.shutdown()
+        plain_runs.append(plain())  # plain before and after the trial: load drift hits both alike
+    finally:
+        torch.set_num_threads(before)
+    plain_s = float(np.mean([p[0] for p in plain_runs]))
+    plain_epoch = float(np.mean([t for p in plain_runs for t in p[1]]))
+    out = {"epochs": epochs, "plain_s": plain_s, "tune_s": tune_s, "ray_init_s": ray_init_s,
+           "ratio": tune_s / plain_s, "plain_epoch_s": plain_epoch, "tune_iter_s": float(np.mean(iter_s)),
+           "tune_epoch_s": float(np.mean(trial_epoch_s)), "per_epoch_ratio": float(np.mean(iter_s)) / plain_epoch,
+           "per_epoch_report_s": float(np.mean(iter_s) - np.mean(trial_epoch_s)),
+           "fixed_s": tune_s - float(np.sum(iter_s)), "plain_fixed_s": plain_s - plain_epoch * epochs}
+    log(f"overhead: {epochs} demo epochs as a Tune trial {tune_s:.1f} s vs the plain engine loop {plain_s:.1f} s: "
+        f"ratio {out['ratio']:.2f}x (ray.init {ray_init_s:.1f} s not counted); per epoch {out['per_epoch_ratio']:.2f}x "
+        f"(checkpoint + report {out['per_epoch_report_s'] * 1000:.0f} ms/epoch; epoch inside the trial "
+        f"{out['tune_epoch_s']:.2f} s vs {plain_epoch:.2f} s here); fixed: trial start {out['fixed_s']:.1f} s vs "
+        f"engine build {out['plain_fixed_s']:.1f} s")
+    return out
+
+
+# -- study -------------------------------------------------------------------------------------------------
+
+
+def run_study_bench(*, num_samples: int = 4, concurrency: tuple[int, ...] = (1, 2), overrides: list[str] | None = None,
+                    log: Log = print) -> dict[str, Any]:
+    """Trials per hour of the demo study (search only) at each ``--max-concurrent``."""
+    work = Path(tempfile.mkdtemp(prefix="drl_tune_bench_study_"))
+    rows = []
+    for c in concurrency:
+        cmd = [sys.executable, "-m", "drl_tune.run", "--space", "demo", "--num-samples", str(num_samples),
+               "--max-concurrent", str(c), "--confirm-seeds", "0", "--no-report", "--storage", str(work),
+               "--name", f"c{c}", "--progress-interval", "3600"]
+        for assignment in overrides or []:
+            cmd += ["--set", assignment]
+        load = _load()
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise RuntimeError(f"the demo study with --max-concurrent {c} failed ({proc.returncode}): "
+                               + " | ".join(tail))
+        found = re.search(r"search of study '[^']*' \((\d+) trials, (\d+) s", proc.stdout)
+        trials, search_s = (int(found.group(1)), float(found.group(2))) if found else (num_samples, wall)
+        search_s = max(search_s, 1.0)
+        epochs = _epochs_trained(work / f"c{c}")
+        row = {"max_concurrent": c, "trials": trials, "search_s": search_s, "wall_s": wall,
+               "trials_per_hour": trials * 3600 / search_s, "epochs_trained": epochs,
+               "epochs_per_hour": epochs * 3600 / search_s, "load_before": load, "load_after": _load()}
+        rows.append(row)
+        log(f"study: {trials} demo trials at --max-concurrent {c}: search {search_s:.0f} s (command {wall:.0f} s) "
+            f"-> {row['trials_per_hour']:.0f} trials/h, {row['epochs_per_hour']:.0f} epochs/h "
+            f"({epochs} epochs, ASHA stops some trials early)")
+    best = max(rows, key=lambda r: r["trials_per_hour"])
+    return {"rows": rows, "trials_per_hour": best["trials_per_hour"], "max_concurrent": best["max_concurrent"],
+            "speedup": rows[-1]["trials_per_hour"] / rows[0]["trials_per_hour"]}
+
+
+def _epochs_trained(study: Path) -> int:
+    """Epochs reported by the study's trials (the lines of their result.json files)."""
+    total = 0
+    for path in study.glob("*/result.json"):
+        total += sum(1 for line in path.read_text().splitlines() if line.strip())
+    return total
+
+
+# -- all ---------------------------------------------------------------------------------------------------
+
+
+def run(benches: list[str], args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
+    from drl_tune.bench_diagnosis import run_diagnosis_bench
+    from drl_tune.data.bench import run_data_bench
+
+    tiny = args.tiny
+    result: dict[str, Any] = {"machine": _machine(), "tiny": tiny}
+    for name in benches:
+        start = time.perf_counter()
+        load = _load()
+        if name == "data":
+            result["data"] = run_data_bench(clips=18 if tiny else args.clips, workers=args.workers,
+                                            batch_size=8 if tiny else 64, epochs=1 if tiny else args.epochs, log=log)
+        elif name == "epoch":
+            result["epoch"] = run_epoch_bench(limit=6 if tiny else args.limit, demo_n=48 if tiny else 1000,
+                                              epochs=1 if tiny else args.epochs, workers=0 if tiny else args.workers,
+                                              batch_size=4 if tiny else args.batch_size,
+                                              cremad_width=4 if tiny else 64, augment=args.augment, tiny=tiny,
+                                              threads=1 if tiny else args.workers, log=log)
+        elif name == "diagnosis":
+            kw = ({"batches": 1, "width": 4, "image_size": 32, "audio_frames": 32, "n_mels": 16, "batch_size": 4,
+                   "n_train": 200} if tiny else {"batches": args.epoch_batches})
+            result["diagnosis"] = run_diagnosis_bench([60] if tiny else args.diagnosis_sizes, epoch_kwargs=kw,
+                                                      log=log)["diagnosis"]
+        elif name == "overhead":
+            result["overhead"] = run_overhead_bench(epochs=2 if tiny else args.overhead_epochs,
+                                                    overrides=TINY_DEMO if tiny else None, log=log)
+        elif name == "study":
+            result["study"] = run_study_bench(num_samples=2 if tiny else args.num_samples,
+                                              concurrency=(1, 2) if tiny else tuple(args.concurrency),
+                                              overrides=[*TINY_DEMO, "epochs=2"] if tiny else None, log=log)
+        result[name]["seconds"] = time.perf_counter() - start
+        result[name]["load"] = [load, _load()]
+    result["summary"] = summary(result)
+    return result
+
+
+TINY_DEMO = ["data.synthetic.n_train=48", "data.synthetic.n_val=24", "data.synthetic.n_test=24", "model.width=4",
+             "eval.probe_samples=20"]
+
+
+def summary(result: dict[str, Any]) -> dict[str, float]:
+    """The headline figures under their dotted names (``data.ratio`` ...)."""
+    keys = {"data": ("ratio", "eval_ratio"), "epoch": ("ratio", "demo_ratio"),
+            "overhead": ("ratio", "per_epoch_ratio"), "diagnosis": ("fraction_of_epoch",),
+            "study": ("trials_per_hour", "speedup")}
+    return {f"{b}.{k}": float(result[b][k]) for b, ks in keys.items() if b in result for k in ks if k in result[b]}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m drl_tune.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bench", choices=[*BENCHES, "all"])
+    p.add_argument("--json", type=Path, help="write every figure here (summary keys: data.ratio, epoch.ratio, ...)")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test; the figures mean nothing)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers / torch threads (2)")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per pipeline, data and epoch (2)")
+    p.add_argument("--clips", type=int, default=512, help="data: generated CREMA-D clips (512)")
+    p.add_argument("--limit", type=int, default=64, help="epoch: CREMA-D-sized training clips (64; 5954 on a GPU)")
+    p.add_argument("--batch-size", type=int, default=16, help="epoch: CREMA-D-size batch (16; 64 = official)")
+    p.add_argument("--augment", action="store_true",
+                   help="epoch: crop + flip (the official DRL CREMA-D script trains without)")
+    p.add_argument("--diagnosis-sizes", type=_ints, default=[1000, 5000, 20000], help="diagnosis: N (1000,5000,20000)")
+    p.add_argument("--epoch-batches", type=int, default=2, help="diagnosis: batches timed for the epoch estimate")
+    p.add_argument("--overhead-epochs", type=int, default=5, help="overhead: demo epochs (5)")
+    p.add_argument("--num-samples", type=int, default=4, help="study: trials per study (4)")
+    p.add_argument("--concurrency", type=_ints, default=[1, 2], help="study: --max-concurrent values (1,2)")
+    args = p.parse_args(argv)
+    if min(args.epochs, args.clips, args.limit, args.overhead_epochs, args.num_samples) < 1 or args.batch_size < 2 \
+            or args.workers < 0:
+        print("error: --epochs, --clips, --limit, --overhead-epochs, --num-samples must be >= 1, --batch-size >= 2, "
+              "--workers >= 0", file=sys.stderr)
+        return 2
+    benches = list(BENCHES) if args.bench == "all" else [args.bench]
+    try:
+        result = run(benches, args)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print("summary: " + ", ".join(f"{k} {v:.3g}" for k, v in result["summary"].items()))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``python -m drl_tune.bench``: every sub-benchmark runs at tiny sizes and writes its figures (not asserted:
+they depend on the machine), and bad arguments stop with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drl_tune.bench import main
+
+SUMMARY_KEYS = {"data.ratio", "epoch.ratio", "overhead.ratio", "diagnosis.fraction_of_epoch", "study.trials_per_hour"}
+
+
+def _finite_positive(value: float) -> bool:
+    return value == value and 0 < value < float("inf")
+
+
+def test_epoch_bench_runs_at_tiny_sizes(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["epoch", "--tiny", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for size in ("demo", "cremad"):
+        row = result["epoch"]["sizes"][size]
+        assert _finite_positive(row["engine_samples_per_s"]) and _finite_positive(row["reference_samples_per_s"])
+        assert row["ratio"] == pytest.approx(row["engine_samples_per_s"] / row["reference_samples_per_s"])
+        assert not any(row["perf"].values())  # the GPU path is off on a CPU
+    assert result["summary"]["epoch.ratio"] == result["epoch"]["sizes"]["cremad"]["ratio"]
+
+
+def test_data_and_diagnosis_benches_run_at_tiny_sizes(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["diagnosis", "--tiny", "--json", str(out)]) == 0
+    diagnosis = json.loads(out.read_text())["diagnosis"]
+    assert _finite_positive(diagnosis["fraction_of_epoch"]) and diagnosis["rows"][0]["n"] == 60
+    assert main(["data", "--tiny", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())["data"]
+    assert _finite_positive(data["ratio"]) and _finite_positive(data["eval_ratio"])
+
+
+def test_bad_arguments_stop_with_one_line(capsys):
+    assert main(["data", "--batch-size", "1"]) == 2
+    assert "--batch-size >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["nonsense"])
+
+
+@pytest.mark.slow
+def test_bench_all_tiny_writes_every_summary_key(tmp_path):
+    """The whole command as a user runs it (two small Ray studies and one Tune trial: minutes)."""
+    out = tmp_path / "all.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "drl_tune.bench", "all", "--tiny", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=1500, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) >= SUMMARY_KEYS
+    assert all(_finite_positive(result["summary"][k]) for k in SUMMARY_KEYS)
+    assert [r["max_concurrent"] for r in result["study"]["rows"]] == [1, 2]
+    assert result["overhead"]["epochs"] == 2 and result["overhead"]["fixed_s"] > 0
+    assert "summary: data.ratio" in proc.stdout
