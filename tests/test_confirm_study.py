@@ -16,6 +16,7 @@ from drl_tune.run import main
 from drl_tune.stats import paired_difference, t_interval
 from drl_tune.study import PLAN_FILE
 from tests.conftest import EPOCHS, SEEDS
+from tests.test_study_e2e import tiny_sets
 
 SPACE = """\
 dataset: {name: synthetic}
@@ -171,7 +172,8 @@ def test_space_confirm_block_errors(block, message, tmp_path, capsys):
 def test_confirm_seeds_zero_plans_no_confirmation(tmp_path, capsys):
     space = tmp_path / "c.yaml"
     space.write_text(SPACE)
-    assert main(["--space", str(space), "--storage", str(tmp_path), "--confirm-seeds", "0", "--dry-run"]) == 0
+    tiny = tiny_sets()  # the dry run loads the dataset: a tiny one
+    assert main(["--space", str(space), "--storage", str(tmp_path), "--confirm-seeds", "0", "--dry-run", *tiny]) == 0
     assert "confirmation: none" in capsys.readouterr().out
-    assert main(["--space", str(space), "--storage", str(tmp_path), "--dry-run"]) == 0
+    assert main(["--space", str(space), "--storage", str(tmp_path), "--dry-run", *tiny]) == 0
     assert "re-trained with 2 fresh seeds" in capsys.readouterr().out

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from drl_tune.config import SyntheticConfig
-from drl_tune.data.audio import log_fbank
+from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
 
 SAMPLE_RATE = 8000
@@ -119,16 +119,17 @@ def generate(cfg: SyntheticConfig) -> MultimodalData:
         rng = np.random.default_rng([cfg.seed, index])
         labels = np.arange(n) % cfg.n_classes  # balanced classes
         rng.shuffle(labels)
-        audio = np.empty((n, N_FRAMES, N_MELS), dtype=np.float16)
+        waves = np.empty((n, CLIP_SAMPLES), dtype=np.float32)
         frames = np.empty((n, cfg.frames, 3, cfg.image_size, cfg.image_size), dtype=np.uint8)
         for i, y in enumerate(labels):
             tone = int(rng.integers(cfg.n_classes)) if rng.random() < cfg.audio_confusion else int(y)
             cue_follows_label = name == "train" and rng.random() < cfg.audio_shortcut
             cue = int(y) if cue_follows_label else int(rng.integers(cfg.n_classes))
             shape = int(rng.integers(cfg.n_classes)) if rng.random() < cfg.visual_confusion else int(y)
-            wave = _audio_clip(cfg, rng, tone, cue)
-            audio[i] = log_fbank(wave, SAMPLE_RATE, n_mels=N_MELS, n_frames=N_FRAMES)
+            waves[i] = _audio_clip(cfg, rng, tone, cue)
             frames[i] = _frames(cfg, rng, shape)
+        # all clips in a few fbank calls: the same numbers as one log_fbank per clip, several times faster
+        audio = log_fbank_batch(waves, SAMPLE_RATE, n_mels=N_MELS, n_frames=N_FRAMES).astype(np.float16)
         splits[name] = Split({"audio": audio, "visual": frames}, labels.astype(np.int64))
     return MultimodalData(
         "synthetic",
