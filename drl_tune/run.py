@@ -26,11 +26,10 @@ from typing import Any
 from drl_tune.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.config import ConfigError, make_config, parse_assignments
 from drl_tune.data.cache import CacheError
+from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.safety import redact
 from drl_tune.spaces import load_space
-from drl_tune.study import PLAN_FILE, Plan, build_plan, finished_trials, outcomes, summary_table
 
-DEFAULT_STORAGE = Path("runs") / "studies"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_STORAGE = 3  # the results storage is full or read-only
@@ -126,12 +125,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         if ignored:
             raise UsageError(f"--resume continues the saved plan; {ignored[0]} cannot change it")
         study_dir = args.storage / args.name if args.name else latest_study(args.storage, _space_name(args.space))
-        path = study_dir / PLAN_FILE
-        if not path.is_file():
-            raise UsageError(f"--resume: {study_dir} is not a study folder (no {PLAN_FILE})")
-        plan = Plan.from_json(path.read_text(), where=str(path))
-        plan.storage = str(study_dir.resolve().parent)  # the folder may have moved
-        return plan
+        try:
+            return Plan.read(study_dir)
+        except ConfigError as err:
+            raise UsageError(f"--resume: {err}") from None
     if args.storage.exists() and not args.storage.is_dir():
         raise UsageError(f"--storage {args.storage} is a file, not a folder; pass the folder that holds (or will "
                          f"hold) the studies")
@@ -232,7 +229,8 @@ def review(plan: Plan, write_report: bool) -> tuple[Path | None, str]:
     """The end of a study: the HTML report (unless skipped) and the MLflow review (parent-run summary metrics and
     artifacts, the saved runs view); returns the report's path and the URL that opens the review. A failure here
     is reported and leaves the study's results as they are."""
-    from drl_tune.tracking import publish_study, review_url
+    from drl_tune.analysis.publish import publish_study
+    from drl_tune.tracking import review_url
 
     report = None
     if write_report:
@@ -260,7 +258,8 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     from drl_tune import ray_session
     from drl_tune.cluster import preflight, review_command
     from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
-    from drl_tune.study import ProgressTable, make_trainable, make_tuner
+    from drl_tune.study import finished_trials, make_trainable, make_tuner
+    from drl_tune.tables import ProgressTable, outcomes, summary_table
     from drl_tune.tracking import MLflowTrialCallback, ui_command
 
     try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)

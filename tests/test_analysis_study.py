@@ -24,8 +24,8 @@ from matplotlib.colors import to_hex
 from mlflow import MlflowClient
 
 from drl_tune.analysis import load_mlflow, load_tune, plots
+from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
-from drl_tune.study import PLAN_FILE, Plan
 from tests.test_study_e2e import tiny_sets
 
 pytestmark = pytest.mark.slow

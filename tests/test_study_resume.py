@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from drl_tune.study import PLAN_FILE, Plan
+from drl_tune.plan import PLAN_FILE, Plan
 from tests.conftest import TINY
 
 SPACE = """\

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.config import ConfigError
+from drl_tune.errors import ConfigError
 from drl_tune.methods.base import (
     EpochContext,
     Method,

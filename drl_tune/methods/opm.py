@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from drl_tune.config import ConfigError
+from drl_tune.errors import ConfigError
 from drl_tune.methods.base import (
     Batch,
     EpochContext,
