@@ -119,7 +119,8 @@ def test_spread_is_zero_on_perfectly_separated_blobs():
     d = diagnose(x_train, y_train, x_val, y_val, n_clusters=3, reinit_lambda=3.0, restarts=8)
     assert d.spread is not None and d.spread.starts == 9
     assert d.strength == 0.0  # purity 1 on both splits, whatever the start
-    assert (d.spread.strength_std, d.spread.strength_min, d.spread.strength_max, d.spread.gap_std) == (0.0, 0.0, 0.0, 0.0)
+    s = d.spread
+    assert (s.strength_std, s.strength_min, s.strength_max, s.gap_std) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_spread_is_positive_on_overlapping_clusters_and_brackets_the_applied_alpha():

@@ -185,7 +185,8 @@ def test_trial_kmeans_seed_follows_the_run_seed_and_can_change_alpha():
     assert len(set(alphas.values())) > 1  # on these overlapping classes the start changes α
     (f_train, y_train), (f_val, y_val) = feats["train"], feats["val"]
     for s, a in alphas.items():
-        assert a == diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, reinit_lambda=3.0, seed=s).strength
+        assert a == diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, reinit_lambda=3.0,
+                             seed=s).strength
 
 
 def test_stability_restarts_log_the_spread_without_changing_the_reinit():
