@@ -35,6 +35,7 @@ from drl_tune.data.sources import (
     PrepareError,
     PreparePlan,
     audio_visual_plan,
+    audio_visual_source,
     find_file,
     keep_complete,
     require_items,
@@ -132,11 +133,7 @@ def _official_splits(folder: Path, classes: list[str]) -> tuple[dict[str, list[t
 
 def make_plan(args: argparse.Namespace) -> PreparePlan:
     """Find the clips, their labels and splits; check every listed clip has both modalities."""
-    src = Path(args.src)
-    if not src.is_dir():
-        raise PrepareError(f"source directory {src} does not exist (pass --src with the CREMA-D folder)")
-    if args.frames < 1 or args.audio_frames < 1:
-        raise PrepareError("--frames and --audio-frames must be >= 1")
+    src = audio_visual_source(args, "CREMA-D")
     layout = _layout(src)
     classes = list(CLASSES)
     if args.splits is not None and (Path(args.splits) / "stat.csv").is_file():

@@ -32,6 +32,7 @@ from drl_tune.data.sources import (
     PrepareError,
     PreparePlan,
     audio_visual_plan,
+    audio_visual_source,
     find_dir,
     find_file,
     keep_complete,
@@ -83,11 +84,7 @@ def _label_index(label: str, classes: list[str], path: Path, clip: str, named: b
 
 def make_plan(args: argparse.Namespace) -> PreparePlan:
     """Read the split lists, resolve each clip's audio and frames, carve validation if needed."""
-    src = Path(args.src)
-    if not src.is_dir():
-        raise PrepareError(f"source directory {src} does not exist (pass --src with the Kinetics-Sounds folder)")
-    if args.frames < 1 or args.audio_frames < 1:
-        raise PrepareError("--frames and --audio-frames must be >= 1")
+    src = audio_visual_source(args, "Kinetics-Sounds")
     lists = Path(args.splits) if args.splits is not None else src
     if not lists.is_dir():
         raise PrepareError(f"{lists}: split folder does not exist")

@@ -347,6 +347,16 @@ class AVDecoder:
         return {"audio": audio, "visual": visual}
 
 
+def audio_visual_source(args: Any, dataset: str) -> Path:
+    """``--src`` of an audio-visual dataset (CREMA-D, Kinetics-Sounds), checked with its frame counts."""
+    src = Path(args.src)
+    if not src.is_dir():
+        raise PrepareError(f"source directory {src} does not exist (pass --src with the {dataset} folder)")
+    if args.frames < 1 or args.audio_frames < 1:
+        raise PrepareError("--frames and --audio-frames must be >= 1")
+    return src
+
+
 def audio_visual_plan(dataset: str, classes: list[str], splits: dict[str, list[Item]], args: Any,
                       preprocessing: dict[str, Any], skipped: dict[str, list[str]], *, precomputed: str,
                       sampling: str) -> PreparePlan:
