@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--answer", action="store_true", help="print the saved answer; run nothing")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)
 
 
@@ -81,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from drl_tune.run import open_tracking, quiet_tune, resolve_gpus, start_ray
+    from drl_tune.run import open_tracking, quiet_libraries, resolve_gpus, start_ray
 
-    quiet_tune()
+    quiet_libraries(args.verbose)
     started_ray = start_ray(args.address)
     try:
         gpus = resolve_gpus(plan)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 
 from drl_tune.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.config import ConfigError, make_config, parse_assignments
+from drl_tune.config_keys import help_text
 from drl_tune.data.cache import CacheError
 from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.safety import redact
@@ -67,7 +69,7 @@ _count = _int_at_least(0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m drl_tune.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", help="search space name (search_spaces/NAME.yaml) or path to a .yaml file")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial (a searched key stops being searched); repeatable")
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (drl_tune.report)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)
 
 
@@ -340,14 +344,38 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             ray.shutdown()
 
 
-def quiet_tune() -> None:
-    """Per-epoch checkpoints are the point here; Tune's warning about frequent experiment snapshots is noise."""
+# notices libraries log on every start that say nothing about this study (dropped unless -v): Ray's note that a
+# local cluster has token authentication on by default (it stays on; the note only says how to turn it off)
+LIBRARY_NOTICES = {"ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster. Set",)}
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """The first screen is the study's own: per-epoch checkpoints are the point here, so Tune's warning about
+    frequent experiment snapshots is noise; unless ``verbose``, MLflow's INFO lines (creating its database
+    tables) and the known start-up notices above are left out. Every other warning still shows."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # in case it already was
+    for name, prefixes in LIBRARY_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices(prefixes))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_tune()
+    quiet_libraries(args.verbose)
     try:
         check_storage_arg(args.storage)
         if args.address:
