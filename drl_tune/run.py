@@ -347,7 +347,8 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
 # notices libraries log on every start that say nothing about this study (dropped unless -v): Ray's note that a
 # local cluster has token authentication on by default (it stays on; the note only says how to turn it off)
 LIBRARY_NOTICES = {
-    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster.",),
+    "ray._private.authentication.authentication_token_setup":
+        ("Token authentication is enabled for this Ray cluster.",),
 }
 
 
