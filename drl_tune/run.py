@@ -366,14 +366,15 @@ def quiet_libraries(verbose: bool = False) -> None:
     frequent experiment snapshots is noise; unless ``verbose``, MLflow's INFO lines (creating its database
     tables) and the known start-up notices above are left out. Every other warning still shows."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if verbose:
-        return
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # in case it already was
     for name, prefixes in LIBRARY_NOTICES.items():
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+        for old in [f for f in logger.filters if isinstance(f, _DropNotices)]:
+            logger.removeFilter(old)
+        if not verbose:
             logger.addFilter(_DropNotices(prefixes))
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # in case it already was
 
 
 def main(argv: list[str] | None = None) -> int:
