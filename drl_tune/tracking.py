@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
+from drl_tune.faults import error_reason
 from drl_tune.history import metric_items
 from drl_tune.safety import redact
 
@@ -179,8 +180,6 @@ class MLflowTrialCallback(Callback):
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from drl_tune.faults import error_reason
-
         run_id = self._run_for(trial)
         self.client.log_batch(run_id, tags=[RunTag("drl_tune.outcome", "error"),
                                             RunTag(ERROR_TAG, redact(error_reason(trial))[:MAX_PARAM_LENGTH])])

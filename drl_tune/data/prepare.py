@@ -23,14 +23,13 @@ import numpy as np
 from drl_tune.data import cremad, kinetics_sounds, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
 from drl_tune.data.sources import Item, PrepareError, PreparePlan
+from drl_tune.data.synthetic import default_root
 
 PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101}
 
 
 def default_out(name: str) -> Path:
     """Where the dataset loader looks when ``data.root`` is not set."""
-    from drl_tune.data.synthetic import default_root
-
     return Path(os.environ.get(f"DRL_TUNE_{name.upper()}_ROOT") or default_root() / name)
 
 
