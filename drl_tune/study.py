@@ -26,6 +26,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from drl_tune.plan import Plan
 from drl_tune.spaces import Param, SchedulerSpec
+
+# Tune pickles a study's callbacks into its folder (tuner.pkl): folders written before the live table moved to
+# drl_tune/tables.py name it drl_tune.study.ProgressTable, and --resume of such a study unpickles that name
+from drl_tune.tables import ProgressTable as ProgressTable
 from drl_tune.trainable import train_trial
 
 

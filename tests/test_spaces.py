@@ -237,3 +237,9 @@ def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path)
     restored = pickle.loads(pickle.dumps(legacy))
     assert type(restored) is IntRange and restored.contains(4) and not restored.contains(5)
     assert pickle.loads(pickle.dumps(restored)) == restored
+    # and the live table it pickled as a callback is still found under its old name
+    import io
+
+    from drl_tune import tables
+
+    assert pickle.Unpickler(io.BytesIO(b"")).find_class("drl_tune.study", "ProgressTable") is tables.ProgressTable
