@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from drl_tune.config import TrainConfig, make_config, parse_assignments
 from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from drl_tune.io import atomic_write_text
+from drl_tune.modality import ModalityKind
 
 BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
 Log = Callable[[str], None]
@@ -73,9 +74,9 @@ class ReferenceSamples(Dataset):
 
         self.inputs, self.kinds, self.labels = inputs, kinds, labels
         tail = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        size = next(a.shape[-1] for m, a in inputs.items() if kinds[m] != ModalityKind.SPECTROGRAM)
         self.frame_transform = transforms.Compose(
-            ([transforms.RandomResizedCrop(next(a.shape[-1] for m, a in inputs.items() if kinds[m] != "spectrogram")),
-              transforms.RandomHorizontalFlip()] if augment else []) + tail)
+            ([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if augment else []) + tail)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,7 +87,7 @@ class ReferenceSamples(Dataset):
         sample = {}
         for m, kind in self.kinds.items():
             x = np.asarray(self.inputs[m][i])
-            if kind == "spectrogram":
+            if kind == ModalityKind.SPECTROGRAM:
                 sample[m] = torch.tensor(x, dtype=torch.float32)
             else:  # uint8 [T, C, H, W] -> per frame PIL -> transform
                 frames = [Image.fromarray(np.ascontiguousarray(f.transpose(1, 2, 0))) for f in x]

@@ -74,7 +74,7 @@ def time_diagnosis(n: int, *, dim: int = 512, n_classes: int = CREMAD_CLASSES, m
         def run(backend: str = backend) -> list[tuple[float, float]]:
             out = []
             for x_train, y_train, x_val, y_val in data:
-                d = diagnose(x_train, y_train, x_val, y_val, n_clusters=n_classes, alpha=3.0, seed=0,
+                d = diagnose(x_train, y_train, x_val, y_val, n_clusters=n_classes, reinit_lambda=3.0, seed=0,
                              restarts=restarts, backend=backend, device=device)
                 out.append((d.purity_train, d.purity_val))
             return out
@@ -141,7 +141,7 @@ def run_diagnosis_bench(sizes: Sequence[int] | None = None, *, dim: int = 512, b
         sizes = LARGE_SIZES if dev.type == "cuda" else CPU_SIZES
     if "torch" in backends:  # first-call costs (CUDA context, kernels) are not the diagnosis' own
         diagnose(np.random.rand(64, 8), np.arange(64) % 2, np.random.rand(64, 8), np.arange(64) % 2,
-                 n_clusters=2, alpha=1.0, backend="torch", device=dev)
+                 n_clusters=2, reinit_lambda=1.0, backend="torch", device=dev)
     result: dict[str, Any] = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev)
                               if dev.type == "cuda" else "cpu", "torch_threads": torch.get_num_threads(),
                               "dim": dim, "rows": []}
@@ -196,8 +196,8 @@ def restart_cost(epochs: int = 10, restarts: Sequence[int] = (1, 3, 5, 10), repe
     def cluster(r: int) -> None:
         feats, labels = engine.features("train")
         for m in engine.model.modalities:
-            diagnose(feats[m], labels, val_feats[m], val_labels, n_clusters=n_clusters, alpha=config.params.alpha,
-                     seed=0, restarts=r)
+            diagnose(feats[m], labels, val_feats[m], val_labels, n_clusters=n_clusters,
+                     reinit_lambda=config.params.alpha, seed=0, restarts=r)
 
     times: dict[int, list[float]] = {r: [] for r in (0, *restarts)}
     feature_times = []

@@ -13,9 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message says which and what is allowed."""
+from drl_tune.errors import ConfigError
+from drl_tune.methods import REGISTRY
 
 
 @dataclass
@@ -294,8 +293,6 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def make_config(values: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from nested and/or flat keys; method blocks come from the registry."""
-    from drl_tune.methods import REGISTRY
-
     nested = unflatten(values)
     method_values = {name: nested.pop(name, {}) for name in REGISTRY}
     for name, block in method_values.items():

@@ -29,8 +29,8 @@ from drl_tune.confirmation import (
     read_trials,
     run_confirmation,
 )
-from drl_tune.run import DEFAULT_STORAGE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int
-from drl_tune.study import PLAN_FILE, Plan
+from drl_tune.plan import DEFAULT_STORAGE, Plan
+from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,27 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--answer", action="store_true", help="print the saved answer; run nothing")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)
-
-
-def load_plan(storage: Path, name: str) -> Plan:
-    study_dir = storage / name
-    path = study_dir / PLAN_FILE
-    if not path.is_file():
-        raise UsageError(f"no study {name!r} in {storage} (no {PLAN_FILE} in {study_dir}); "
-                         f"pass the --name and --storage the study was run with")
-    try:
-        plan = Plan.from_json(path.read_text())
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"{path} is not a study plan this tool wrote ({err})") from None
-    plan.storage = str(study_dir.resolve().parent)
-    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        plan = load_plan(args.storage, args.name)
+        plan = Plan.read(args.storage / args.name)
         folder = plan.study_dir / CONFIRM_DIR
         if args.answer:
             answer_file = plan.study_dir / ANSWER_JSON
@@ -95,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from drl_tune.run import open_tracking, quiet_tune, resolve_gpus, start_ray
+    from drl_tune.run import open_tracking, quiet_libraries, resolve_gpus, start_ray
 
-    quiet_tune()
+    quiet_libraries(args.verbose)
     started_ray = start_ray(args.address)
     try:
         gpus = resolve_gpus(plan)

@@ -25,11 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from drl_tune.history import read_result_json
 from drl_tune.io import atomic_write_text
+from drl_tune.plan import Plan
 from drl_tune.stats import Interval, paired_difference, t_interval
+from drl_tune.study import finished_trials, make_trainable, trial_name
+from drl_tune.tables import ProgressTable, render_table
+from drl_tune.tracking import MLflowTrialCallback
 
 CONFIRM_DIR = "confirm"
 CONFIRM_FILE = "drl_tune_confirm.json"
@@ -362,8 +369,6 @@ def _ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
 
 def answer_tables(answer: dict[str, Any]) -> str:
     """The answer as text: per configuration mean [95% CI]; then the paired differences; then sentences."""
-    from drl_tune.study import render_table
-
     metrics = answer["metrics"]
     keys = sorted({k for c in answer["configs"] for k in c["config"]})[:4]
     headers = ["method", "rank", "from trial", *keys, "seeds", *[metric_label(m) for m in metrics]]
@@ -479,14 +484,9 @@ class PlannedConfigs(Searcher):
         self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
 
-def make_confirm_tuner(plan: Any, gpus: float, entries: list[ConfirmEntry], callbacks: list) -> Any:
+def make_confirm_tuner(plan: Plan, gpus: float, entries: list[ConfirmEntry], callbacks: list) -> Any:
     """One Tune trial per entry (exactly the planned configurations), FIFO (no early stopping), the study's
     resources and retries, as the Tune experiment ``STUDY/confirm``."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from drl_tune.study import make_trainable, trial_name
-
     run_config = tune.RunConfig(
         name=CONFIRM_DIR, storage_path=str(plan.study_dir),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
@@ -506,17 +506,12 @@ def confirm_tags(entries: list[ConfirmEntry]) -> dict[str, dict[str, str]]:
                                    "drl_tune.confirm_seed": str(e.seed)} for e in entries}
 
 
-def run_confirmation(plan: Any, gpus: float, tracker: Any, progress_interval: float, *, top_k: int, n_seeds: int,
+def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: float, *, top_k: int, n_seeds: int,
                      methods: list[str] | None = None, strict: bool = True) -> tuple[dict[str, Any] | None, bool]:
     """Plan (or, when ``STUDY/confirm`` exists, resume) the confirmation, run it, and compute the answer.
 
     Returns ``(answer, interrupted)``; the answer is None when the run was interrupted, or (``strict=False``)
     when the search left nothing to confirm."""
-    from ray import tune
-
-    from drl_tune.study import ProgressTable, finished_trials, make_trainable
-    from drl_tune.tracking import MLflowTrialCallback
-
     folder = plan.study_dir / CONFIRM_DIR
     entries_file = folder / CONFIRM_FILE
     if entries_file.is_file() and tune.Tuner.can_restore(str(folder)):
@@ -554,8 +549,6 @@ def run_confirmation(plan: Any, gpus: float, tracker: Any, progress_interval: fl
             tracker.client.log_artifact(plan.parent_run_id, str(path))
         metrics = parent_metrics(answer)
         if metrics:
-            from mlflow.entities import Metric
-
             now = int(time.time() * 1000)
             items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
             for start in range(0, len(items), 500):

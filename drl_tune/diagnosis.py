@@ -5,6 +5,15 @@ k-means on min-max-scaled features, purity against the labels, on the train and 
 split. A large train/val purity gap means the encoder fits the training set in a way that does not
 carry over, and it is re-initialised more strongly: α = tanh(λ · gap).
 
+Two quantities, two names (stated here once for the whole package):
+
+* λ — how strongly a purity gap translates into re-initialisation. The paper's λ, ``move_lambda`` in the
+  official code, the config key ``drl.alpha`` (a user-facing name kept for compatibility). In code:
+  ``reinit_lambda``.
+* α = tanh(λ · gap) ∈ [0, 1] — the re-init strength applied to one encoder at one diagnosis: θ ← α·θ_init +
+  (1 − α)·θ. In code: ``strength``. Logged as the metrics ``diag/alpha_<m>`` (and its spread over k-means
+  starts as ``diag/alpha_std_<m>``, ``diag/alpha_min_<m>``, ``diag/alpha_max_<m>``): the paper's α.
+
 One k-means run decides α, and a different k-means start can decide a quite different α. So
 :func:`diagnose` can also repeat the clustering from ``restarts`` further starts on the *same* scaled
 features (only k-means is repeated) and report the spread of the gap and of α over all starts, without
@@ -186,11 +195,11 @@ def cluster_purity(
     return purity(labels, _cluster(scaled, n_clusters, seed, n_init, backend))
 
 
-def reinit_strength(purity_train: float, purity_val: float, alpha: float) -> float:
-    """α = tanh(alpha · |purity_train − purity_val|); ``alpha`` is λ of the paper."""
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    return float(np.tanh(alpha * abs(purity_train - purity_val)))
+def reinit_strength(purity_train: float, purity_val: float, reinit_lambda: float) -> float:
+    """α = tanh(λ · |purity_train − purity_val|)."""
+    if reinit_lambda < 0:
+        raise ValueError(f"reinit_lambda (λ, drl.alpha) must be >= 0, got {reinit_lambda}")
+    return float(np.tanh(reinit_lambda * abs(purity_train - purity_val)))
 
 
 def restart_seeds(seed: int, restarts: int) -> list[int]:
@@ -204,15 +213,15 @@ def restart_seeds(seed: int, restarts: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Spread:
-    """The purity gap and α over ``starts`` k-means starts (the applied one and the extra ones)."""
+    """The purity gap and the strength α over ``starts`` k-means starts (the applied one and the extra ones)."""
 
     starts: int
     gap_std: float
     gap_min: float
     gap_max: float
-    alpha_std: float
-    alpha_min: float
-    alpha_max: float
+    strength_std: float
+    strength_min: float
+    strength_max: float
 
 
 @dataclass(frozen=True)
@@ -225,10 +234,6 @@ class Diagnosis:
     strength: float
     spread: Spread | None = None
 
-    @property
-    def gap(self) -> float:
-        return abs(self.purity_train - self.purity_val)
-
 
 def diagnose(
     train_features: Array,
@@ -237,7 +242,7 @@ def diagnose(
     val_labels: np.ndarray,
     *,
     n_clusters: int,
-    alpha: float,
+    reinit_lambda: float,
     seed: int = 0,
     n_init: int = 1,
     restarts: int = 0,
@@ -261,11 +266,11 @@ def diagnose(
                 purity(val_labels, _cluster(x_val, n_clusters, s, n_init, backend)))
 
     p_train, p_val = purities(seed)
-    strength = reinit_strength(p_train, p_val, alpha)
+    strength = reinit_strength(p_train, p_val, reinit_lambda)
     spread = None
     if restarts > 0:
         gaps = [abs(p_train - p_val)] + [abs(a - b) for a, b in map(purities, restart_seeds(seed, restarts))]
-        alphas = np.tanh(alpha * np.asarray(gaps))
+        strengths = np.tanh(reinit_lambda * np.asarray(gaps))
         spread = Spread(len(gaps), float(np.std(gaps)), float(min(gaps)), float(max(gaps)),
-                        float(alphas.std()), float(alphas.min()), float(alphas.max()))
+                        float(strengths.std()), float(strengths.min()), float(strengths.max()))
     return Diagnosis(p_train, p_val, strength, spread)

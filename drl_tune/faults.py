@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from drl_tune.config import ConfigError
-from drl_tune.io import atomic_write_json
+from drl_tune.io import atomic_write_json, storage_error
+from drl_tune.safety import redact
 
 WORKER_FILE = "drl_tune_worker.json"
 ERROR_FILE = "drl_tune_error.json"
@@ -50,8 +51,6 @@ def record_worker(trial_dir: str | os.PathLike) -> dict[str, Any]:
 
 def record_error(trial_dir: str | os.PathLike, err: BaseException) -> None:
     reason = f"{type(err).__name__}: {one_line(str(err))}"
-    from drl_tune.safety import redact
-
     with contextlib.suppress(OSError):
         atomic_write_json(Path(trial_dir) / ERROR_FILE,
                           {"reason": redact(reason), "deterministic": isinstance(err, DETERMINISTIC),
@@ -111,8 +110,6 @@ def reason_of(error: Any) -> str:
 def storage_message(error: BaseException | str, plan: Any) -> str | None:
     """One line for a failure caused by storage that refuses writes (full, read-only, quota), else None."""
     import re
-
-    from drl_tune.io import storage_error
 
     if isinstance(error, str):
         if not re.search(r"No space left on device|Read-only file system|Disk quota exceeded|database or disk is "

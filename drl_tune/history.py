@@ -42,6 +42,16 @@ def read_result_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     return dedupe_epochs(rows)
 
 
+def metric_items(result: dict[str, Any]) -> dict[str, float]:
+    """The engine's metrics in a Tune result (``a/b`` names, ``epoch``, ``best_epoch``); Tune's own keys dropped.
+    The MLflow callback logs exactly these, and the analysis reads exactly these back from ``result.json``."""
+    return {
+        k: float(v) for k, v in result.items()
+        if ("/" in k or k in ("epoch", "best_epoch")) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        and not k.startswith(("config/", "time_", "timestamp"))
+    }
+
+
 def dedupe_frame(frame: Any) -> Any:
     """The same for a pandas frame (Tune's ``Result.metrics_dataframe``)."""
     if frame is None or not len(frame) or "epoch" not in frame:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,12 +26,12 @@ from typing import Any
 
 from drl_tune.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.config import ConfigError, make_config, parse_assignments
+from drl_tune.config_keys import help_text
 from drl_tune.data.cache import CacheError
+from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.safety import redact
 from drl_tune.spaces import load_space
-from drl_tune.study import PLAN_FILE, Plan, build_plan, finished_trials, outcomes, summary_table
 
-DEFAULT_STORAGE = Path("runs") / "studies"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_STORAGE = 3  # the results storage is full or read-only
@@ -68,7 +69,7 @@ _count = _int_at_least(0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m drl_tune.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", help="search space name (search_spaces/NAME.yaml) or path to a .yaml file")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial (a searched key stops being searched); repeatable")
@@ -92,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
     p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (drl_tune.report)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)
 
 
@@ -126,12 +129,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         if ignored:
             raise UsageError(f"--resume continues the saved plan; {ignored[0]} cannot change it")
         study_dir = args.storage / args.name if args.name else latest_study(args.storage, _space_name(args.space))
-        path = study_dir / PLAN_FILE
-        if not path.is_file():
-            raise UsageError(f"--resume: {study_dir} is not a study folder (no {PLAN_FILE})")
-        plan = Plan.from_json(path.read_text(), where=str(path))
-        plan.storage = str(study_dir.resolve().parent)  # the folder may have moved
-        return plan
+        try:
+            return Plan.read(study_dir)
+        except ConfigError as err:
+            raise UsageError(f"--resume: {err}") from None
     if args.storage.exists() and not args.storage.is_dir():
         raise UsageError(f"--storage {args.storage} is a file, not a folder; pass the folder that holds (or will "
                          f"hold) the studies")
@@ -232,7 +233,8 @@ def review(plan: Plan, write_report: bool) -> tuple[Path | None, str]:
     """The end of a study: the HTML report (unless skipped) and the MLflow review (parent-run summary metrics and
     artifacts, the saved runs view); returns the report's path and the URL that opens the review. A failure here
     is reported and leaves the study's results as they are."""
-    from drl_tune.tracking import publish_study, review_url
+    from drl_tune.analysis.publish import publish_study
+    from drl_tune.tracking import review_url
 
     report = None
     if write_report:
@@ -260,7 +262,8 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     from drl_tune import ray_session
     from drl_tune.cluster import preflight, review_command
     from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
-    from drl_tune.study import ProgressTable, make_trainable, make_tuner
+    from drl_tune.study import finished_trials, make_trainable, make_tuner
+    from drl_tune.tables import ProgressTable, outcomes, summary_table
     from drl_tune.tracking import MLflowTrialCallback, ui_command
 
     try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
@@ -341,14 +344,42 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             ray.shutdown()
 
 
-def quiet_tune() -> None:
-    """Per-epoch checkpoints are the point here; Tune's warning about frequent experiment snapshots is noise."""
+# notices libraries log on every start that say nothing about this study (dropped unless -v): Ray's note that a
+# local cluster has token authentication on by default (it stays on; the note only says how to turn it off)
+LIBRARY_NOTICES = {
+    "ray._private.authentication.authentication_token_setup":
+        ("Token authentication is enabled for this Ray cluster.",),
+}
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """The first screen is the study's own: per-epoch checkpoints are the point here, so Tune's warning about
+    frequent experiment snapshots is noise; unless ``verbose``, MLflow's INFO lines (creating its database
+    tables) and the known start-up notices above are left out. Every other warning still shows."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name, prefixes in LIBRARY_NOTICES.items():
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _DropNotices)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(_DropNotices(prefixes))
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # in case it already was
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_tune()
+    quiet_libraries(args.verbose)
     try:
         check_storage_arg(args.storage)
         if args.address:

@@ -24,16 +24,19 @@ import contextlib
 import dataclasses
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from drl_tune.config import ConfigError, TrainConfig, make_config
+from drl_tune.config import TrainConfig, make_config
+from drl_tune.errors import ConfigError
+from drl_tune.methods import REGISTRY
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources")
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 # ASHA compares trials at rungs on this metric. It must be a running best: DRL's re-initialisation dips
 # val/acc for an epoch or two, and a per-epoch metric would let ASHA stop a DRL trial in that dip.
 SCHEDULER_METRICS = ("val/acc_best",)
@@ -47,45 +50,182 @@ class SpaceError(ConfigError):
 
 @dataclass(frozen=True)
 class Param:
-    """One searched config key. ``method`` is set for a conditional key (sampled only with that method)."""
+    """One searched config key; one subclass per distribution, each with its own parsing, sampling
+    (:meth:`suggest`), membership test and description. ``method`` is set for a conditional key (sampled only
+    with that method). The distribution's name (``kind``) appears only at the boundaries: the space file's
+    ``type`` and the plan file's ``kind``."""
 
     key: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    step: int | float | None = None
-    values: tuple[Any, ...] = ()
-    method: str | None = None
+    method: str | None = field(default=None, kw_only=True)
+    kind: ClassVar[str] = ""
+    fields_allowed: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> Param:
+        """This distribution from a space file's ``search`` entry (its keys already checked)."""
+        raise NotImplementedError
 
     def suggest(self, trial: Any) -> Any:
         """Ask an Optuna trial (define-by-run) for this key's value."""
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.key, list(self.values))
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1))
-        if self.kind == "loguniform":
-            return trial.suggest_float(self.key, self.low, self.high, log=True)
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step)
+        raise NotImplementedError
 
     def contains(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return value in self.values
+        raise NotImplementedError
+
+    def samples(self) -> list[Any]:
+        """The values a space check builds a configuration from (every choice; a range's two ends)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _when(self) -> str:
+        return f"   (only when method={self.method})" if self.method else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan file's shape (``drl_tune.study/1``): every distribution writes the same seven keys."""
+        out: dict[str, Any] = {"key": self.key, "kind": self.kind, "low": None, "high": None, "step": None,
+                               "values": [], "method": self.method}
+        out.update({k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()})
+        return out
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> Param:
+        """The inverse of :meth:`to_dict` (also reads plans written before the distributions were classes)."""
+        cls = DISTRIBUTIONS[raw["kind"]]
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in names}
+        if "values" in values:
+            values["values"] = tuple(values["values"])
+        return cls(**values)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a Tune experiment saved before the distributions were classes pickled ``Param(key, kind, ...)`` objects
+        # inside its searcher; restoring one (``--resume`` of such a study) turns each into its distribution
+        if "kind" in state:
+            upgraded = Param.from_dict(state)
+            object.__setattr__(self, "__class__", type(upgraded))
+            state = dict(upgraded.__dict__)
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class Choice(Param):
+    """One of a list of plain values (numbers, strings, true/false, null)."""
+
+    values: tuple[Any, ...] = ()
+    kind: ClassVar[str] = "choice"
+    fields_allowed: ClassVar[frozenset[str]] = frozenset({"type", "values"})
+
+    @classmethod
+    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> Param:
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise SpaceError(f"{where}: 'values' must be a non-empty list, got {values!r}")
+        if any(isinstance(v, (dict, list)) for v in values):
+            raise SpaceError(f"{where}: 'values' must be plain values (numbers, strings, true/false, null)")
+        if len(set(map(repr, values))) != len(values):
+            raise SpaceError(f"{where}: 'values' has duplicates: {values!r}")
+        return cls(key, tuple(values), method=method)
+
+    def suggest(self, trial: Any) -> Any:
+        return trial.suggest_categorical(self.key, list(self.values))
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def samples(self) -> list[Any]:
+        return list(self.values)
+
+    def describe(self) -> str:
+        return "choice " + ", ".join("null" if v is None else str(v) for v in self.values) + self._when()
+
+
+@dataclass(frozen=True)
+class _Range(Param):
+    """A numeric range [low, high], optionally on a grid of ``step``."""
+
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    fields_allowed: ClassVar[frozenset[str]] = frozenset({"type", "low", "high", "step"})
+    integer: ClassVar[bool] = False
+
+    @classmethod
+    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> Param:
+        low, high = _number(spec, "low", where, cls.integer), _number(spec, "high", where, cls.integer)
+        if low > high:
+            raise SpaceError(f"{where}: low ({low:g}) must be <= high ({high:g})")
+        step = None
+        if "step" in spec:
+            step = _number(spec, "step", where, cls.integer)
+            if step <= 0:
+                raise SpaceError(f"{where}: 'step' must be > 0, got {step:g}")
+            n = (high - low) / step
+            if not math.isclose(n, round(n), abs_tol=1e-9):
+                raise SpaceError(f"{where}: high - low ({high - low:g}) must be a multiple of step ({step:g})")
+        return cls(key, low=low, high=high, step=step, method=method)
+
+    def contains(self, value: Any) -> bool:
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if not self.low <= value <= self.high:
             return False
-        if self.kind == "int":
-            return float(value).is_integer() and (int(value) - int(self.low)) % int(self.step or 1) == 0
         if self.step:
             return math.isclose(round((value - self.low) / self.step) * self.step + self.low, value)
         return True
 
+    def samples(self) -> list[Any]:
+        return [self.low, self.high]
+
     def describe(self) -> str:
-        if self.kind == "choice":
-            text = "choice " + ", ".join("null" if v is None else str(v) for v in self.values)
-        else:
-            text = f"{self.kind} [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
-        return text + (f"   (only when method={self.method})" if self.method else "")
+        return (f"{self.kind} [{self.low:g}, {self.high:g}]" + (f" step {self.step:g}" if self.step else "")
+                + self._when())
+
+
+@dataclass(frozen=True)
+class Uniform(_Range):
+    kind: ClassVar[str] = "uniform"
+
+    def suggest(self, trial: Any) -> Any:
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step)
+
+
+@dataclass(frozen=True)
+class LogUniform(_Range):
+    kind: ClassVar[str] = "loguniform"
+    fields_allowed: ClassVar[frozenset[str]] = frozenset({"type", "low", "high"})
+
+    @classmethod
+    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> Param:
+        param = super().parse(key, spec, where, method)
+        if param.low <= 0:
+            raise SpaceError(f"{where}: a loguniform range needs low > 0, got {param.low:g}")
+        return param
+
+    def suggest(self, trial: Any) -> Any:
+        return trial.suggest_float(self.key, self.low, self.high, log=True)
+
+
+@dataclass(frozen=True)
+class IntRange(_Range):
+    kind: ClassVar[str] = "int"
+    integer: ClassVar[bool] = True
+
+    def suggest(self, trial: Any) -> Any:
+        return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1))
+
+    def contains(self, value: Any) -> bool:
+        if not super().contains(value):
+            return False
+        return float(value).is_integer() and (int(value) - int(self.low)) % int(self.step or 1) == 0
+
+    def samples(self) -> list[Any]:
+        return [int(self.low), int(self.high)]
+
+
+# the space file's ``type`` (and the plan file's ``kind``) -> its distribution
+DISTRIBUTIONS: dict[str, type[Param]] = {cls.kind: cls for cls in (Choice, Uniform, LogUniform, IntRange)}
 
 
 @dataclass
@@ -138,7 +278,6 @@ class Space:
     dataset: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Param] = field(default_factory=dict)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     study: StudySpec = field(default_factory=StudySpec)
@@ -225,77 +364,55 @@ def _number(spec: dict[str, Any], name: str, where: str, integer: bool = False) 
 
 
 def _param(key: str, spec: Any, where: str, methods: set[str]) -> Param:
-    """Parse one ``search`` entry (a mapping with ``type``) into a :class:`Param`."""
+    """Parse one ``search`` entry (a mapping with ``type``) into its distribution."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise SpaceError(
             f"{where}: expected a mapping with 'type' ({', '.join(DISTRIBUTIONS)}), e.g. "
             f"{{type: loguniform, low: 0.001, high: 0.1}} or {{type: choice, values: [a, b]}}; got {spec!r}"
         )
-    kind = spec["type"]
-    if kind not in DISTRIBUTIONS:
-        raise SpaceError(f"{where}: unknown distribution type {kind!r}; allowed: {', '.join(DISTRIBUTIONS)}")
-    allowed = {"choice": {"type", "values"}, "int": {"type", "low", "high", "step"}}.get(
-        kind, {"type", "low", "high", "step"} if kind == "uniform" else {"type", "low", "high"}
-    )
-    extra = sorted(set(spec) - allowed)
+    cls = DISTRIBUTIONS.get(spec["type"]) if isinstance(spec["type"], str) else None
+    if cls is None:
+        raise SpaceError(f"{where}: unknown distribution type {spec['type']!r}; allowed: {', '.join(DISTRIBUTIONS)}")
+    extra = sorted(set(spec) - cls.fields_allowed)
     if extra:
-        raise SpaceError(f"{where}: unknown field {extra[0]!r} for type {kind}; allowed: {', '.join(sorted(allowed))}")
+        raise SpaceError(f"{where}: unknown field {extra[0]!r} for type {cls.kind}; allowed: "
+                         f"{', '.join(sorted(cls.fields_allowed))}")
     head = key.split(".")[0]
-    method = head if head in methods and "." in key else None
-    if kind == "choice":
-        values = spec.get("values")
-        if not isinstance(values, list) or not values:
-            raise SpaceError(f"{where}: 'values' must be a non-empty list, got {values!r}")
-        if any(isinstance(v, (dict, list)) for v in values):
-            raise SpaceError(f"{where}: 'values' must be plain values (numbers, strings, true/false, null)")
-        if len(set(map(repr, values))) != len(values):
-            raise SpaceError(f"{where}: 'values' has duplicates: {values!r}")
-        return Param(key, kind, values=tuple(values), method=method)
-    integer = kind == "int"
-    low, high = _number(spec, "low", where, integer), _number(spec, "high", where, integer)
-    if low > high:
-        raise SpaceError(f"{where}: low ({low:g}) must be <= high ({high:g})")
-    if kind == "loguniform" and low <= 0:
-        raise SpaceError(f"{where}: a loguniform range needs low > 0, got {low:g}")
-    step = None
-    if "step" in spec:
-        step = _number(spec, "step", where, integer)
-        if step <= 0:
-            raise SpaceError(f"{where}: 'step' must be > 0, got {step:g}")
-        n = (high - low) / step
-        if not math.isclose(n, round(n), abs_tol=1e-9):
-            raise SpaceError(f"{where}: high - low ({high - low:g}) must be a multiple of step ({step:g})")
-    return Param(key, kind, low=low, high=high, step=step, method=method)
+    return cls.parse(key, spec, where, method=head if head in methods and "." in key else None)
 
 
 def _typed(cls: type, raw: dict[str, Any], block: str, path: Path) -> Any:
-    """Build one of the small spec dataclasses, naming the file and key on a wrong key or type."""
-    fields = cls.__dataclass_fields__
-    unknown = sorted(set(raw) - set(fields))
+    """Build one of the small spec dataclasses, each value checked against the field's declared type (YAML
+    gives real types, so ``"3"`` for an integer is an error, not a conversion); the message names file and key."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise SpaceError(f"{path}: unknown key '{block}.{unknown[0]}'; allowed: {', '.join(fields)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        default = getattr(cls(), key)
-        where = f"{path}: '{block}.{key}'"
-        if isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise SpaceError(f"{where} must be a mapping of config keys to values")
-        elif isinstance(default, str):
-            if not isinstance(value, str):
-                raise SpaceError(f"{where} must be a string, got {value!r}")
-        elif value is None and default is None:
-            pass
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise SpaceError(f"{where} must be true or false, got {value!r}")
-        elif isinstance(default, int) or (default is None and key == "max_t"):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SpaceError(f"{where} must be an integer, got {value!r}")
-        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise SpaceError(f"{path}: unknown key '{block}.{unknown[0]}'; allowed: {', '.join(hints)}")
+    return cls(**{key: _typed_value(value, hints[key], f"{path}: '{block}.{key}'") for key, value in raw.items()})
+
+
+def _typed_value(value: Any, typ: Any, where: str) -> Any:
+    options = typing.get_args(typ) if typing.get_origin(typ) in (typing.Union, types.UnionType) else (typ,)
+    if value is None and type(None) in options:
+        return None
+    typ = next(t for t in options if t is not type(None))
+    if (typing.get_origin(typ) or typ) is dict:
+        if not isinstance(value, dict):
+            raise SpaceError(f"{where} must be a mapping of config keys to values")
+    elif typ is str:
+        if not isinstance(value, str):
+            raise SpaceError(f"{where} must be a string, got {value!r}")
+    elif typ is bool:
+        if not isinstance(value, bool):
+            raise SpaceError(f"{where} must be true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpaceError(f"{where} must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpaceError(f"{where} must be a number, got {value!r}")
-        kwargs[key] = float(value) if isinstance(default, float) else value
-    return cls(**kwargs)
+        return float(value)
+    return value
 
 
 def _check_study(space: Space) -> None:
@@ -314,7 +431,7 @@ def _check_study(space: Space) -> None:
         raise SpaceError(f"{path}: 'study.max_failures' must be >= 0, got {st.max_failures}")
     if st.equal_trials_per_method:
         method = space.search.get("method")
-        if method is None or method.kind != "choice" or len(method.values) < 2:
+        if not isinstance(method, Choice) or len(method.values) < 2:
             raise SpaceError(f"{path}: 'study.equal_trials_per_method' needs 'search.method' to be a choice of at "
                              f"least two methods")
         if st.num_samples % len(method.values):
@@ -335,31 +452,28 @@ def _check_study(space: Space) -> None:
 
 def _check_search(space: Space) -> None:
     """Every searched value must give a valid config, and the official setting must lie inside the space."""
-    from drl_tune.methods import REGISTRY
-
     base = space.study_values()
     method_param = space.search.get("method")
     if method_param is not None:
-        if method_param.kind != "choice":
+        if not isinstance(method_param, Choice):
             raise SpaceError(f"{space.path}: 'search.method' must be a choice of methods: {', '.join(REGISTRY)}")
         for value in method_param.values:
             if value not in REGISTRY:
                 raise SpaceError(
                     f"{space.path}: 'search.method': unknown method {value!r}; registered: {', '.join(REGISTRY)}"
                 )
-    methods = set(method_param.values) if method_param else {make_config(base).method}
+    methods = set(method_param.values) if isinstance(method_param, Choice) else {make_config(base).method}
     for key, param in space.search.items():
         where = f"{space.path}: 'search.{key}'"
         if param.method is not None and param.method not in methods:
             raise SpaceError(f"{where} belongs to method {param.method!r}, which this space never runs "
                              f"(method: {', '.join(sorted(methods))})")
-        samples = list(param.values) if param.kind == "choice" else [param.low, param.high]
         typed = []
-        for value in samples:
+        for value in param.samples():
             values = dict(base)
             if param.method is not None:
                 values["method"] = param.method
-            values[key] = int(value) if param.kind == "int" else value
+            values[key] = value
             try:
                 flat = make_config(values).to_flat()
             except ConfigError as err:
@@ -367,7 +481,7 @@ def _check_search(space: Space) -> None:
             if key not in flat:
                 raise SpaceError(f"{where}: {key!r} is a block, not a config value")
             typed.append(flat[key])
-        if param.kind == "choice":  # typed by the config ("1e-3" from YAML becomes 0.001)
+        if isinstance(param, Choice):  # typed by the config ("1e-3" from YAML becomes 0.001)
             space.search[key] = dataclasses.replace(param, values=tuple(typed))
     # the study's first trial(s): defaults + study.overrides — one per method with equal trials per method
     firsts = sorted(methods) if space.study.equal_trials_per_method else [make_config(base).method]
@@ -391,8 +505,6 @@ def _check_search(space: Space) -> None:
 
 def load_space(name_or_path: str) -> Space:
     """Load and check a space file: YAML syntax, blocks, distributions, and that every value is a valid config."""
-    from drl_tune.methods import REGISTRY
-
     path = resolve_space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -423,7 +535,6 @@ def load_space(name_or_path: str) -> Space:
         dataset=_block(raw, "dataset", path),
         fixed=_block(raw, "fixed", path),
         defaults=_block(raw, "defaults", path),
-        raw=raw,
         search=search,
         scheduler=_typed(SchedulerSpec, _block(raw, "scheduler", path), "scheduler", path),
         study=study,

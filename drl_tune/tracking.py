@@ -19,6 +19,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
+from drl_tune.faults import error_reason
+from drl_tune.history import metric_items
 from drl_tune.safety import redact
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -27,11 +29,6 @@ STUDY_TAG = "drl_tune.study"
 ERROR_TAG = "drl_tune.error"  # one line: why the trial failed
 STAGE_TAG = "drl_tune.stage"  # search | confirm
 MAX_PARAM_LENGTH = 6000
-
-
-def default_tracking_uri(study_dir: Path) -> str:
-    """An absolute sqlite URI inside the study folder (absolute: Tune changes each trial's working dir)."""
-    return f"sqlite:///{study_dir.resolve() / 'mlflow.db'}"
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -49,15 +46,6 @@ def git_commit(folder: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def metric_items(result: dict[str, Any]) -> dict[str, float]:
-    """The engine's metrics in a Tune result (``a/b`` names, ``epoch``, ``best_epoch``); Tune's own keys dropped."""
-    return {
-        k: float(v) for k, v in result.items()
-        if ("/" in k or k in ("epoch", "best_epoch")) and isinstance(v, (int, float)) and not isinstance(v, bool)
-        and not k.startswith(("config/", "time_", "timestamp"))
-    }
 
 
 class StudyTracker:
@@ -192,8 +180,6 @@ class MLflowTrialCallback(Callback):
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from drl_tune.faults import error_reason
-
         run_id = self._run_for(trial)
         self.client.log_batch(run_id, tags=[RunTag("drl_tune.outcome", "error"),
                                             RunTag(ERROR_TAG, redact(error_reason(trial))[:MAX_PARAM_LENGTH])])
@@ -273,40 +259,3 @@ def review_url(tracking_uri: str, experiment_id: str, port: int = 5000, view: st
 
 def metric_key(name: str) -> str:
     return name.replace("/", "_")
-
-
-def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, study_dir: Path,
-                  report: Path | None = None) -> str:
-    """Put the study's results where a reviewer looks first: per-method search summary metrics on the parent run
-    (``<method>/search_best_<metric>`` of the best trial by validation), the report and its figures as artifacts,
-    and the review view. Returns the review view's share key."""
-    from drl_tune.analysis.load import StudyError, load_tune
-
-    client = MlflowClient(tracking_uri)
-    try:
-        study = load_tune(study_dir)
-    except StudyError:
-        return install_review_view(client, experiment_id, parent_run_id, [], [])
-    existing = client.get_run(parent_run_id).data.metrics
-    now = int(time.time() * 1000)
-    metrics: dict[str, float] = {}
-    finished = study.finished()
-    search = finished[finished["stage"] == "search"]
-    for method, mine in search.groupby("method"):
-        best = mine.sort_values("val/acc_best", ascending=False).iloc[0]
-        metrics[f"{method}/search_trials"] = float(len(study.trials[(study.trials["method"] == method)
-                                                                    & (study.trials["stage"] == "search")]))
-        for key in ("val/acc_best", "test/acc_at_best_val", "balance/gap",
-                    *[f"val/acc_{m}" for m in study.modalities]):
-            if key in best and best[key] == best[key]:
-                metrics[f"{method}/search_best_{metric_key(key)}"] = float(best[key])
-    # (the confirmation logs the answer's <method>/<metric>_mean and _ci95 and answer.json/csv itself)
-    new = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in existing]
-    for start in range(0, len(new), 500):
-        client.log_batch(parent_run_id, metrics=new[start : start + 500])
-    if report is not None and report.is_file():
-        client.log_artifact(parent_run_id, str(report), artifact_path="report")
-        figures = report.parent / "figures"
-        for png in sorted(figures.glob("*.png")) if figures.is_dir() else []:
-            client.log_artifact(parent_run_id, str(png), artifact_path="report/figures")
-    return install_review_view(client, experiment_id, parent_run_id, study.methods, study.modalities)

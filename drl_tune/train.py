@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from drl_tune.config import ConfigError, parse_assignments
+from drl_tune.config_keys import help_text
 from drl_tune.data.cache import CacheError
 from drl_tune.engine import Engine
 from drl_tune.io import atomic_write_json
@@ -36,7 +37,8 @@ def format_epoch(m: dict[str, float], epochs: int, modalities: list[str]) -> str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m drl_tune.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m drl_tune.train", description=__doc__.split("\n\n")[0],
+                                epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="demo", help="search space name or path to a .yaml file (default: demo)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set method=drl --set drl.alpha=2 (repeatable)")

@@ -31,7 +31,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from drl_tune.study import PLAN_FILE, Plan
+from drl_tune.plan import PLAN_FILE, Plan
 from tests.test_study_address import SPACE, free_port
 from tests.test_study_e2e import tiny_sets
 

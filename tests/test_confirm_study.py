@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from drl_tune import confirm
+from drl_tune.plan import PLAN_FILE
 from drl_tune.run import main
 from drl_tune.stats import paired_difference, t_interval
-from drl_tune.study import PLAN_FILE
 from tests.conftest import EPOCHS, SEEDS
 from tests.test_study_e2e import tiny_sets
 
@@ -142,7 +142,7 @@ def test_confirm_cli_bad_input(tmp_path, capsys):
     not_a_study.mkdir(parents=True)
     (not_a_study / PLAN_FILE).write_text("[1, 2]")
     assert confirm.main(["--name", "junk", "--storage", str(storage)]) == 2
-    assert "not a study plan this tool wrote" in capsys.readouterr().err
+    assert "not a drl_tune study plan" in capsys.readouterr().err
     assert sorted(p.name for p in not_a_study.iterdir()) == [PLAN_FILE]
 
 

@@ -66,12 +66,12 @@ def test_cluster_purity_two_blobs_mixing_two_labels():
 
 
 def test_reinit_strength_is_tanh_of_alpha_times_gap():
-    assert reinit_strength(0.9, 0.6, alpha=3.0) == pytest.approx(math.tanh(0.9))
-    assert reinit_strength(0.6, 0.9, alpha=3.0) == pytest.approx(math.tanh(0.9))
-    assert reinit_strength(0.7, 0.7, alpha=3.0) == 0.0
-    assert reinit_strength(0.9, 0.1, alpha=0.0) == 0.0
+    assert reinit_strength(0.9, 0.6, reinit_lambda=3.0) == pytest.approx(math.tanh(0.9))
+    assert reinit_strength(0.6, 0.9, reinit_lambda=3.0) == pytest.approx(math.tanh(0.9))
+    assert reinit_strength(0.7, 0.7, reinit_lambda=3.0) == 0.0
+    assert reinit_strength(0.9, 0.1, reinit_lambda=0.0) == 0.0
     with pytest.raises(ValueError, match="alpha"):
-        reinit_strength(0.9, 0.1, alpha=-1.0)
+        reinit_strength(0.9, 0.1, reinit_lambda=-1.0)
 
 
 def test_diagnose_combines_train_and_val_purity():
@@ -80,7 +80,7 @@ def test_diagnose_combines_train_and_val_purity():
     x_val, _ = _blobs([0, 1, 2], 30, rng)
     y_val = rng.permutation(np.repeat([0, 1, 2], 30))  # labels unrelated to the blobs
     expected_val = cluster_purity(x_val, y_val, n_clusters=3)
-    d = diagnose(x_train, y_train, x_val, y_val, n_clusters=3, alpha=2.0)
+    d = diagnose(x_train, y_train, x_val, y_val, n_clusters=3, reinit_lambda=2.0)
     assert d.purity_train == pytest.approx(1.0)
     assert d.purity_val == pytest.approx(expected_val)
     assert d.purity_val < 0.6
@@ -101,7 +101,7 @@ def test_restarts_leave_the_applied_alpha_unchanged():
     rng = np.random.default_rng(4)
     x_train, y_train = _overlapping(300, 4, 8, rng)
     x_val, y_val = _overlapping(150, 4, 8, rng)
-    kw = dict(n_clusters=4, alpha=3.0, seed=0)
+    kw = dict(n_clusters=4, reinit_lambda=3.0, seed=0)
     plain = diagnose(x_train, y_train, x_val, y_val, restarts=0, **kw)
     with_restarts = diagnose(x_train, y_train, x_val, y_val, restarts=6, **kw)
     assert plain.spread is None
@@ -116,28 +116,29 @@ def test_spread_is_zero_on_perfectly_separated_blobs():
     rng = np.random.default_rng(5)
     x_train, y_train = _blobs([0, 1, 2], 40, rng)
     x_val, y_val = _blobs([0, 1, 2], 20, rng)
-    d = diagnose(x_train, y_train, x_val, y_val, n_clusters=3, alpha=3.0, restarts=8)
+    d = diagnose(x_train, y_train, x_val, y_val, n_clusters=3, reinit_lambda=3.0, restarts=8)
     assert d.spread is not None and d.spread.starts == 9
     assert d.strength == 0.0  # purity 1 on both splits, whatever the start
-    assert (d.spread.alpha_std, d.spread.alpha_min, d.spread.alpha_max, d.spread.gap_std) == (0.0, 0.0, 0.0, 0.0)
+    s = d.spread
+    assert (s.strength_std, s.strength_min, s.strength_max, s.gap_std) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_spread_is_positive_on_overlapping_clusters_and_brackets_the_applied_alpha():
     rng = np.random.default_rng(6)
     x_train, y_train = _overlapping(400, 6, 16, rng)
     x_val, y_val = _overlapping(200, 6, 16, rng)
-    d = diagnose(x_train, y_train, x_val, y_val, n_clusters=6, alpha=3.0, restarts=8)
+    d = diagnose(x_train, y_train, x_val, y_val, n_clusters=6, reinit_lambda=3.0, restarts=8)
     s = d.spread
     assert s is not None
-    assert s.alpha_std > 0 and s.gap_std > 0 and s.alpha_max > s.alpha_min
-    assert s.alpha_min <= d.strength <= s.alpha_max
-    assert s.gap_min <= d.gap <= s.gap_max
+    assert s.strength_std > 0 and s.gap_std > 0 and s.strength_max > s.strength_min
+    assert s.strength_min <= d.strength <= s.strength_max
+    assert s.gap_min <= abs(d.purity_train - d.purity_val) <= s.gap_max
     # independently: the gaps of the individual starts, recomputed one by one from their seeds
     seeds = [0, *restart_seeds(0, 8)]
     gaps = [abs(cluster_purity(x_train, y_train, 6, seed=s_) - cluster_purity(x_val, y_val, 6, seed=s_))
             for s_ in seeds]
     assert s.gap_std == pytest.approx(np.std(gaps))
-    assert s.alpha_max == pytest.approx(math.tanh(3.0 * max(gaps)))
+    assert s.strength_max == pytest.approx(math.tanh(3.0 * max(gaps)))
 
 
 def test_restart_seeds_are_fixed_and_distinct():
@@ -207,4 +208,4 @@ def test_bad_diagnosis_arguments_fail_clearly():
     with pytest.raises(ValueError, match="n_init"):
         cluster_purity(x, y, 2, n_init=0)
     with pytest.raises(ValueError, match="restarts"):
-        diagnose(x, y, x, y, n_clusters=2, alpha=1.0, restarts=-1)
+        diagnose(x, y, x, y, n_clusters=2, reinit_lambda=1.0, restarts=-1)

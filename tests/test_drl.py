@@ -31,10 +31,10 @@ def test_soft_reinit_moves_every_parameter_to_the_blend():
         for p in encoder.parameters():
             p.add_(torch.randn_like(p))
     before = {k: v.detach().clone() for k, v in encoder.named_parameters()}
-    alpha = 0.37
-    soft_reinit(encoder, init, alpha)
+    strength = 0.37
+    soft_reinit(encoder, init, strength)
     for name, param in encoder.named_parameters():
-        expected = alpha * init[name] + (1 - alpha) * before[name]
+        expected = strength * init[name] + (1 - strength) * before[name]
         torch.testing.assert_close(param.detach(), expected)
         assert not torch.allclose(param.detach(), before[name])
 
@@ -174,7 +174,7 @@ def test_official_kmeans_seed_clusters_identically_whatever_the_trial_seed():
     assert runs[0] == runs[1] == runs[2]
     # and it is KMeans(random_state=0): the same as diagnosing with seed 0 directly
     (f_train, y_train), (f_val, y_val) = feats["train"], feats["val"]
-    d = diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, alpha=3.0, seed=0)
+    d = diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, reinit_lambda=3.0, seed=0)
     assert runs[0]["diag/alpha_audio"] == d.strength
 
 
@@ -185,7 +185,8 @@ def test_trial_kmeans_seed_follows_the_run_seed_and_can_change_alpha():
     assert len(set(alphas.values())) > 1  # on these overlapping classes the start changes α
     (f_train, y_train), (f_val, y_val) = feats["train"], feats["val"]
     for s, a in alphas.items():
-        assert a == diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, alpha=3.0, seed=s).strength
+        assert a == diagnose(f_train["audio"], y_train, f_val["audio"], y_val, n_clusters=6, reinit_lambda=3.0,
+                             seed=s).strength
 
 
 def test_stability_restarts_log_the_spread_without_changing_the_reinit():

@@ -32,7 +32,7 @@ import torch
 
 from drl_tune.data.cache import load_cache
 from drl_tune.io import TMP_MARK
-from drl_tune.study import PLAN_FILE, Plan
+from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.trainable import CHECKPOINT_FILE
 from tests.conftest import TINY
 

@@ -33,7 +33,7 @@ from drl_tune.config import make_config
 from drl_tune.engine import Engine
 from drl_tune.faults import WORKER_FILE
 from drl_tune.history import read_result_json
-from drl_tune.study import PLAN_FILE, Plan
+from drl_tune.plan import PLAN_FILE, Plan
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import ray
 from mlflow import MlflowClient
 
 from drl_tune.faults import ERROR_FILE
+from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
-from drl_tune.study import PLAN_FILE, Plan
 from drl_tune.tracking import ERROR_TAG
 from tests.test_study_e2e import tiny_sets
 

@@ -3,6 +3,7 @@ the define-by-run space samples a method's keys only with that method, official 
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import optuna
 import pytest
 
 from drl_tune.config import ConfigError, flatten, make_config
+from drl_tune.plan import build_plan
 from drl_tune.spaces import SpaceError, load_space
-from drl_tune.study import DefineByRun, build_plan
+from drl_tune.study import DefineByRun
 
 SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare"]
 
@@ -124,7 +126,7 @@ def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
     point = plan.points_to_evaluate[0]
     assert plan.constants["epochs"] == 3 and "lr" not in plan.constants and plan.constants["threads"] == 1
     assert plan.mlflow_uri == f"sqlite:///{tmp_path.resolve() / 't' / 'mlflow.db'}"
-    define = DefineByRun(plan.params, plan.constants)
+    define = DefineByRun(plan.search, plan.constants)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
     study.enqueue_trial(point)
     seen = []
@@ -164,7 +166,7 @@ def test_set_fixes_a_key_and_drops_other_methods_keys(tmp_path):
     space = load_space(str(write(tmp_path, GOOD)))
     plan = build_plan(space, overrides={"method": "joint", "lr": "0.02"}, name="t", storage=tmp_path,
                       mlflow_uri="http://127.0.0.1:5000")
-    keys = {p.key for p in plan.params}
+    keys = {p.key for p in plan.search}
     assert keys == {"batch_size", "momentum"}
     assert plan.constants["lr"] == 0.02 and plan.constants["method"] == "joint"
     assert not any(k.startswith("drl.") for k in plan.constants)
@@ -183,7 +185,7 @@ def test_compare_space_gives_every_method_the_same_trials_and_its_official_setti
     plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
     methods = plan.balanced_methods
     assert len(plan.points_to_evaluate) == len(methods) == 7
-    search = OptunaSearch(DefineByRun(plan.params, plan.constants, tuple(methods)), metric="val/acc_best",
+    search = OptunaSearch(DefineByRun(plan.search, plan.constants, tuple(methods)), metric="val/acc_best",
                           mode="max", points_to_evaluate=plan.points_to_evaluate,
                           sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True))
     configs = []
@@ -197,7 +199,7 @@ def test_compare_space_gives_every_method_the_same_trials_and_its_official_setti
         first = next(c for c in configs if c["method"] == m)
         flat = {k: v for k, v in make_config(first).to_flat().items() if k in point}
         assert flat == point, m
-        searched = {p.key: p.method for p in plan.params}
+        searched = {p.key: p.method for p in plan.search}
         sampled = {searched[k] for k in flatten(first) if searched.get(k)}
         assert sampled <= {m}  # a trial samples only its own method's keys
     assert plan.points_to_evaluate[2] == {"method": "ogm_ge", "lr": 0.01, "ogm_ge.alpha": 0.1}
@@ -210,3 +212,34 @@ def test_equal_trials_needs_a_multiple_of_the_methods(tmp_path):
     space = load_space("demo_compare")
     with pytest.raises(ConfigError, match="multiple of the 7 methods"):
         build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None, num_samples=10)
+
+
+def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path):
+    import pickle
+
+    from drl_tune.plan import Plan
+    from drl_tune.spaces import Choice, IntRange, LogUniform, Param, Uniform
+
+    plan = build_plan(load_space("demo"), overrides={}, name="t", storage=tmp_path, mlflow_uri="x")
+    kinds = {type(p) for p in plan.search}
+    assert Choice in kinds and kinds <= {Choice, IntRange, LogUniform, Uniform}
+    again = Plan.from_json(plan.to_json())
+    assert again.search == plan.search and again.scheduler == plan.scheduler
+    # the file keeps the shape plans were written in before the distributions were classes (drl_tune.study/1)
+    raw = json.loads(plan.to_json())
+    assert all(set(p) == {"key", "kind", "low", "high", "step", "values", "method"} for p in raw["search"])
+    old = {"key": "drl.alpha", "kind": "uniform", "low": 0.5, "high": 4.0, "step": None, "values": [],
+           "method": "drl"}
+    assert Param.from_dict(old) == Uniform("drl.alpha", low=0.5, high=4.0, method="drl")
+    # a Tune searcher pickled before the change holds Param(key, kind, ...) objects: they come back typed
+    legacy = object.__new__(Param)
+    legacy.__dict__.update({**old, "key": "epochs", "kind": "int", "low": 2, "high": 10, "step": 2, "method": None})
+    restored = pickle.loads(pickle.dumps(legacy))
+    assert type(restored) is IntRange and restored.contains(4) and not restored.contains(5)
+    assert pickle.loads(pickle.dumps(restored)) == restored
+    # and the live table it pickled as a callback is still found under its old name
+    import io
+
+    from drl_tune import tables
+
+    assert pickle.Unpickler(io.BytesIO(b"")).find_class("drl_tune.study", "ProgressTable") is tables.ProgressTable

@@ -8,14 +8,16 @@ epoch 2 — the 3rd report, the rung. The study schedules on val/acc_best (a run
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
 from drl_tune.methods.drl import DRL, DRLParams
+from drl_tune.plan import build_plan
 from drl_tune.spaces import load_space
-from drl_tune.study import build_plan, make_scheduler
+from drl_tune.study import make_scheduler
 
 # val/acc per epoch; DRL re-initialises after epoch 1 and dips at epoch 2, then recovers past the baseline
 JOINT = [0.40, 0.55, 0.60, 0.62, 0.63, 0.63, 0.64, 0.64, 0.64, 0.65]
@@ -46,18 +48,16 @@ def ran_to_the_end(decisions: list[str], accs: list[float]) -> bool:
 def demo_scheduler(metric: str | None = None):
     space = load_space("demo")
     plan = build_plan(space, overrides={}, name="t", storage=Path("/tmp"), mlflow_uri="x")
-    spec = dict(plan.scheduler)
-    if metric:
-        spec["metric"] = metric
+    spec = plan.scheduler if metric is None else dataclasses.replace(plan.scheduler, metric=metric)
     return make_scheduler(spec), spec
 
 
 def test_the_dip_lands_on_the_demo_rung():
     _, spec = demo_scheduler()
-    drl = DRL(DRLParams(diagnosis_interval=spec["grace_period"] - 2, max_reinits=3))
+    drl = DRL(DRLParams(diagnosis_interval=spec.grace_period - 2, max_reinits=3))
     first_reinit = next(e for e in range(20) if drl.is_diagnosis_epoch(e))
     dip_report = first_reinit + 2  # the epoch after the re-init, as a 1-based training_iteration
-    assert spec["grace_period"] == dip_report
+    assert spec.grace_period == dip_report
     assert DRL_DIP[dip_report - 1] < JOINT[dip_report - 1] and max(DRL_DIP[:dip_report]) > max(JOINT[:dip_report])
 
 
@@ -65,15 +65,15 @@ def test_a_per_epoch_metric_would_kill_the_drl_trial_in_its_dip():
     scheduler, spec = demo_scheduler(metric="val/acc")  # what the study deliberately does not do
     assert ran_to_the_end(feed(scheduler, "joint", JOINT), JOINT)
     decisions = feed(scheduler, "drl", DRL_DIP)
-    assert decisions[-1] == TrialScheduler.STOP and len(decisions) == spec["grace_period"]  # in the dip
+    assert decisions[-1] == TrialScheduler.STOP and len(decisions) == spec.grace_period  # in the dip
 
 
 def test_the_study_scheduler_keeps_the_dipping_drl_trial_and_still_stops_weak_ones():
     scheduler, spec = demo_scheduler()
-    assert spec["metric"] == "val/acc_best"
+    assert spec.metric == "val/acc_best"
     assert ran_to_the_end(feed(scheduler, "joint", JOINT), JOINT)
     decisions = feed(scheduler, "drl", DRL_DIP)
     assert ran_to_the_end(decisions, DRL_DIP)  # survives the dip, recovers
     weak = feed(scheduler, "weak", WEAK)
     # ASHA still prunes a trial that never got going
-    assert weak[-1] == TrialScheduler.STOP and len(weak) == spec["grace_period"]
+    assert weak[-1] == TrialScheduler.STOP and len(weak) == spec.grace_period

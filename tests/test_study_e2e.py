@@ -15,8 +15,8 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
-from drl_tune.study import PLAN_FILE, Plan
 from tests.conftest import TINY
 
 SPACE = """\

@@ -20,8 +20,8 @@ from mlflow import MlflowClient
 from drl_tune import trainable
 from drl_tune.config import make_config, parse_assignments
 from drl_tune.engine import Engine
+from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
-from drl_tune.study import PLAN_FILE, Plan
 from tests.test_study_e2e import local_ray, tiny_sets  # noqa: F401  (local_ray is a fixture)
 
 pytestmark = pytest.mark.slow

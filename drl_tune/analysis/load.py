@@ -24,7 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-PLAN_FILE = "drl_tune_study.json"  # same name as drl_tune.study.PLAN_FILE (not imported: keeps Ray out)
+from drl_tune.history import metric_items, read_result_json
+from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE
+
 ANSWER_FILE = "answer.json"
 CONFIRM_DIR = "confirm"
 CONFIRM_FILE = "drl_tune_confirm.json"
@@ -80,13 +82,6 @@ class Study:
 
 # ---------------------------------------------------------------------------------------------------------
 # shared: turning per-epoch histories into the two frames
-
-
-def _metric_items(row: dict[str, Any]) -> dict[str, float]:
-    """The engine's metrics in a Tune result row — the same filter the MLflow callback applies when logging."""
-    from drl_tune.tracking import metric_items
-
-    return metric_items(row)
 
 
 def _summary(history: pd.DataFrame, epochs_planned: int | None) -> dict[str, Any]:
@@ -170,21 +165,9 @@ def _check(study: Study, where: str) -> Study:
 # Tune results folder
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill: the epochs before it stand
-    return rows
-
-
 def _tune_trial(folder: Path, stage: str, extra: dict[str, Any]) -> dict[str, Any] | None:
     params = folder / "params.json"
-    results = _read_results(folder / "result.json")
+    results = read_result_json(folder / "result.json")
     if not params.is_file() and not results:
         return None
     config = json.loads(params.read_text()) if params.is_file() else dict(results[-1].get("config", {}))
@@ -192,7 +175,7 @@ def _tune_trial(folder: Path, stage: str, extra: dict[str, Any]) -> dict[str, An
     status = "error" if (folder / "error.txt").exists() or (folder / "error.pkl").exists() else "completed"
     info = extra.get(trial_id, {})
     return {"stage": stage, "method": str(config.get("method", "?")), "trial_id": trial_id, "status": status,
-            "config": config, "history": [_metric_items(r) for r in results],
+            "config": config, "history": [metric_items(r) for r in results],
             "rank": info.get("rank"), "source_trial": info.get("source_trial")}
 
 
@@ -207,8 +190,6 @@ def resolve_study_dir(name: str | None = None, storage: Path | str | None = None
     if path is None:
         if not name:
             raise StudyError("give the study as --name NAME [--storage DIR] or --path DIR")
-        from drl_tune.run import DEFAULT_STORAGE
-
         path = Path(storage or DEFAULT_STORAGE) / name
     path = Path(path)
     if not (path / PLAN_FILE).is_file():

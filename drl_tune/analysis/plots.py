@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
 from drl_tune.io import atomic_write_with
+from drl_tune.stats import pareto_front
 
 # one fixed colour per registered method, so every figure (and every study) agrees
 METHOD_COLORS = {"joint": "#7f7f7f", "drl": "#d62728", "ogm_ge": "#1f77b4", "opm": "#2ca02c", "mmpareto": "#9467bd",
@@ -58,8 +59,6 @@ def save(fig: Figure, out_dir: Path | str, name: str) -> list[Path]:
 
 def pareto_mask(x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> np.ndarray:
     """Points no other point beats on both axes (y always higher-better)."""
-    from drl_tune.stats import pareto_front
-
     front = set(pareto_front(list(zip(x.tolist(), y.tolist(), strict=True)), maximize=(x_higher_better, True)))
     return np.array([i in front for i in range(len(x))], dtype=bool)
 

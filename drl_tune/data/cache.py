@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from drl_tune.modality import ModalityKind
+
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")
-KIND_DTYPES = {"spectrogram": np.float16, "frames": np.uint8, "flow": np.uint8}
 
 
 class CacheError(RuntimeError):
@@ -51,9 +52,12 @@ class MultimodalData:
 
     name: str
     classes: list[str]
-    modalities: dict[str, str]
+    modalities: dict[str, ModalityKind]
     splits: dict[str, Split]
     preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.modalities = {m: ModalityKind.parse(kind) for m, kind in self.modalities.items()}
 
     @property
     def n_classes(self) -> int:
@@ -76,11 +80,14 @@ class CacheWriter:
         preprocessing: dict[str, Any] | None = None,
     ) -> None:
         for name, (kind, _) in modalities.items():
-            if kind not in KIND_DTYPES:
-                raise ValueError(f"modality {name!r}: unknown kind {kind!r}; known: {', '.join(KIND_DTYPES)}")
+            try:
+                ModalityKind.parse(kind)
+            except ValueError as err:
+                raise ValueError(f"modality {name!r}: {err}") from None
         self.root = Path(root)
         self.dataset, self.classes = dataset, list(classes)
-        self.modalities = {m: (kind, tuple(int(s) for s in shape)) for m, (kind, shape) in modalities.items()}
+        self.modalities = {m: (ModalityKind(kind), tuple(int(s) for s in shape))
+                           for m, (kind, shape) in modalities.items()}
         self.preprocessing = dict(preprocessing or {})
         self._tmp: Path | None = None
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -99,7 +106,7 @@ class CacheWriter:
         folder = self._tmp / split
         folder.mkdir()
         arrays = {
-            m: np.lib.format.open_memmap(folder / f"{m}.npy", "w+", KIND_DTYPES[kind], (n, *shape))
+            m: np.lib.format.open_memmap(folder / f"{m}.npy", "w+", kind.dtype, (n, *shape))
             for m, (kind, shape) in self.modalities.items()
         }
         arrays["labels"] = np.lib.format.open_memmap(folder / "labels.npy", "w+", np.int64, (n,))
@@ -217,7 +224,10 @@ def load_cache(root: str | os.PathLike, in_memory: bool = False) -> MultimodalDa
             f"--out {root} --force"
         )
     mode = None if in_memory else "r"
-    modalities = {m: spec["kind"] for m, spec in manifest["modalities"].items()}
+    try:
+        modalities = {m: ModalityKind.parse(spec["kind"]) for m, spec in manifest["modalities"].items()}
+    except ValueError as err:
+        raise CacheError(f"{manifest_path}: {err}; prepare the dataset again with this drl_tune") from None
     splits = {}
     for split, size in manifest["splits"].items():
         folder = root / split

@@ -31,16 +31,14 @@ import numpy as np
 
 from drl_tune.data.sources import (
     VIDEO_EXTS,
-    AVDecoder,
     Item,
-    Plan,
     PrepareError,
-    audio_preprocessing,
+    PreparePlan,
+    audio_visual_plan,
+    audio_visual_source,
     find_file,
-    frames_preprocessing,
     keep_complete,
     require_items,
-    source_aspect,
 )
 from drl_tune.data.splits import check_disjoint, read_classes, read_labelled, stratified_split
 
@@ -133,13 +131,9 @@ def _official_splits(folder: Path, classes: list[str]) -> tuple[dict[str, list[t
     return {s: rows[s] for s in ("train", "val", "test")}, {s: files[s] for s in ("train", "val", "test")}
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+def make_plan(args: argparse.Namespace) -> PreparePlan:
     """Find the clips, their labels and splits; check every listed clip has both modalities."""
-    src = Path(args.src)
-    if not src.is_dir():
-        raise PrepareError(f"source directory {src} does not exist (pass --src with the CREMA-D folder)")
-    if args.frames < 1 or args.audio_frames < 1:
-        raise PrepareError("--frames and --audio-frames must be >= 1")
+    src = audio_visual_source(args, "CREMA-D")
     layout = _layout(src)
     classes = list(CLASSES)
     if args.splits is not None and (Path(args.splits) / "stat.csv").is_file():
@@ -183,26 +177,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 items.append(Item(clip, classes.index(label), sources))
         splits[split] = require_items(items, split, src)
 
-    decoder = AVDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate)
-    first = splits["train"][0]
-    audio_kind = Path(first.sources["audio"]).suffix.lstrip(".")
-    return Plan(
-        dataset=NAME,
-        classes=classes,
-        modalities={
-            "audio": ("spectrogram", (args.audio_frames, args.n_mels)),
-            "visual": ("frames", (args.frames, 3, args.size, args.size)),
-        },
-        splits=splits,
-        decode=decoder,
-        preprocessing={
-            "source_layout": layout,
-            "splits": split_source,
-            "audio": audio_preprocessing(audio_kind, args.n_mels, args.sample_rate, args.audio_frames,
-                                         "precomputed official .pt fbank"),
-            "visual": frames_preprocessing(args.frames, args.size, "centre of each of N equal segments of the clip"),
-            "source_aspect": source_aspect(first.sources),
-            "augment": {"visual": "crop_flip"},
-        },
-        skipped=skipped,
-    )
+    return audio_visual_plan(NAME, classes, splits, args, {"source_layout": layout, "splits": split_source},
+                             skipped, precomputed="precomputed official .pt fbank",
+                             sampling="centre of each of N equal segments of the clip")

@@ -28,17 +28,15 @@ import numpy as np
 
 from drl_tune.data.sources import (
     VIDEO_EXTS,
-    AVDecoder,
     Item,
-    Plan,
     PrepareError,
-    audio_preprocessing,
+    PreparePlan,
+    audio_visual_plan,
+    audio_visual_source,
     find_dir,
     find_file,
-    frames_preprocessing,
     keep_complete,
     require_items,
-    source_aspect,
 )
 from drl_tune.data.splits import carve_validation, check_disjoint, read_classes, read_labelled, youtube_group
 
@@ -84,13 +82,9 @@ def _label_index(label: str, classes: list[str], path: Path, clip: str, named: b
                        f"(indices 0..{len(classes) - 1}{' or the names in the class list' if named else ''})")
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+def make_plan(args: argparse.Namespace) -> PreparePlan:
     """Read the split lists, resolve each clip's audio and frames, carve validation if needed."""
-    src = Path(args.src)
-    if not src.is_dir():
-        raise PrepareError(f"source directory {src} does not exist (pass --src with the Kinetics-Sounds folder)")
-    if args.frames < 1 or args.audio_frames < 1:
-        raise PrepareError("--frames and --audio-frames must be >= 1")
+    src = audio_visual_source(args, "Kinetics-Sounds")
     lists = Path(args.splits) if args.splits is not None else src
     if not lists.is_dir():
         raise PrepareError(f"{lists}: split folder does not exist")
@@ -139,32 +133,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 items.append(Item(clip, label, sources))
         splits[split] = require_items(items, split, lists)
 
-    first = splits["train"][0]
-    audio_kind = Path(first.sources["audio"]).suffix.lstrip(".")
-    return Plan(
-        dataset=NAME,
-        classes=classes,
-        modalities={
-            "audio": ("spectrogram", (args.audio_frames, args.n_mels)),
-            "visual": ("frames", (args.frames, 3, args.size, args.size)),
-        },
-        splits=splits,
-        decode=AVDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate),
-        preprocessing={
-            "source_layout": "ogm-ge",
-            "class_list": class_file,
-            "splits": {
-                "kind": "lists",
-                "files": {s: str(p) if p else None for s, p in files.items()},
-                "val": "list" if files["val"] else f"{args.val_fraction:.0%} of train, stratified, YouTube-video "
-                f"disjoint (seed {args.seed})",
-            },
-            "audio": audio_preprocessing(audio_kind, args.n_mels, args.sample_rate, args.audio_frames,
-                                         "precomputed .npy fbank"),
-            "visual": frames_preprocessing(args.frames, args.size,
-                                           "centre of each of N equal segments of the clip's frames"),
-            "source_aspect": source_aspect(first.sources),
-            "augment": {"visual": "crop_flip"},
-        },
-        skipped=skipped,
-    )
+    split_source = {
+        "kind": "lists",
+        "files": {s: str(p) if p else None for s, p in files.items()},
+        "val": "list" if files["val"] else f"{args.val_fraction:.0%} of train, stratified, YouTube-video "
+        f"disjoint (seed {args.seed})",
+    }
+    return audio_visual_plan(NAME, classes, splits, args,
+                             {"source_layout": "ogm-ge", "class_list": class_file, "splits": split_source}, skipped,
+                             precomputed="precomputed .npy fbank",
+                             sampling="centre of each of N equal segments of the clip's frames")

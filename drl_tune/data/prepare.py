@@ -22,15 +22,14 @@ import numpy as np
 
 from drl_tune.data import cremad, kinetics_sounds, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
-from drl_tune.data.sources import Item, Plan, PrepareError
+from drl_tune.data.sources import Item, PrepareError, PreparePlan
+from drl_tune.data.synthetic import default_root
 
-DATASETS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101}
+PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101}
 
 
 def default_out(name: str) -> Path:
     """Where the dataset loader looks when ``data.root`` is not set."""
-    from drl_tune.data.synthetic import default_root
-
     return Path(os.environ.get(f"DRL_TUNE_{name.upper()}_ROOT") or default_root() / name)
 
 
@@ -51,7 +50,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _decoded(plan: Plan, items: list[Item], workers: int) -> Iterator[dict[str, np.ndarray]]:
+def _decoded(plan: PreparePlan, items: list[Item], workers: int) -> Iterator[dict[str, np.ndarray]]:
     """Decoded samples in item order, in ``workers`` processes (0 = in this process)."""
     if workers <= 0:
         yield from map(plan.decode, items)
@@ -64,7 +63,7 @@ def _decoded(plan: Plan, items: list[Item], workers: int) -> Iterator[dict[str, 
             raise
 
 
-def build_cache(plan: Plan, out: str | os.PathLike, workers: int = 0, progress: bool = True,
+def build_cache(plan: PreparePlan, out: str | os.PathLike, workers: int = 0, progress: bool = True,
                 force: bool = False) -> Path:
     """Decode every item of ``plan`` into a new cache at ``out`` (atomic) and return its path."""
     from tqdm import tqdm
@@ -90,8 +89,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m drl_tune.data.prepare",
         description="Prepare a dataset's cache (memory-mapped arrays + manifest) from its raw files.",
     )
-    sub = main.add_subparsers(dest="dataset", required=True, metavar="DATASET", help=", ".join(DATASETS))
-    for name, module in DATASETS.items():
+    sub = main.add_subparsers(dest="dataset", required=True, metavar="DATASET", help=", ".join(PREPARERS))
+    for name, module in PREPARERS.items():
         p = sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0], description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--src", type=Path, required=True, help="the raw dataset folder")
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.size < 8:
             raise PrepareError(f"--size must be >= 8, got {args.size}")
-        plan = DATASETS[args.dataset].make_plan(args)
+        plan = PREPARERS[args.dataset].make_plan(args)
         sizes = ", ".join(f"{split} {len(items)}" for split, items in plan.splits.items())
         print(f"{args.dataset}: {len(plan.classes)} classes, {sizes}", file=sys.stderr)
         if plan.n_skipped:

@@ -23,6 +23,7 @@ import numpy as np
 
 from drl_tune.data.audio import log_fbank
 from drl_tune.data.cache import CacheError
+from drl_tune.modality import ModalityKind
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".flv", ".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -46,7 +47,7 @@ class Item:
 
 
 @dataclass
-class Plan:
+class PreparePlan:
     """Everything ``prepare`` needs to write a cache: classes, per-split items and how to decode one."""
 
     dataset: str
@@ -344,3 +345,41 @@ class AVDecoder:
         audio = audio_features(item.sources["audio"], self.sample_rate, self.n_mels, self.audio_frames)
         visual = visual_frames(item.sources, self.frames, self.size)
         return {"audio": audio, "visual": visual}
+
+
+def audio_visual_source(args: Any, dataset: str) -> Path:
+    """``--src`` of an audio-visual dataset (CREMA-D, Kinetics-Sounds), checked with its frame counts."""
+    src = Path(args.src)
+    if not src.is_dir():
+        raise PrepareError(f"source directory {src} does not exist (pass --src with the {dataset} folder)")
+    if args.frames < 1 or args.audio_frames < 1:
+        raise PrepareError("--frames and --audio-frames must be >= 1")
+    return src
+
+
+def audio_visual_plan(dataset: str, classes: list[str], splits: dict[str, list[Item]], args: Any,
+                      preprocessing: dict[str, Any], skipped: dict[str, list[str]], *, precomputed: str,
+                      sampling: str) -> PreparePlan:
+    """The plan CREMA-D and Kinetics-Sounds share: audio as a Kaldi fbank spectrogram, visual as frames, both
+    decoded by :class:`AVDecoder` from ``args`` (``--frames --size --n-mels --audio-frames --sample-rate``).
+    ``preprocessing`` holds the dataset's own manifest entries; the audio and visual ones are added here."""
+    first = splits["train"][0]
+    audio_kind = Path(first.sources["audio"]).suffix.lstrip(".")
+    return PreparePlan(
+        dataset=dataset,
+        classes=classes,
+        modalities={
+            "audio": (ModalityKind.SPECTROGRAM, (args.audio_frames, args.n_mels)),
+            "visual": (ModalityKind.FRAMES, (args.frames, 3, args.size, args.size)),
+        },
+        splits=splits,
+        decode=AVDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate),
+        preprocessing={
+            **preprocessing,
+            "audio": audio_preprocessing(audio_kind, args.n_mels, args.sample_rate, args.audio_frames, precomputed),
+            "visual": frames_preprocessing(args.frames, args.size, sampling),
+            "source_aspect": source_aspect(first.sources),
+            "augment": {"visual": "crop_flip"},
+        },
+        skipped=skipped,
+    )

@@ -35,16 +35,18 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from drl_tune.modality import ModalityKind
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POLICIES = ("crop_flip", "flip", "none")
-DEFAULT_POLICY = {"frames": "crop_flip", "flow": "flip"}
 _LOOP_MIN_PIXELS = 64 * 64  # on a CPU, un-augmented frames at least this large are normalised per frame
 _SCALE = (0.08, 1.0)
 _RATIO = (3 / 4, 4 / 3)
@@ -91,9 +93,9 @@ def _crop_boxes(
     return torch.stack([x0, y, w_px, h], dim=1).long()
 
 
-def _normaliser(kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _normaliser(kind: ModalityKind, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (scale, bias) with ``uint8 * scale + bias`` = the encoder's input."""
-    if kind == "frames":
+    if kind is ModalityKind.FRAMES:
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
         return 1.0 / (255.0 * std), -mean / std
@@ -138,7 +140,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOL
 
 
-def _augment_cpu(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: str,
+def _augment_cpu(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: ModalityKind,
                  scale: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [N, C, H, W] -> normalised float, frame by frame (crop, resize, flip, normalise).
 
@@ -166,7 +168,7 @@ def _augment_cpu(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tenso
             # one fused pass: uint8 (channels-last after the resize) -> normalised float; 3x faster than
             # copy_ + mul_ + add_, whose strided uint8->float copy_ alone took 0.42 ms per 224² frame
             torch.addcmul(bias, frame[0], scale, out=o)
-            if kind == "flow" and flip_list[i]:
+            if kind is ModalityKind.FLOW and flip_list[i]:
                 o[0].neg_()
 
     before = torch.get_num_threads()
@@ -183,7 +185,7 @@ def _augment_cpu(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tenso
     return out
 
 
-def _augment_device(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: str,
+def _augment_device(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Tensor, kind: ModalityKind,
                     scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The same on an accelerator: one ``roi_align`` for every crop of the batch."""
     n, c, h, w = x.shape
@@ -196,26 +198,30 @@ def _augment_device(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Te
     flip = flips.to(x.device).view(n, 1, 1, 1)
     y = torch.where(flip, y.flip(-1), y)
     y = y.mul_(scale).add_(bias)
-    if kind == "flow":
+    if kind is ModalityKind.FLOW:
         y[:, 0] = torch.where(flip[:, 0], -y[:, 0], y[:, 0])
     return y
 
 
-def prepare_frames(
-    batch: np.ndarray | torch.Tensor,
-    device: torch.device,
-    *,
-    kind: str,
-    augment: bool,
-    generator: torch.Generator,
-    policy: str | None = None,
-    aspect: float | None = None,
-    buffers: BatchBuffers | None = None,
-    key: str = "",
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class InputOptions:
+    """How :func:`prepare_input` treats one modality's batch: augment or not, with which generator and policy,
+    the source frames' aspect ratio, and where a CPU batch is written (``buffers[key]``)."""
+
+    augment: bool
+    generator: torch.Generator
+    policy: str | None = None
+    aspect: float | None = None
+    buffers: BatchBuffers | None = None
+    key: str = ""
+
+
+def prepare_frames(batch: np.ndarray | torch.Tensor, device: torch.device, kind: ModalityKind,
+                   opts: InputOptions) -> torch.Tensor:
     """uint8 [B, T, C, H, W] (an array, or a tensor already on ``device``) -> normalised float [B, T, C, H, W] on
     ``device``."""
-    policy = policy or DEFAULT_POLICY.get(kind, "crop_flip")
+    augment, generator, aspect, buffers, key = opts.augment, opts.generator, opts.aspect, opts.buffers, opts.key
+    policy = opts.policy or kind.default_policy
     if policy not in POLICIES:
         raise ValueError(f"augmentation policy {policy!r} unknown; known: {', '.join(POLICIES)}")
     x = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch))
@@ -262,7 +268,8 @@ def prepare_input(
     ``preprocessing["augment"][modality]`` and ``preprocessing["source_aspect"]`` when known. With
     ``buffers`` (see :class:`BatchBuffers`), a CPU batch is written into the buffer under ``key``.
     """
-    if kind == "spectrogram":
+    kind = ModalityKind.parse(kind)
+    if kind is ModalityKind.SPECTROGRAM:
         if torch.device(device).type == "cpu":
             # torch's float16->float32 is ~2.5x NumPy's here
             spec = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))
@@ -271,5 +278,4 @@ def prepare_input(
             return buffers.get(key, tuple(spec.shape)).copy_(spec)
         spec = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch))
         return spec.to(device, non_blocking=True).float()
-    return prepare_frames(batch, device, kind=kind, augment=augment, generator=generator, policy=policy, aspect=aspect,
-                          buffers=buffers, key=key)
+    return prepare_frames(batch, device, kind, InputOptions(augment, generator, policy, aspect, buffers, key))

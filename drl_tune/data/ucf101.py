@@ -28,8 +28,8 @@ import numpy as np
 
 from drl_tune.data.sources import (
     Item,
-    Plan,
     PrepareError,
+    PreparePlan,
     find_dir,
     find_file,
     frames_preprocessing,
@@ -109,7 +109,7 @@ def _read_list(path: Path, classes: list[str]) -> list[tuple[str, int, str]]:
     return out
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
+def make_plan(args: argparse.Namespace) -> PreparePlan:
     """Read split ``--split``'s lists, resolve RGB and flow of each clip, carve validation from train."""
     src = Path(args.src)
     if not src.is_dir():
@@ -163,7 +163,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         splits[split] = require_items(items, split, lists)
 
     first = splits["train"][0]
-    return Plan(
+    return PreparePlan(
         dataset=NAME,
         classes=classes,
         modalities={

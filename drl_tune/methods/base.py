@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.config import ConfigError
+from drl_tune.errors import ConfigError
 from drl_tune.models import ModelOutput, MultimodalClassifier
 from drl_tune.models.fusion import ConcatFusion, SumFusion
 
@@ -199,6 +199,22 @@ def unimodal_logits(
         return out
     require_unimodal_head(model, "this method")
     raise AssertionError("unreachable")
+
+
+class HeadScoredMethod(Method):
+    """A comparator that compares two modalities by their uni-modal logits read off the fused head (OGM-GE,
+    OPM, InfoReg): :meth:`setup` refuses other models, :meth:`head_scores` gives each modality's batch score."""
+
+    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
+        require_two_modalities(model, self.name)
+        require_unimodal_head(model, self.name)
+
+    @staticmethod
+    def head_scores(model: MultimodalClassifier, features: dict[str, torch.Tensor], labels: torch.Tensor,
+                    detach_head: bool = False) -> dict[str, float]:
+        """:func:`batch_scores` of :func:`unimodal_logits`, without gradient."""
+        with torch.no_grad():
+            return batch_scores(unimodal_logits(model, features, detach_head=detach_head), labels)
 
 
 def batch_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:

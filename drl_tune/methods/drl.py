@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from drl_tune.config import ConfigError
 from drl_tune.diagnosis import BACKENDS, diagnose
+from drl_tune.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
@@ -36,7 +36,8 @@ KMEANS_SEEDS = ("official", "trial")
 
 @dataclass
 class DRLParams:
-    """``alpha`` is λ of the paper (``move_lambda`` in the official code)."""
+    """``alpha`` (the config key ``drl.alpha``) is λ of the paper (``move_lambda`` in the official code), not the
+    re-init strength α = tanh(λ·gap) that it yields (diagnosis.py says which name is which)."""
 
     alpha: float = 3.0
     diagnosis_interval: int = 20
@@ -80,19 +81,20 @@ class DRLParams:
 
 
 @torch.no_grad()
-def soft_reinit(encoder: nn.Module, init_state: dict[str, torch.Tensor], alpha: float) -> None:
-    """θ ← α·θ_init + (1 − α)·θ for every parameter of ``encoder`` (in place, so optimizer state stays)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"re-init strength must be in [0, 1], got {alpha}")
+def soft_reinit(encoder: nn.Module, init_state: dict[str, torch.Tensor], strength: float) -> None:
+    """θ ← α·θ_init + (1 − α)·θ for every parameter of ``encoder``, α = ``strength`` (in place, so optimizer
+    state stays)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"re-init strength must be in [0, 1], got {strength}")
     for name, param in encoder.named_parameters():
-        param.mul_(1.0 - alpha).add_(init_state[name].to(param.device, param.dtype), alpha=alpha)
+        param.mul_(1.0 - strength).add_(init_state[name].to(param.device, param.dtype), alpha=strength)
 
 
 @torch.no_grad()
-def _blend_bn_stats(encoder: nn.Module, init_state: dict[str, torch.Tensor], alpha: float) -> None:
+def _blend_bn_stats(encoder: nn.Module, init_state: dict[str, torch.Tensor], strength: float) -> None:
     for name, buf in encoder.named_buffers():
         if name.endswith(("running_mean", "running_var")):
-            buf.mul_(1.0 - alpha).add_(init_state[name].to(buf.device, buf.dtype), alpha=alpha)
+            buf.mul_(1.0 - strength).add_(init_state[name].to(buf.device, buf.dtype), alpha=strength)
 
 
 class DRL(Method):
@@ -126,7 +128,7 @@ class DRL(Method):
         for m in model.modalities:
             d = diagnose(
                 train_features[m], train_labels, val_features[m], val_labels,
-                n_clusters=n_clusters, alpha=p.alpha, seed=p.kmeans_random_state(ctx.seed),
+                n_clusters=n_clusters, reinit_lambda=p.alpha, seed=p.kmeans_random_state(ctx.seed),
                 n_init=p.kmeans_n_init, restarts=p.stability_restarts, backend=p.kmeans_backend,
                 device=getattr(ctx, "device", None),
             )
@@ -144,9 +146,9 @@ class DRL(Method):
             }
             if d.spread is not None:
                 metrics |= {
-                    f"diag/alpha_std_{m}": d.spread.alpha_std,
-                    f"diag/alpha_min_{m}": d.spread.alpha_min,
-                    f"diag/alpha_max_{m}": d.spread.alpha_max,
+                    f"diag/alpha_std_{m}": d.spread.strength_std,
+                    f"diag/alpha_min_{m}": d.spread.strength_min,
+                    f"diag/alpha_max_{m}": d.spread.strength_max,
                     f"diag/gap_std_{m}": d.spread.gap_std,
                 }
         self.reinits_done += 1

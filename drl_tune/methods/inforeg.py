@@ -35,15 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.config import ConfigError
-from drl_tune.methods.base import (
-    EpochContext,
-    Method,
-    batch_scores,
-    require_two_modalities,
-    require_unimodal_head,
-    unimodal_logits,
-)
+from drl_tune.errors import ConfigError
+from drl_tune.methods.base import EpochContext, HeadScoredMethod, batch_scores, unimodal_logits
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -81,7 +74,7 @@ def betas(score_1: float, score_2: float, k: float, p: InfoRegParams) -> tuple[f
     return 0.0, 0.0
 
 
-class InfoReg(Method):
+class InfoReg(HeadScoredMethod):
     name = "inforeg"
     Params = InfoRegParams
     params: InfoRegParams
@@ -99,8 +92,7 @@ class InfoReg(Method):
         self._scores: dict[str, float] = {}
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
-        require_unimodal_head(model, self.name)
+        super().setup(model, optimizer)
         if self.params.trace_modality and self.params.trace_modality not in model.modalities:
             raise ConfigError(f"inforeg.trace_modality {self.params.trace_modality!r} is not a modality of this "
                               f"run ({', '.join(model.modalities)})")

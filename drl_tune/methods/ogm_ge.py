@@ -31,15 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.config import ConfigError
-from drl_tune.methods.base import (
-    EpochContext,
-    Method,
-    batch_scores,
-    require_two_modalities,
-    require_unimodal_head,
-    unimodal_logits,
-)
+from drl_tune.errors import ConfigError
+from drl_tune.methods.base import EpochContext, HeadScoredMethod
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -84,7 +77,7 @@ def modulate_encoder(encoder: nn.Module, coeff: float, noise: bool) -> None:
             g.mul_(coeff)
 
 
-class OGMGE(Method):
+class OGMGE(HeadScoredMethod):
     name = "ogm_ge"
     Params = OGMGEParams
     params: OGMGEParams
@@ -96,17 +89,12 @@ class OGMGE(Method):
         self.coeffs: tuple[float, float] = (1.0, 1.0)
         self._sums = [0.0, 0.0, 0]
 
-    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
-        require_unimodal_head(model, self.name)
-
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.model, self.epoch, self._sums = model, ctx.epoch, [0.0, 0.0, 0]
 
     def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
-        with torch.no_grad():
-            scores = batch_scores(unimodal_logits(self.model, outputs.features), labels)
+        scores = self.head_scores(self.model, outputs.features, labels)
         first, second = self.model.modalities
         self.coeffs = ogm_coefficients(scores[first], scores[second], self.params.alpha)
         return F.cross_entropy(outputs.logits, labels)

@@ -29,16 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from drl_tune.config import ConfigError
-from drl_tune.methods.base import (
-    Batch,
-    EpochContext,
-    Method,
-    batch_scores,
-    require_two_modalities,
-    require_unimodal_head,
-    unimodal_logits,
-)
+from drl_tune.errors import ConfigError
+from drl_tune.methods.base import Batch, EpochContext, HeadScoredMethod
 from drl_tune.models import MultimodalClassifier
 
 
@@ -75,7 +67,7 @@ def feature_rescale(q: tuple[float, ...], dims: tuple[int, ...]) -> float:
     return 1.0 / (1.0 - theta)
 
 
-class OPM(Method):
+class OPM(HeadScoredMethod):
     name = "opm"
     Params = OPMParams
     params: OPMParams
@@ -87,10 +79,6 @@ class OPM(Method):
         self._q_sum = [0.0, 0.0]
         self._steps = 0
         self._dropped_batches = 0
-
-    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
-        require_unimodal_head(model, self.name)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.model, self.epoch = model, ctx.epoch
@@ -105,8 +93,7 @@ class OPM(Method):
         if self.epoch <= self.params.warmup_epochs:
             return features, labels
         first, second = self.model.modalities
-        with torch.no_grad():
-            scores = batch_scores(unimodal_logits(self.model, features, detach_head=True), labels)
+        scores = self.head_scores(self.model, features, labels, detach_head=True)
         q = drop_probabilities(scores[first], scores[second], self.params.q_base, self.params.lam)
         self._q_sum[0] += q[0]
         self._q_sum[1] += q[1]

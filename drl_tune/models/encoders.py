@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from drl_tune.modality import ModalityKind
+
 
 class ResNet18Trunk(ResNet):
     """ResNet18 (BasicBlock, [2, 2, 2, 2]) without pooling/classifier: returns the last feature map.
@@ -72,10 +74,7 @@ class FrameEncoder(nn.Module):
 
 def build_encoder(kind: str, width: int) -> nn.Module:
     """Encoder for a modality kind as written in a dataset's manifest."""
-    if kind == "spectrogram":
+    kind = ModalityKind.parse(kind)
+    if kind is ModalityKind.SPECTROGRAM:
         return SpectrogramEncoder(width)
-    if kind == "frames":
-        return FrameEncoder(3, width)
-    if kind == "flow":
-        return FrameEncoder(2, width)
-    raise ValueError(f"unknown modality kind {kind!r}; known: spectrogram, frames, flow")
+    return FrameEncoder(kind.channels, width)

@@ -1,0 +1,49 @@
+"""The end of a study in MLflow: the search's per-method summary on the parent run, the report as artifacts,
+and the saved review view — read from the study folder through :mod:`drl_tune.analysis.load`."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from drl_tune.analysis.load import StudyError, load_tune
+from drl_tune.tracking import install_review_view, metric_key
+
+
+def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, study_dir: Path,
+                  report: Path | None = None) -> str:
+    """Put the study's results where a reviewer looks first: per-method search summary metrics on the parent run
+    (``<method>/search_best_<metric>`` of the best trial by validation), the report and its figures as artifacts,
+    and the review view. Returns the review view's share key."""
+    client = MlflowClient(tracking_uri)
+    try:
+        study = load_tune(study_dir)
+    except StudyError:
+        return install_review_view(client, experiment_id, parent_run_id, [], [])
+    existing = client.get_run(parent_run_id).data.metrics
+    now = int(time.time() * 1000)
+    metrics: dict[str, float] = {}
+    finished = study.finished()
+    search = finished[finished["stage"] == "search"]
+    for method, mine in search.groupby("method"):
+        best = mine.sort_values("val/acc_best", ascending=False).iloc[0]
+        metrics[f"{method}/search_trials"] = float(len(study.trials[(study.trials["method"] == method)
+                                                                    & (study.trials["stage"] == "search")]))
+        for key in ("val/acc_best", "test/acc_at_best_val", "balance/gap",
+                    *[f"val/acc_{m}" for m in study.modalities]):
+            if key in best and not math.isnan(best[key]):
+                metrics[f"{method}/search_best_{metric_key(key)}"] = float(best[key])
+    # (the confirmation logs the answer's <method>/<metric>_mean and _ci95 and answer.json/csv itself)
+    new = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in existing]
+    for start in range(0, len(new), 500):
+        client.log_batch(parent_run_id, metrics=new[start : start + 500])
+    if report is not None and report.is_file():
+        client.log_artifact(parent_run_id, str(report), artifact_path="report")
+        figures = report.parent / "figures"
+        for png in sorted(figures.glob("*.png")) if figures.is_dir() else []:
+            client.log_artifact(parent_run_id, str(png), artifact_path="report/figures")
+    return install_review_view(client, experiment_id, parent_run_id, study.methods, study.modalities)

@@ -1,0 +1,154 @@
+"""Every configuration key with its default and its meaning — the one source of the README's "Configuration keys"
+table and of the key listing in ``python -m drl_tune.train --help`` and ``python -m drl_tune.run --help``.
+
+The defaults are read from the typed configuration itself (``make_config({})``), the meanings from
+:data:`KEY_DOCS`; a key without a meaning, or a meaning for a key that no longer exists, fails the tests
+(``tests/test_config_keys.py``, which also checks that the README table is this module's output). Print the
+README table with ``python -m drl_tune.config_keys --markdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+from typing import Any
+
+from drl_tune.config import make_config
+
+HELP_WIDTH = 100
+
+# (keys, meaning): keys comma-separated; ``block.*`` = every key of that block. Backticks are for the README.
+KEY_DOCS: list[tuple[str, str]] = [
+    ("method", "a registered method: `joint`, `drl`, `ogm_ge`, `opm`, `mmpareto`, `inforeg`, `valuation` "
+               "(see \"Comparator methods\")"),
+    ("epochs, lr, optimizer, momentum, weight_decay, batch_size",
+     "the official CREMA-D settings; `optimizer` is `sgd` or `adam`"),
+    ("fusion", "`concat`, `sum`, `film`, `gated`"),
+    ("seed, device, threads", "the run's seed; `auto`, `cpu`, `cuda` or `cuda:N`; torch threads (0 = torch's "
+                              "default; a study uses its CPUs per trial)"),
+    ("model.width", "ResNet18 base channels (64 = the paper)"),
+    ("data.name, data.root, data.augment", "dataset, where its prepared cache is (\"\" = the user cache directory), "
+                                           "batch-wise random crop and flip of frames"),
+    ("data.modalities", "train on these modalities only (e.g. `visual`; empty = all of the dataset's)"),
+    ("data.synthetic.*", "the demo data's knobs (\"The demo data\"): split sizes, classes, seed, audio SNR (dB), "
+                         "share of training clips with the identity cue (`audio_shortcut`), of clips with a random "
+                         "class's tone / shape (`*_confusion`), pixel noise, frames, image size, `noise_only` "
+                         "(`audio`/`visual`: that modality pure noise)"),
+    ("data.avdigits.*", "AV-digits knobs: `seed`, `n_images` (0 = all), `languages`, `speakers_train/val/test` "
+                        "(per language), `audio_snr_db`, `visual_noise`, `visual_shift`, `frames`, `image_size`"),
+    ("eval.probe_samples", "training samples the uni-modal linear probe is fitted on"),
+    ("eval.batch_size", "batch size of evaluation and feature extraction"),
+    ("perf.bf16, perf.channels_last, perf.pin_memory, perf.gpu_augment, perf.compile",
+     "the GPU path (`drl_tune/accel.py`, \"Performance\"): bf16 autocast of the encoders, NHWC weights, pinned "
+     "non-blocking batch copies, crop/flip/normalise on the GPU, `torch.compile` of the encoders. They act only "
+     "on a CUDA device (a CPU run is identical with them on or off); set one false to rule it out"),
+    ("drl.alpha", "λ of the paper (`move_lambda` in the official code): the re-init strength α = tanh(λ·gap) is "
+                  "what `diag/alpha_<m>` logs"),
+    ("drl.diagnosis_interval", "diagnose and re-learn after epochs k, 2k, … (0-based epoch index, as the official "
+                               "code)"),
+    ("drl.max_reinits", "at most this many re-initialisations"),
+    ("drl.n_clusters", "k of k-means; null = number of classes"),
+    ("drl.blend_bn_stats, drl.reset_momentum", "widen the re-init to BN running stats / optimizer momentum (the "
+                                               "official code does neither)"),
+    ("drl.kmeans_seed", "`official`: k-means `random_state=0` in every run, as the paper's code (`code/ours.py`); "
+                        "`trial`: the run's `seed`. The default is the official one, so that trials differing only "
+                        "in `seed` diagnose identical features identically"),
+    ("drl.kmeans_n_init", "k-means starts per clustering (best inertia kept); 1 = the official "
+                          "`KMeans(random_state=0)` under sklearn ≥ 1.4 (10 under older sklearn); searchable"),
+    ("drl.stability_restarts", "R further k-means starts at every diagnosis, on the same features, that only "
+                               "*measure* how much α depends on the start (`diag/alpha_std_<m>` …); never change "
+                               "the applied α; 0 = off. Each costs ~5% of a demo diagnosis, so 2 stay ≤ 10% "
+                               "(\"The diagnosis' noise\")"),
+    ("drl.kmeans_backend", "`torch`: the same k-means (greedy k-means++, Lloyd) in torch on the run's device "
+                           "(\"Diagnosis speed\")"),
+    ("ogm_ge.alpha", "α of OGM-GE's coefficient 1 − tanh(α·ratio) (the README's example)"),
+    ("ogm_ge.modulation_starts, ogm_ge.modulation_ends", "modulate while starts ≤ epoch ≤ ends"),
+    ("ogm_ge.ge", "add the generalisation-enhancement noise (false = plain OGM)"),
+    ("opm.q_base, opm.lam, opm.p_exe", "OPM's base drop probability, λ, probability a batch is modulated "
+                                       "(`train_opm.sh`)"),
+    ("opm.warmup_epochs", "no dropping while epoch ≤ this (official `warm_up`)"),
+    ("mmpareto.gamma", "γ that scales the encoders' recombined gradients"),
+    ("inforeg.threshold", "K: the prime learning window is k > K"),
+    ("inforeg.beta_first, inforeg.beta_second", "β scales of the first (\"audio\") and second (\"visual\") "
+                                                "modality"),
+    ("inforeg.window, inforeg.trace_modality", "trace window in epochs; whose encoder's trace gives k (\"\" = the "
+                                               "first modality)"),
+    ("valuation.level", "`sample` or `modality` re-sampling"),
+    ("valuation.warmup", "re-sampled training set rebuilt from epoch warmup − 1 on"),
+    ("valuation.part_ratio, valuation.alpha", "modality level: share of samples valued, scale of the number of "
+                                              "copies"),
+]
+
+
+def format_default(value: Any) -> str:
+    """A default as it is written after ``--set KEY=``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) if value else "[]"
+    return '""' if value == "" else str(value)
+
+
+def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
+    """(keys as written in :data:`KEY_DOCS`, [(key, default)], meaning), every configuration key exactly once."""
+    defaults = make_config({}).to_flat()
+    out, seen = [], set()
+    for keys, meaning in KEY_DOCS:
+        found = []
+        for pattern in (k.strip() for k in keys.split(",")):
+            if pattern.endswith(".*"):
+                match = [k for k in defaults if k.startswith(pattern[:-1])]
+            else:
+                match = [pattern] if pattern in defaults else []
+            if not match:
+                raise KeyError(f"config_keys.KEY_DOCS names {pattern!r}, which is not a configuration key")
+            found += [(k, defaults[k]) for k in match]
+        seen.update(k for k, _ in found)
+        out.append((keys, found, meaning))
+    missing = [k for k in defaults if k not in seen]
+    if missing:
+        raise KeyError(f"configuration keys without a meaning in config_keys.KEY_DOCS: {', '.join(missing)}")
+    return out
+
+
+def markdown_table() -> str:
+    """The README's "Configuration keys" table."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for keys, found, meaning in rows():
+        names = ", ".join(f"`{k.strip()}`" for k in keys.split(","))
+        if keys.endswith(".*"):
+            default = ", ".join(f"{k.rsplit('.', 1)[1]}={format_default(v)}" for k, v in found)
+        else:
+            default = ", ".join(format_default(v) for _, v in found)
+        lines.append(f"| {names} | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+def help_text() -> str:
+    """The key listing of ``--help``: every key with its default, then what it means."""
+    lines = ["configuration keys (--set KEY=VALUE), each with its built-in default (a space file's fixed and "
+             "defaults blocks may set others):"]
+    for _, found, meaning in rows():
+        lines.append(textwrap.fill("  ".join(f"{k}={format_default(v)}" for k, v in found), HELP_WIDTH,
+                                   initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False))
+        lines.append(textwrap.fill(re.sub(r"`([^`]*)`", r"\1", meaning), HELP_WIDTH, initial_indent="      ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m drl_tune.config_keys", description=__doc__.split("\n\n")[0])
+    p.add_argument("--markdown", action="store_true", help="print the README table instead of the --help listing")
+    args = p.parse_args(argv)
+    print(markdown_table() if args.markdown else help_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

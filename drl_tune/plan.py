@@ -1,0 +1,238 @@
+"""A space file and the command line -> the resolved study plan, saved as JSON in the study folder.
+
+Everything here runs before Ray starts (and imports none of it), so a bad space file or ``--set`` value stops
+with one message before anything is written, and readers of a study folder (``drl_tune.analysis``,
+``drl_tune.confirm``) can read its plan without Tune. The plan file's format is ``drl_tune.study/1``: the
+typed objects of the plan (search distributions, scheduler) are turned into JSON and back only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drl_tune.config import make_config
+from drl_tune.errors import ConfigError
+from drl_tune.io import atomic_write_text
+from drl_tune.methods import REGISTRY
+from drl_tune.spaces import Param, SchedulerSpec, Space
+
+PLAN_FILE = "drl_tune_study.json"
+PLAN_FORMAT = "drl_tune.study/1"
+DEFAULT_STORAGE = Path("runs") / "studies"
+
+
+def default_tracking_uri(study_dir: Path) -> str:
+    """An absolute sqlite URI inside the study folder (absolute: Tune changes each trial's working dir)."""
+    return f"sqlite:///{study_dir.resolve() / 'mlflow.db'}"
+
+
+@dataclass
+class Plan:
+    """Everything a study run needs, resolved from the space file, ``study.overrides``, ``--set`` and flags.
+    Saved as JSON in the study folder so ``--resume`` continues with exactly the same plan."""
+
+    space_name: str
+    space_path: str
+    name: str
+    storage: str
+    constants: dict[str, Any]
+    search: list[Param]
+    points_to_evaluate: list[dict[str, Any]]
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent: int
+    seed: int
+    scheduler: SchedulerSpec
+    cpus_per_trial: float
+    gpus_per_trial: float
+    gpus_explicit: bool
+    keep_checkpoints: int
+    max_failures: int
+    mlflow_uri: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    confirm_top_k: int = 1
+    confirm_seeds: int = 0  # 0: no confirmation stage (also what plans saved before the stage existed mean)
+    balanced_methods: list[str] = field(default_factory=list)  # round robin over these (equal trials each)
+    parent_run_id: str = ""
+    experiment_id: str = ""
+    format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.storage) / self.name
+
+    def to_json(self) -> str:
+        raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        raw |= {"search": [p.to_dict() for p in self.search], "scheduler": dataclasses.asdict(self.scheduler)}
+        return json.dumps(raw, indent=2, default=str)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = PLAN_FILE) -> Plan:
+        """Parse and check a plan file: ``--resume`` must never act on a folder this tool did not write."""
+        def refuse(why: str) -> ConfigError:
+            return ConfigError(f"{where} is not a drl_tune study plan ({why}); only studies that python -m "
+                               f"drl_tune.run started can be resumed or confirmed — check --storage and --name")
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise refuse(f"not JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise refuse(f"a JSON {type(raw).__name__}, not an object")
+        if raw.get("format", PLAN_FORMAT) != PLAN_FORMAT:  # plans written before the marker have all the keys
+            raise refuse(f"format {raw.get('format')!r}, this drl_tune writes {PLAN_FORMAT!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in raw]
+        unknown = [n for n in raw if n not in fields]
+        if missing or unknown:
+            raise refuse(f"missing {', '.join(missing)}" if missing else f"unknown key {unknown[0]!r}")
+        expected = {"name": str, "storage": str, "constants": dict, "search": list, "num_samples": int,
+                    "mlflow_uri": str, "scheduler": dict}
+        wrong = [n for n, kind in expected.items() if not isinstance(raw[n], kind)]
+        if wrong:
+            raise refuse(f"{wrong[0]!r} should be a {expected[wrong[0]].__name__}")
+        try:
+            search = [Param.from_dict(p) for p in raw["search"]]
+            scheduler = SchedulerSpec(**raw["scheduler"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise refuse(f"a malformed 'search' or 'scheduler' entry: {err!r}") from None
+        return cls(**{**raw, "search": search, "scheduler": scheduler})
+
+    @classmethod
+    def read(cls, study_dir: Path) -> Plan:
+        """The plan of the study folder ``study_dir`` (``--resume``, ``drl_tune.confirm``). Its storage is where
+        the folder is now: a study folder may have been moved or copied."""
+        path = study_dir / PLAN_FILE
+        if not path.is_file():
+            raise ConfigError(f"no study {study_dir.name!r} in {study_dir.parent}: {study_dir} is not a study folder "
+                              f"(no {PLAN_FILE}); pass the --name and --storage the study was run with")
+        plan = cls.from_json(path.read_text(), where=str(path))
+        plan.storage = str(study_dir.resolve().parent)
+        return plan
+
+    def save(self) -> Path:
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(self.study_dir / PLAN_FILE, self.to_json())
+
+    def describe(self) -> str:
+        """The human version of the plan (``--dry-run`` prints it)."""
+        lines = [f"study {self.name!r}: space {self.space_name} ({self.space_path})",
+                 f"  results: {self.study_dir}", f"  mlflow:  {self.mlflow_uri}",
+                 f"  trials: {self.num_samples}, at most {self.max_concurrent} at a time; "
+                 f"{self.cpus_per_trial:g} CPU + {self.gpus_per_trial:g} GPU per trial"
+                 + ("" if self.gpus_explicit else " (GPU only if the cluster has GPUs)"),
+                 f"  objective: {self.mode} {self.metric}; Optuna TPE, seed {self.seed}"]
+        sc = self.scheduler
+        if sc.type == "asha":
+            lines.append(f"  early stopping: ASHA on {sc.metric} (running best, immune to DRL's re-init dip), "
+                         f"grace {sc.grace_period} epochs, reduction factor {sc.reduction_factor:g}, "
+                         f"max {sc.max_t} epochs")
+        else:
+            lines.append("  early stopping: none")
+        lines.append(f"  checkpoints: every epoch, {self.keep_checkpoints} kept; "
+                     f"a failed trial is retried {self.max_failures}x from its last checkpoint")
+        if self.confirm_seeds:
+            lines.append(f"  then confirmation: the top {self.confirm_top_k} configuration(s) of each method "
+                         f"(on val/acc_best) re-trained with {self.confirm_seeds} fresh seeds, full epochs")
+        else:
+            lines.append("  confirmation: none (single-seed search results only)")
+        lines.append("  searched:")
+        lines += [f"    {p.key:<32} {p.describe()}" for p in self.search] or ["    (nothing: one configuration)"]
+        if self.balanced_methods:
+            lines.append(f"  methods: {', '.join(self.balanced_methods)} in turn, "
+                         f"{self.num_samples // len(self.balanced_methods)} trials each "
+                         f"(study.equal_trials_per_method)")
+            lines += [f"  first {m} trial (official setting): " + ", ".join(f"{k}={v}" for k, v in point.items())
+                      for m, point in zip(self.balanced_methods, self.points_to_evaluate, strict=True)]
+        else:
+            lines.append("  first trial (official setting): "
+                         + ", ".join(f"{k}={v}" for k, v in (self.points_to_evaluate or [{}])[0].items()))
+            for point in self.points_to_evaluate[1:]:
+                lines.append("  then the official setting of each other method: "
+                             + ", ".join(f"{k}={v}" for k, v in point.items()))
+        lines.append("  fixed:")
+        lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items())]
+        return "\n".join(lines)
+
+
+def official_point(space: Space, search: dict[str, Param], values: dict[str, Any]) -> dict[str, Any]:
+    """The searched keys' values in the official configuration (only the keys active for its method)."""
+    flat = make_config(values).to_flat()
+    method = flat["method"]
+    return {k: flat[k] for k, p in search.items() if p.method is None or p.method == method}
+
+
+def official_points(space: Space, search: dict[str, Param], values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first trials of a study: the official setting, then the same setting with each other searched
+    method (its own keys at their official values where those lie inside the searched range, else sampled).
+
+    So every method of the space runs at least once, however the sampler draws ``method`` — without it a short
+    study can end with no joint-training trial, and then with no answer to "does DRL beat joint training?"."""
+    first = official_point(space, search, values)
+    points = [first]
+    if "method" in search:
+        for method in search["method"].samples():
+            if method == first.get("method"):
+                continue
+            point = official_point(space, search, {**values, "method": method})
+            points.append({k: v for k, v in point.items() if search[k].contains(v)})
+    return points
+
+
+def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: Path, mlflow_uri: str | None,
+               num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
+               cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+               confirm_seeds: int | None = None, confirm_top_k: int | None = None) -> Plan:
+    """Resolve a space and the command line into a :class:`Plan` (validates the configuration)."""
+    search = space.active_search(overrides)
+    values = space.study_values(overrides)
+    config = make_config(values)  # every --set value typed and checked now
+    flat = config.to_flat()
+    cpus = float(cpus_per_trial if cpus_per_trial is not None else space.resources.cpus_per_trial)
+    if flat["threads"] == 0:  # one torch thread per reserved CPU: concurrent trials must not oversubscribe
+        flat["threads"] = max(1, int(cpus))
+    # constants: everything not searched; a method block's keys only matter with that method
+    methods = set(search["method"].samples()) if "method" in search else {flat["method"]}
+    constants = {k: v for k, v in flat.items()
+                 if k not in search and (k.split(".")[0] not in REGISTRY or k.split(".")[0] in methods)}
+    points = official_points(space, search, {**values, "threads": flat["threads"]})
+    balanced: list[str] = []
+    if space.study.equal_trials_per_method and "method" in search:
+        # one official point per method, the space's own method first: trials 0..M-1 in this order, so the
+        # round robin over trial numbers must use the same order
+        balanced = [str(p["method"]) for p in points]
+        n = int(num_samples or space.study.num_samples)
+        if n % len(balanced):
+            raise ConfigError(f"--num-samples {n} must be a multiple of the {len(balanced)} methods of space "
+                              f"{space.name!r} (study.equal_trials_per_method gives each the same number of trials)")
+    max_t = space.scheduler.max_t
+    if max_t is None:
+        max_t = int(max(search["epochs"].samples())) if "epochs" in search else int(flat["epochs"])
+    storage = storage.resolve()
+    plan = Plan(
+        space_name=space.name, space_path=str(space.path.resolve()), name=name, storage=str(storage),
+        constants=constants,
+        search=list(search.values()),
+        points_to_evaluate=points,
+        metric=space.study.metric, mode=space.study.mode,
+        num_samples=int(num_samples or space.study.num_samples),
+        max_concurrent=int(max_concurrent or space.study.max_concurrent),
+        seed=int(space.study.seed if seed is None else seed),
+        scheduler=dataclasses.replace(space.scheduler, max_t=max_t),
+        cpus_per_trial=cpus,
+        gpus_per_trial=float(gpus_per_trial if gpus_per_trial is not None else space.resources.gpus_per_trial),
+        gpus_explicit=gpus_per_trial is not None,
+        keep_checkpoints=space.study.keep_checkpoints, max_failures=space.study.max_failures,
+        mlflow_uri=mlflow_uri or default_tracking_uri(storage / name),
+        overrides=dict(overrides),
+        confirm_top_k=int(space.confirm.top_k if confirm_top_k is None else confirm_top_k),
+        confirm_seeds=int(space.confirm.seeds if confirm_seeds is None else confirm_seeds),
+        balanced_methods=balanced,
+    )
+    return plan

@@ -1,0 +1,71 @@
+"""The configuration keys are documented once (drl_tune/config_keys.py): the README table and the --help listing of
+drl_tune.train and drl_tune.run are generated from it, and every key of the typed configuration has a meaning."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from drl_tune import config_keys, run, train
+from drl_tune.config import make_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_key_has_exactly_one_meaning():
+    listed = [k for _, found, _ in config_keys.rows() for k, _ in found]
+    assert sorted(listed) == sorted(make_config({}).to_flat())
+    assert len(listed) == len(set(listed))
+
+
+def test_a_stale_or_missing_entry_fails(monkeypatch):
+    monkeypatch.setattr(config_keys, "KEY_DOCS", [*config_keys.KEY_DOCS, ("drl.gone", "a key that was removed")])
+    with pytest.raises(KeyError, match="drl.gone"):
+        config_keys.rows()
+    monkeypatch.setattr(config_keys, "KEY_DOCS", [d for d in config_keys.KEY_DOCS[:-1] if d[0] != "mmpareto.gamma"])
+    with pytest.raises(KeyError, match="mmpareto.gamma"):
+        config_keys.rows()
+
+
+def test_the_readme_table_is_the_generated_one():
+    assert config_keys.markdown_table() in README.read_text(), (
+        "README's configuration table differs from drl_tune/config_keys.py; paste the output of "
+        "python -m drl_tune.config_keys --markdown")
+    assert "| `drl.alpha` | 3 | λ of the paper" in config_keys.markdown_table()
+
+
+@pytest.mark.parametrize("parse", [train.parse_args, run.parse_args], ids=["train", "run"])
+def test_help_lists_every_key_with_its_default(parse, capsys):
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    out = capsys.readouterr().out
+    assert config_keys.help_text() in out
+    flat = " ".join(out.split())  # --help wraps long lines
+    for key, value in make_config({}).to_flat().items():
+        assert f"{key}={config_keys.format_default(value)}" in flat
+    assert "drl.alpha=3 λ of the paper" in flat
+
+
+def test_quiet_libraries_drops_only_the_known_notices(monkeypatch):
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    name = "ray._private.authentication.authentication_token_setup"
+    logger = logging.getLogger(name)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
+    try:
+        run.quiet_libraries(verbose=True)
+        logger.warning(notice)  # -v: shown
+        run.quiet_libraries(verbose=False)
+        logger.warning(notice)  # dropped
+        logger.warning("Token authentication is enabled but no authentication token was found")  # a real one
+        assert logging.getLogger("mlflow").getEffectiveLevel() == logging.WARNING
+    finally:
+        logger.removeHandler(handler)
+        for f in [f for f in logger.filters if isinstance(f, run._DropNotices)]:
+            logger.removeFilter(f)
+    assert seen == [notice, "Token authentication is enabled but no authentication token was found"]
