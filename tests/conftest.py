@@ -70,8 +70,8 @@ def confirmed_study(tmp_path_factory):
     run printed, its plan and its storage."""
     import ray
 
-    from drl_tune.run import main
     from drl_tune.plan import PLAN_FILE, Plan
+    from drl_tune.run import main
     from tests.test_study_e2e import tiny_sets
 
     root = tmp_path_factory.mktemp("confirmed_study")

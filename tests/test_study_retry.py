@@ -17,7 +17,7 @@ import ray
 import ray.cloudpickle
 from mlflow import MlflowClient
 
-from drl_tune import trainable
+from drl_tune import study
 from drl_tune.config import make_config, parse_assignments
 from drl_tune.engine import Engine
 from drl_tune.plan import PLAN_FILE, Plan
@@ -69,7 +69,7 @@ def crash_once_after_epoch_1(marker: str):
 def test_crashed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path, monkeypatch, capsys):  # noqa: F811
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     marker = tmp_path / "crashed"
-    monkeypatch.setattr(trainable, "train_trial", crash_once_after_epoch_1(str(marker)))
+    monkeypatch.setattr(study, "train_trial", crash_once_after_epoch_1(str(marker)))  # what make_trainable wraps
     space = tmp_path / "retry.yaml"
     space.write_text(textwrap.dedent(SPACE))
     storage = tmp_path / "studies"
