@@ -12,6 +12,7 @@ import tempfile
 import textwrap
 
 import pytest
+import torch
 
 # generated data never lands in the home directory during tests
 os.environ.setdefault("DRL_TUNE_DATA", tempfile.mkdtemp(prefix="drl_tune_test_data_"))
@@ -30,6 +31,27 @@ TINY = {
     "lr": 0.01,
     "threads": 1,
 }
+
+
+def without_time(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch's metrics without its wall time (the one value two identical runs do not share)."""
+    return {k: v for k, v in metrics.items() if k != "time/epoch_s"}
+
+
+def straight_and_resumed(make_engine, epochs: int, stop_at: int, path) -> tuple[list[dict[str, float]], object]:
+    """The metrics (wall time dropped) of an uninterrupted run of ``epochs`` epochs, and an engine restored from
+    the checkpoint another run saved after ``stop_at`` epochs, in a process whose RNG has moved on."""
+    straight = make_engine()
+    expected = [without_time(straight.run_epoch()) for _ in range(epochs)]
+    first = make_engine()
+    for _ in range(stop_at):
+        first.run_epoch()
+    first.save(path)
+    del first
+    torch.manual_seed(12345)  # a resumed process starts with other RNG state
+    resumed = make_engine()
+    resumed.load(path)
+    return expected, resumed
 
 
 @pytest.fixture(scope="session")

@@ -12,15 +12,12 @@ from torchvision.models.resnet import BasicBlock
 from drl_tune.config import ConfigError
 from drl_tune.engine import Engine
 from drl_tune.models import MultimodalClassifier
+from tests.conftest import straight_and_resumed, without_time
 
 DESIGN_KEYS = {
     "epoch", "train/loss", "val/acc", "val/macro_f1", "val/acc_best", "test/acc", "test/macro_f1",
     "test/acc_at_best_val", "val/acc_audio", "val/acc_visual", "balance/gap", "time/epoch_s",
 }
-
-
-def _without_time(m: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in m.items() if k != "time/epoch_s"}
 
 
 def test_metrics_have_the_design_names_and_selection_uses_val_only(tiny_config, tiny_data):
@@ -101,19 +98,10 @@ def test_visual_features_pool_over_frames():
 def test_save_and_restore_mid_run_reproduces_the_uninterrupted_metrics(method, tiny_config, tiny_data, tmp_path):
     overrides = {"method": method, "epochs": 5, "drl__diagnosis_interval": 2, "drl__max_reinits": 2,
                  "data__augment": True}
-    straight = Engine(tiny_config(**overrides), tiny_data)
-    expected = [_without_time(straight.run_epoch()) for _ in range(5)]
-
-    first = Engine(tiny_config(**overrides), tiny_data)
-    for _ in range(3):
-        first.run_epoch()
-    first.save(tmp_path / "state.pt")
-    del first
-    torch.manual_seed(12345)  # a resumed process starts with other RNG state
-    resumed = Engine(tiny_config(**overrides), tiny_data)
-    resumed.load(tmp_path / "state.pt")
+    expected, resumed = straight_and_resumed(lambda: Engine(tiny_config(**overrides), tiny_data), 5, 3,
+                                             tmp_path / "state.pt")
     assert resumed.epoch == 3
-    got = [_without_time(resumed.run_epoch()) for _ in range(2)]
+    got = [without_time(resumed.run_epoch()) for _ in range(2)]
     assert got == expected[3:]
     if method == "drl":
         assert "diag/alpha_audio" in expected[4]  # the resumed part includes a re-init (epoch 4)

@@ -26,6 +26,7 @@ from drl_tune.methods.valuation import (
     shapley_values,
 )
 from drl_tune.models import MultimodalClassifier
+from tests.conftest import straight_and_resumed, without_time
 
 MODALITIES = {"audio": "spectrogram", "visual": "frames"}
 COMPARATORS = ["ogm_ge", "opm", "mmpareto", "inforeg", "valuation"]
@@ -495,17 +496,9 @@ def test_stateful_methods_resume_exactly(method, tiny_config, tiny_data, tmp_pat
     and OPM's drops, MMPareto's extra heads: a run restored mid-way ends with the uninterrupted run's metrics."""
     overrides = {"method": method, "epochs": 4, "valuation__warmup": 1, "opm__warmup_epochs": 0,
                  "data__augment": True}
-    straight = Engine(tiny_config(**overrides), tiny_data)
-    expected = [{k: v for k, v in straight.run_epoch().items() if k != "time/epoch_s"} for _ in range(4)]
-    first = Engine(tiny_config(**overrides), tiny_data)
-    for _ in range(2):
-        first.run_epoch()
-    first.save(tmp_path / "state.pt")
-    del first
-    torch.manual_seed(12345)  # a resumed process starts with other RNG state
-    resumed = Engine(tiny_config(**overrides), tiny_data)
-    resumed.load(tmp_path / "state.pt")
-    got = [{k: v for k, v in resumed.run_epoch().items() if k != "time/epoch_s"} for _ in range(2)]
+    expected, resumed = straight_and_resumed(lambda: Engine(tiny_config(**overrides), tiny_data), 4, 2,
+                                             tmp_path / "state.pt")
+    got = [without_time(resumed.run_epoch()) for _ in range(2)]
     assert got == expected[2:]
     if method == "inforeg":
         assert len(resumed.method.trace) == 10 + 4
