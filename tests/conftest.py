@@ -54,6 +54,22 @@ def straight_and_resumed(make_engine, epochs: int, stop_at: int, path) -> tuple[
     return expected, resumed
 
 
+def init_local_ray(attempts: int = 2, **kwargs) -> None:
+    """A small local Ray for a test (2 CPUs, no dashboard, 80 MB object store). Ray gives its raylet a fixed 30 s
+    to start; a loaded 2-core CI machine can miss that, and such a start is tried again."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                     object_store_memory=80 * 1024 * 1024, **kwargs)
+            return
+        except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if attempt == attempts - 1 or "timed out during startup" not in str(err):
+                raise
+
+
 @pytest.fixture(scope="session")
 def tiny_data():
     cfg = make_config(TINY).data.synthetic
@@ -100,15 +116,8 @@ def confirmed_study(tmp_path_factory):
     space = root / "tiny.yaml"
     space.write_text(textwrap.dedent(CONFIRMED_SPACE))
     started_ray = not ray.is_initialized()  # a module's own Ray may be up: then the study uses it
-    for attempt in range(3 if started_ray else 0):  # Ray gives its raylet a fixed 30 s to start; CI can miss it
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                     object_store_memory=80 * 1024 * 1024)
-            break
-        except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception for this timeout
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(err):
-                raise
+    if started_ray:
+        init_local_ray(attempts=3)
     try:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):

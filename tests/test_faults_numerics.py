@@ -16,6 +16,7 @@ from drl_tune.faults import ERROR_FILE
 from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
 from drl_tune.tracking import ERROR_TAG
+from tests.conftest import init_local_ray
 from tests.test_study_e2e import tiny_sets
 
 pytestmark = pytest.mark.slow
@@ -35,15 +36,7 @@ resources: {cpus_per_trial: 1}
 @pytest.fixture
 def private_ray():
     folder = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    for attempt in range(2):  # Ray's fixed 30 s node-startup wait can run out on a loaded 2-core machine
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                     object_store_memory=80 * 1024 * 1024, _temp_dir=folder)
-            break
-        except Exception as err:  # noqa: BLE001
-            ray.shutdown()
-            if attempt or "timed out during startup" not in str(err):
-                raise
+    init_local_ray(attempts=2, _temp_dir=folder)
     yield
     ray.shutdown()
     shutil.rmtree(folder, ignore_errors=True)
