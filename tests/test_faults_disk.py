@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,10 +34,10 @@ from drl_tune.io import TMP_MARK
 from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.trainable import CHECKPOINT_FILE
 from tests.conftest import TINY
+from tests.test_faults_kill import start_study
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 SPACE = """\
 dataset: {name: synthetic}
 fixed: {threads: 1, method: joint, lr: 0.05}
@@ -78,18 +77,11 @@ def test_storage_that_fills_up_mid_study(tiny_fs, tmp_path):
     space.write_text(textwrap.dedent(SPACE))
     storage, data = tiny_fs / "studies", tiny_fs / "data"
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "DRL_TUNE_DATA": str(data)}
     tiny = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("epochs", "lr", "threads")]
     log = tmp_path / "study.log"
     argv = [sys.executable, "-m", "drl_tune.run", "--space", str(space), "--storage", str(storage), "--name",
             "disk", "--progress-interval", "0", *tiny]
-    for attempt in range(2):  # Ray's fixed 30 s node-startup wait can run out on a loaded 2-core machine
-        with open(log, "w") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-        while proc.poll() is None and "started a local Ray" not in log.read_text():
-            time.sleep(0.2)
-        if proc.poll() is None or attempt or "timed out during startup" not in log.read_text():
-            break
+    proc = start_study(argv, log, ray_tmp, tmp_path, DRL_TUNE_DATA=str(data))
     try:
         study = storage / "disk"
         deadline = time.monotonic() + 400

@@ -64,16 +64,17 @@ def study_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "drl_tune.run", *args, "--progress-interval", "0", *tiny]
 
 
-def env_for(ray_tmp: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp}
+def env_for(ray_tmp: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, **extra}
 
 
-def start_study(argv: list[str], log: Path, ray_tmp: str, cwd: Path) -> subprocess.Popen:
+def start_study(argv: list[str], log: Path, ray_tmp: str, cwd: Path, **extra_env: str) -> subprocess.Popen:
     """Start a study; on this shared 2-core machine Ray's fixed 30 s node-startup wait can run out under
     load, and such a start (nothing of the study run yet) is tried once more."""
     for attempt in range(2):
         with open(log, "w") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env_for(ray_tmp), cwd=cwd)
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env_for(ray_tmp, **extra_env),
+                                    cwd=cwd)
         while proc.poll() is None and "started a local Ray" not in log.read_text():
             time.sleep(0.2)
         if proc.poll() is None or attempt or "timed out during startup" not in log.read_text():
