@@ -34,7 +34,7 @@ from drl_tune.history import read_result_json
 from drl_tune.io import atomic_write_text
 from drl_tune.plan import Plan
 from drl_tune.stats import Interval, paired_difference, t_interval
-from drl_tune.study import finished_trials, make_trainable, trial_name
+from drl_tune.study import REUSE_ACTORS, finished_trials, make_trainable, trial_name
 from drl_tune.tables import ProgressTable, render_table
 from drl_tune.tracking import MLflowTrialCallback
 
@@ -495,7 +495,7 @@ def make_confirm_tuner(plan: Plan, gpus: float, entries: list[ConfirmEntry], cal
     )
     tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(PlannedConfigs([e.config for e in entries]),
                                                                 plan.max_concurrent),
-                                  scheduler=FIFOScheduler(), num_samples=len(entries),
+                                  scheduler=FIFOScheduler(), num_samples=len(entries), reuse_actors=REUSE_ACTORS,
                                   trial_name_creator=trial_name, trial_dirname_creator=trial_name)
     return tune.Tuner(make_trainable(plan, gpus), tune_config=tune_config, run_config=run_config)
 

@@ -83,6 +83,15 @@ def make_scheduler(sc: SchedulerSpec) -> Any:
                          grace_period=min(sc.grace_period, sc.max_t), reduction_factor=sc.reduction_factor)
 
 
+# Each new trial actor is a fresh Ray worker process that boots Ray (~3 s here) and imports torch, torchvision and
+# sklearn (~8 s here) before its first epoch: the whole of a demo trial's start-up (README "Performance",
+# `overhead.startup_breakdown`). Ray 2.60 Tune does not reuse actors unless asked; reusing them runs the next trial in
+# the finished (or ASHA-stopped) trial's process, which has all that done. Safe for train_trial: a function
+# trainable's thread is stopped at a report (synchronous reporting), every trial builds its own Engine (seeds, RNGs,
+# model, data), restores the worker's torch thread count (trainable.py) and gets its own trial folder and cwd.
+REUSE_ACTORS = True
+
+
 def make_trainable(plan: Plan, gpus: float) -> Any:
     return tune.with_resources(train_trial, {"cpu": plan.cpus_per_trial, "gpu": gpus})
 
@@ -105,6 +114,7 @@ def make_tuner(plan: Plan, gpus: float, callbacks: list) -> Any:
         search_alg=make_searcher(plan),
         scheduler=make_scheduler(plan.scheduler),
         num_samples=plan.num_samples,
+        reuse_actors=REUSE_ACTORS,
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )

@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
+from ray.train._internal.session import get_session  # the trial's storage: Ray has no public API for it
 from ray.tune import get_context
 
 from drl_tune import faults
@@ -23,6 +25,10 @@ from drl_tune.config import make_config
 from drl_tune.engine import Engine
 
 CHECKPOINT_FILE = "engine.pt"
+# the worker's torch threads as Ray started it (OMP_NUM_THREADS = the trial's CPUs): a reused actor
+# (study.REUSE_ACTORS) runs trial after trial in one process, and Engine sets threads only when a config asks
+# (threads > 0), so each trial starts from this value instead of what the previous trial left
+WORKER_THREADS = torch.get_num_threads()
 
 
 def clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -30,12 +36,24 @@ def clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def trial_folder() -> str:
+    """The trial's own folder (where drl_tune_worker.json / drl_tune_error.json belong). In a fresh actor
+    ``get_context().get_trial_dir()`` names it; in a reused one (Ray 2.60 ``FunctionTrainable.reset_config``) it
+    names the Ray session's per-trial working directory instead, which nothing reads, so take the path a fresh
+    actor gets: the session storage's trial staging folder."""
+    storage = getattr(get_session(), "storage", None)
+    if storage is not None and getattr(storage, "trial_dir_name", None):
+        return storage.trial_driver_staging_path
+    return get_context().get_trial_dir()
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Run (or continue) one trial; ``config`` is the flat ``a.b`` configuration Optuna completed."""
-    trial_dir = get_context().get_trial_dir()
+    trial_dir = trial_folder()
     faults.record_worker(trial_dir)
     faults.refuse_deterministic_retry(trial_dir)
     try:
+        torch.set_num_threads(WORKER_THREADS)
         engine = Engine(make_config(config))
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:

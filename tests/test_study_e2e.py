@@ -8,6 +8,7 @@ order every run.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from drl_tune.config import make_config
+from drl_tune.engine import Engine
+from drl_tune.faults import ERROR_FILE, WORKER_FILE
+from drl_tune.history import read_result_json
 from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
 from tests.conftest import TINY
@@ -94,7 +99,25 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     assert {1e-9, 1e5} <= set(by_lr)
     assert any(outcome[r.data.tags["drl_tune.trial_id"]] == "stopped_early" for r in by_lr[1e-9])
     assert all(r.info.status == "FAILED" for r in by_lr[1e5])
+    for run in by_lr[1e5]:  # the reason sits in the failed trial's own folder, also when its actor was reused
+        folder = next((storage / "e2e").glob(f"*_{run.data.tags['drl_tune.trial_id']}"))
+        assert "FloatingPointError" in json.loads((folder / ERROR_FILE).read_text())["reason"]
     assert all(r.info.status == "FINISHED" for r in by_lr[0.05])
+
+    # actors are reused (study.REUSE_ACTORS): a trial after a finished or ASHA-stopped one runs in that trial's
+    # worker process (no new Ray worker, no second import of torch), and trains exactly as a fresh Engine does
+    ordered = sorted(runs, key=lambda r: r.info.start_time)
+    folders = [next((storage / "e2e").glob(f"*_{r.data.tags['drl_tune.trial_id']}")) for r in ordered]
+    pids = [json.loads((f / WORKER_FILE).read_text())["pid"] for f in folders]
+    reused = [i for i in range(1, len(pids)) if pids[i] in pids[:i]]
+    assert reused, pids
+    for i in reused:
+        if ordered[i].info.status != "FINISHED":
+            continue
+        rows = read_result_json(folders[i])
+        engine = Engine(make_config(rows[0]["config"]))
+        expected = [engine.run_epoch()["val/acc"] for _ in rows]
+        assert [r["val/acc"] for r in rows] == pytest.approx(expected, abs=1e-9)
 
     summary = out.split("search of study 'e2e'")[1]
     assert "joint" in summary and "drl" in summary and "stopped early" in summary
