@@ -27,6 +27,7 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -216,14 +217,63 @@ def _cremad_cache(work: Path, clips: int, workers: int) -> Path:
 # -- overhead ----------------------------------------------------------------------------------------------
 
 
+def _process_started(pid: int) -> float | None:
+    """Wall-clock start of a live local process (its /proc start ticks after boot), None when gone/unknown."""
+    from drl_tune.ray_session import start_time
+
+    ticks = start_time(pid)
+    try:
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return None if ticks is None else btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+IMPORT_PROBE = """import json, time
+t0 = time.perf_counter()
+import ray, ray.tune
+t1 = time.perf_counter()
+import sklearn.cluster, sklearn.linear_model, torch, torchvision.models
+t2 = time.perf_counter()
+import drl_tune.trainable
+t3 = time.perf_counter()
+print(json.dumps([t1 - t0, t2 - t1, t3 - t2]))
+"""
+
+
+def worker_imports() -> dict[str, float]:
+    """What a trial's worker imports, timed in a fresh interpreter: Ray's part (``ray``, ``ray.tune``: a Ray worker
+    loads these before it runs a trial), the libraries training needs (torch, torchvision, sklearn) and what
+    drl_tune.trainable adds on top of them."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError("timing the worker's imports failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1])
+    ray_s, libraries_s, ours_s = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"python_start_s": wall - ray_s - libraries_s - ours_s, "import_ray_tune_s": ray_s,
+            "import_libraries_s": libraries_s, "import_drl_tune_s": ours_s}
+
+
 def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, log: Log = print) -> dict[str, Any]:
-    """The same epochs as one Tune trial (checkpoint + report per epoch, MLflow callback) vs the plain loop."""
+    """The same epochs as one Tune trial (checkpoint + report per epoch, MLflow callback) vs the plain loop.
+
+    Two identical trials run one after the other, with the studies' actor reuse (``study.REUSE_ACTORS``): the
+    first ("cold") starts a new Ray worker process, as the first trial of every study slot does; the second
+    ("warm") runs in that worker again, as later trials of a study do. Timestamps from the driver (callbacks) and
+    from the trial's worker file (pid, its process start, the trainable's first line) split the cold start-up."""
     import ray
     from ray import tune
+    from ray.tune import Callback
     from threadpoolctl import threadpool_limits
 
     from drl_tune.engine import Engine
+    from drl_tune.faults import WORKER_FILE
     from drl_tune.spaces import load_space
+    from drl_tune.study import REUSE_ACTORS
     from drl_tune.tracking import MLflowTrialCallback, StudyTracker
     from drl_tune.trainable import train_trial
 
@@ -232,6 +282,8 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
     flat = config.to_flat()
     work = Path(tempfile.mkdtemp(prefix="drl_tune_bench_overhead_"))
     before = torch.get_num_threads()
+    marks: dict[str, Any] = {"trials": [], "start": {}, "results": {}, "complete": {}, "mlflow_start_s": {},
+                             "worker": {}}
 
     def plain() -> tuple[float, list[float]]:
         # as inside a Ray worker with 1 CPU, where Ray sets OMP_NUM_THREADS=1: one BLAS/OpenMP thread for the
@@ -241,6 +293,27 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
             engine = Engine(config)
             times = [engine.run_epoch()["time/epoch_s"] for _ in range(epochs)]
             return time.perf_counter() - start, times
+
+    class TimedMLflow(MLflowTrialCallback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            start = time.time()
+            super().on_trial_start(iteration, trials, trial, **info)
+            marks["mlflow_start_s"][trial.trial_id] = time.time() - start
+
+    class Marks(Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            marks["trials"].append(trial.trial_id)
+            marks["start"][trial.trial_id] = time.time()
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            marks["results"].setdefault(trial.trial_id, []).append(time.time())
+            if trial.trial_id not in marks["worker"]:  # the worker is alive now: read its process start
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    worker = json.loads((Path(trial.local_path) / WORKER_FILE).read_text())
+                    marks["worker"][trial.trial_id] = {**worker, "process_started": _process_started(worker["pid"])}
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            marks["complete"][trial.trial_id] = time.time()
 
     try:
         plain()  # warm-up: the dataset is generated and cached on disk, imports, kernels
@@ -252,36 +325,70 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
         try:
             tracker = StudyTracker(f"sqlite:///{work / 'mlflow.db'}", "bench-overhead", work / "artifacts")
             parent = tracker.start_parent("bench", {}, {}, {})
-            callback = MLflowTrialCallback(tracker.tracking_uri, tracker.experiment_id, parent, "bench")
+            callback = TimedMLflow(tracker.tracking_uri, tracker.experiment_id, parent, "bench")
             tuner = tune.Tuner(
                 tune.with_resources(train_trial, {"cpu": 1}), param_space=flat,
-                run_config=tune.RunConfig(name="overhead", storage_path=str(work), callbacks=[callback], verbose=0,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-            start = time.perf_counter()
+                tune_config=tune.TuneConfig(num_samples=2, max_concurrent_trials=1, reuse_actors=REUSE_ACTORS),
+                run_config=tune.RunConfig(name="overhead", storage_path=str(work), callbacks=[callback, Marks()],
+                                          verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+            fit_start = time.time()
             results = tuner.fit()
-            tune_s = time.perf_counter() - start
-            frame = results[0].metrics_dataframe
-            if results[0].error is not None or frame is None or len(frame) != epochs:
-                raise RuntimeError(f"the Tune trial did not finish its {epochs} epochs: {results[0].error}")
-            iter_s = [float(v) for v in frame["time_this_iter_s"]]
-            trial_epoch_s = [float(v) for v in frame["time/epoch_s"]]
+            fit_end = time.time()
+            by_id = {r.metrics.get("trial_id"): r for r in results}
+            frames = []
+            for trial_id in marks["trials"]:
+                r = by_id.get(trial_id)
+                frame = r.metrics_dataframe if r is not None else None
+                if r is None or r.error is not None or frame is None or len(frame) != epochs:
+                    raise RuntimeError(f"a Tune trial did not finish its {epochs} epochs: {r and r.error}")
+                frames.append(frame)
         finally:
             ray.shutdown()
         plain_runs.append(plain())  # plain before and after the trial: load drift hits both alike
+        imports = worker_imports()
     finally:
         torch.set_num_threads(before)
+    cold, warm = marks["trials"]
     plain_s = float(np.mean([p[0] for p in plain_runs]))
     plain_epoch = float(np.mean([t for p in plain_runs for t in p[1]]))
+    iter_s = [float(v) for v in frames[0]["time_this_iter_s"]]
+    trial_epoch_s = [float(v) for v in frames[0]["time/epoch_s"]]
+    tune_s = marks["complete"][cold] - fit_start
+    warm_s = marks["complete"][warm] - marks["complete"][cold]
+    worker = marks["worker"].get(cold, {})
+    started, process_started = worker.get("started"), worker.get("process_started")
+    first_epoch_start = marks["results"][cold][0] - trial_epoch_s[0]
+    breakdown = {
+        "fit_to_worker_process_s": process_started - fit_start if process_started else None,
+        "worker_process_to_trainable_s": started - process_started if started and process_started else None,
+        "trainable_to_first_epoch_s": first_epoch_start - started if started else None,
+        "mlflow_child_run_s": marks["mlflow_start_s"].get(cold),
+        "last_report_to_complete_s": marks["complete"][cold] - marks["results"][cold][-1],
+        "fit_end_after_last_trial_s": fit_end - marks["complete"][warm],
+        **imports,
+    }
+    warm_worker = marks["worker"].get(warm, {})
     out = {"epochs": epochs, "plain_s": plain_s, "tune_s": tune_s, "ray_init_s": ray_init_s,
            "ratio": tune_s / plain_s, "plain_epoch_s": plain_epoch, "tune_iter_s": float(np.mean(iter_s)),
            "tune_epoch_s": float(np.mean(trial_epoch_s)), "per_epoch_ratio": float(np.mean(iter_s)) / plain_epoch,
            "per_epoch_report_s": float(np.mean(iter_s) - np.mean(trial_epoch_s)),
-           "fixed_s": tune_s - float(np.sum(iter_s)), "plain_fixed_s": plain_s - plain_epoch * epochs}
+           "fixed_s": tune_s - float(np.sum(iter_s)), "plain_fixed_s": plain_s - plain_epoch * epochs,
+           "startup_breakdown": breakdown, "warm_s": warm_s, "warm_ratio": warm_s / plain_s,
+           "warm_actor_reused": bool(worker.get("pid")) and worker.get("pid") == warm_worker.get("pid"),
+           "warm_fixed_s": warm_s - float(np.sum(frames[1]["time/epoch_s"])), "reuse_actors": REUSE_ACTORS}
     log(f"overhead: {epochs} demo epochs as a Tune trial {tune_s:.1f} s vs the plain engine loop {plain_s:.1f} s: "
         f"ratio {out['ratio']:.2f}x (ray.init {ray_init_s:.1f} s not counted); per epoch {out['per_epoch_ratio']:.2f}x "
         f"(checkpoint + report {out['per_epoch_report_s'] * 1000:.0f} ms/epoch; epoch inside the trial "
         f"{out['tune_epoch_s']:.2f} s vs {plain_epoch:.2f} s here); fixed: trial start {out['fixed_s']:.1f} s vs "
         f"engine build {out['plain_fixed_s']:.1f} s")
+    b = {k: (f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in breakdown.items()}
+    log(f"overhead: cold start-up, s from fit(): worker process started {b['fit_to_worker_process_s']}, "
+        f"it reached train_trial after {b['worker_process_to_trainable_s']}, its first epoch began "
+        f"{b['trainable_to_first_epoch_s']} later (driver: MLflow child run {b['mlflow_child_run_s']}); a fresh "
+        f"interpreter imports ray + ray.tune in {b['import_ray_tune_s']}, torch + torchvision + sklearn in "
+        f"{b['import_libraries_s']}, drl_tune.trainable on top in {b['import_drl_tune_s']}")
+    log(f"overhead: the next trial on the {'reused' if out['warm_actor_reused'] else 'NEW (not reused)'} actor "
+        f"{warm_s:.1f} s vs plain {plain_s:.1f} s: ratio {out['warm_ratio']:.2f}x (fixed {out['warm_fixed_s']:.1f} s)")
     return out
 
 
@@ -377,7 +484,7 @@ TINY_DEMO = ["data.synthetic.n_train=48", "data.synthetic.n_val=24", "data.synth
 def summary(result: dict[str, Any]) -> dict[str, float]:
     """The headline figures under their dotted names (``data.ratio`` ...)."""
     keys = {"data": ("ratio", "eval_ratio"), "epoch": ("ratio", "demo_ratio"),
-            "overhead": ("ratio", "per_epoch_ratio"), "diagnosis": ("fraction_of_epoch",),
+            "overhead": ("ratio", "per_epoch_ratio", "warm_ratio"), "diagnosis": ("fraction_of_epoch",),
             "study": ("trials_per_hour", "speedup")}
     return {f"{b}.{k}": float(result[b][k]) for b, ks in keys.items() if b in result for k in ks if k in result[b]}
 
