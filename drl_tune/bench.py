@@ -231,6 +231,7 @@ def _process_started(pid: int) -> float | None:
 
 
 IMPORT_PROBE = """import json, time
+wall0 = time.time()
 t0 = time.perf_counter()
 import ray, ray.tune
 t1 = time.perf_counter()
@@ -238,7 +239,7 @@ import sklearn.cluster, sklearn.linear_model, torch, torchvision.models
 t2 = time.perf_counter()
 import drl_tune.trainable
 t3 = time.perf_counter()
-print(json.dumps([t1 - t0, t2 - t1, t3 - t2]))
+print(json.dumps([wall0, t1 - t0, t2 - t1, t3 - t2]))
 """
 
 
@@ -248,13 +249,12 @@ def worker_imports() -> dict[str, float]:
     drl_tune.trainable adds on top of them."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
-    start = time.perf_counter()
+    launched = time.time()
     proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError("timing the worker's imports failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1])
-    ray_s, libraries_s, ours_s = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"python_start_s": wall - ray_s - libraries_s - ours_s, "import_ray_tune_s": ray_s,
+    first_line, ray_s, libraries_s, ours_s = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"python_start_s": first_line - launched, "import_ray_tune_s": ray_s,
             "import_libraries_s": libraries_s, "import_drl_tune_s": ours_s}
 
 
