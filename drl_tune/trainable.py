@@ -54,7 +54,10 @@ def train_trial(config: dict[str, Any]) -> None:
     faults.refuse_deterministic_retry(trial_dir)
     try:
         torch.set_num_threads(WORKER_THREADS)
-        engine = Engine(make_config(config))
+        train_config = make_config(config)
+        if train_config.perf.compile:  # a reused actor holds earlier trials' compiled graphs, and torch stops
+            torch.compiler.reset()  # compiling (falls back to eager) once a function has too many of them
+        engine = Engine(train_config)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
