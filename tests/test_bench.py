@@ -63,5 +63,12 @@ def test_bench_all_tiny_writes_every_summary_key(tmp_path):
     assert set(result["summary"]) >= SUMMARY_KEYS
     assert all(_finite_positive(result["summary"][k]) for k in SUMMARY_KEYS)
     assert [r["max_concurrent"] for r in result["study"]["rows"]] == [1]
-    assert result["overhead"]["epochs"] == 2 and result["overhead"]["fixed_s"] > 0
+    overhead = result["overhead"]
+    assert overhead["epochs"] == 2 and overhead["fixed_s"] > 0
+    # the second trial ran in the first one's worker (the studies' actor reuse), and the cold start-up was split
+    assert overhead["warm_actor_reused"] is True and _finite_positive(overhead["warm_ratio"])
+    breakdown = overhead["startup_breakdown"]
+    assert set(breakdown) >= {"fit_to_worker_process_s", "worker_process_to_trainable_s", "trainable_to_first_epoch_s",
+                              "mlflow_child_run_s", "import_ray_tune_s", "import_libraries_s", "import_drl_tune_s"}
+    assert all(_finite_positive(v) for v in breakdown.values()), breakdown
     assert "summary: data.ratio" in proc.stdout
