@@ -111,9 +111,9 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     pids = [json.loads((f / WORKER_FILE).read_text())["pid"] for f in folders]
     reused = [i for i in range(1, len(pids)) if pids[i] in pids[:i]]
     assert reused, pids
-    for i in reused:
-        if ordered[i].info.status != "FINISHED":
-            continue
+    trained = [i for i in reused if ordered[i].info.status == "FINISHED"]  # completed or stopped early
+    assert trained, [r.info.status for r in ordered]
+    for i in trained:
         rows = read_result_json(folders[i])
         engine = Engine(make_config(rows[0]["config"]))
         expected = [engine.run_epoch()["val/acc"] for _ in rows]
