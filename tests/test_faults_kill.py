@@ -140,7 +140,9 @@ def test_sigkilled_trial_worker_restarts_from_its_checkpoint(tmp_path, ray_tmp):
         pid = int(worker["pid"])
         title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert "ray::" in title, title  # the pid file names this trial's Ray worker, not some other process
-        time.sleep(0.5)
+        # at once: tiny epochs take ~0.3 s, and once this trial is done its worker (reused, study.REUSE_ACTORS)
+        # hosts the next trial, which a late kill would hit instead
+        time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
         killed_after = epochs_in(trial_dir / "result.json")
         assert proc.wait(timeout=600) == 0, log.read_text()
