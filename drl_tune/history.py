@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from drl_tune.io import atomic_write_text
+
 CHECKPOINT_HISTORY = "history.json"  # in every checkpoint folder: the trial's metrics rows up to that epoch
 RESTORED_KEY = "restored_from"  # marks a row filled from a checkpoint ("checkpoint"); not a metric
 
@@ -54,7 +56,7 @@ def read_result_json(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_checkpoint_history(folder: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Write the trial's rows so far into a checkpoint folder (before it is handed to Tune)."""
-    (Path(folder) / CHECKPOINT_HISTORY).write_text(json.dumps(rows))
+    atomic_write_text(Path(folder) / CHECKPOINT_HISTORY, json.dumps(rows))
 
 
 def load_checkpoint_history(folder: str | os.PathLike) -> list[dict[str, Any]]:
