@@ -410,7 +410,8 @@ def make_cache(work: Path, sizes: Sizes) -> dict[str, Any]:
     from drl_tune.data.cache import Split, load_cache, write_cache
 
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # prepare's own lines ("wrote N clips ...")
+    # prepare's own lines ("wrote N clips ...") are not this command's
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         seed_root = cremad_cache(work / "seed", sizes.seed_clips + 2, workers=0)
     generated_s = time.perf_counter() - start
     seed = load_cache(seed_root, in_memory=True)
@@ -917,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=400.0, help="skip steps that would end past this (400 s)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cuda, cuda:N or cpu")
     p.add_argument("--clips", type=int, help="tiled training clips (1024)")
+    p.add_argument("--eval-clips", type=int, help="tiled validation and test clips each (256)")
     p.add_argument("--epochs", type=int, help="timed training epochs of the tiled clips (3)")
     p.add_argument("--concurrency", help="concurrent trial processes to measure, comma-separated (2,4,8)")
     p.add_argument("--no-compile", action="store_true", help="skip the perf.compile step")
@@ -926,12 +928,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.clips is not None:
             sizes = replace(sizes, clips=args.clips)
+        if args.eval_clips is not None:
+            sizes = replace(sizes, eval_clips=args.eval_clips)
         if args.epochs is not None:
             sizes = replace(sizes, epochs=args.epochs)
         if args.concurrency:
             sizes = replace(sizes, concurrency=tuple(int(v) for v in args.concurrency.split(",") if v.strip()))
-        if sizes.clips < 2 or sizes.epochs < 1 or min(sizes.concurrency, default=2) < 2 or args.budget_s <= 0:
-            raise ValueError("--clips must be >= 2, --epochs >= 1, --concurrency values >= 2, --budget-s > 0")
+        if (sizes.clips < 2 or sizes.eval_clips < 1 or sizes.epochs < 1 or min(sizes.concurrency, default=2) < 2
+                or args.budget_s <= 0):
+            raise ValueError("--clips must be >= 2, --eval-clips >= 1, --epochs >= 1, --concurrency values >= 2, "
+                             "--budget-s > 0")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: no CUDA GPU is visible; use auto or cpu")
     except ValueError as err:
