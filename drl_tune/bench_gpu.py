@@ -338,12 +338,12 @@ def nvidia_smi() -> dict[str, Any] | None:
                              capture_output=True, text=True, timeout=20, check=True).stdout.split("\n")[0]
         apps = subprocess.run([exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                               capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as err:
+        used, total = (float(v) for v in gpu.split(","))
+    except (OSError, subprocess.SubprocessError, ValueError) as err:  # ValueError: "[N/A]" (MIG, containers)
         return {"error": str(err)[:200]}
-    used, total = (float(v) for v in gpu.split(","))
     per_pid = {}
     for line in apps.strip().splitlines():
-        pid, mem = (v.strip() for v in line.split(","))
+        pid, _, mem = (v.strip() for v in line.partition(","))
         if mem.replace(".", "").isdigit():
             per_pid[pid] = float(mem)
     return {"used_mb": used, "total_mb": total, "apps_mb": per_pid}
@@ -624,8 +624,9 @@ def step_concurrency(run: Run, n: int) -> dict[str, Any]:
             f"{record['speedup_vs_1']:.2f}x one process; each trial's epoch "
             f"{record['epoch_train_s_per_trial']:.2f} s")
     if record["device_used_mb"] is not None:
-        line += (f"; device memory used {record['device_used_mb']:.0f} MB with all {n} alive, per process "
-                 f"{record['footprint']['per_process_mb']:.0f} MB ({record['footprint']['source']})")
+        line += f"; device memory used {record['device_used_mb']:.0f} MB with all {n} alive"
+    if record["footprint"]["per_process_mb"] is not None:
+        line += f", per process {record['footprint']['per_process_mb']:.0f} MB ({record['footprint']['source']})"
     run.log(line)
     return record
 
@@ -851,9 +852,13 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     on, off = get("train", "samples_per_s"), get("train_off", "samples_per_s")
     if on and off:
         out["gpu.perf_speedup"] = on / off
+    concurrent = [1] if get("train", "samples_per_s") else []
     for name, step in steps.items():
         if name.startswith("concurrency_") and step.get("status") == "done":
             out[f"gpu.aggregate_speedup_{step['n']}"] = step["speedup_vs_1"]
+            concurrent.append(step["n"])
+    if concurrent:  # the most trial processes that trained on the one device at once without an error
+        out["gpu.max_concurrent_ok"] = float(max(concurrent))
     return out
 
 

@@ -10,10 +10,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from drl_tune.bench_gpu import asha_expected_epochs, asha_rungs, recommend_gpus_per_trial, simulate_asha
+from drl_tune.bench_gpu import (
+    _footprint_mb,
+    asha_expected_epochs,
+    asha_rungs,
+    nvidia_smi,
+    recommend_gpus_per_trial,
+    simulate_asha,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("ray", "mlflow", "optuna", "tqdm")
@@ -59,6 +67,30 @@ def test_gpus_per_trial_rule():
     rec = recommend_gpus_per_trial(80_000, {1: row(1000, 30_000), 2: row(1500, 30_000), 4: row(1600, 30_000)})
     assert rec["trials_per_gpu"] == 2 and rec["gpus_per_trial"] == 0.5
     assert recommend_gpus_per_trial(None, {1: row(1, 1)})["gpus_per_trial"] is None
+
+
+def _fake_nvidia_smi(folder: Path, gpu_line: str) -> None:
+    fake = folder / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\ncase "$1" in\n  --query-gpu=*) echo "{gpu_line}";;\n'
+                    '  *) printf "101, 4000\\n202, 4100\\n303, [N/A]\\n";;\nesac\n')
+    fake.chmod(0o755)
+
+
+def test_nvidia_smi_figures_and_the_per_process_footprint(tmp_path, monkeypatch):
+    """The GPU-only parsing, with a stand-in nvidia-smi: per-process memory when it lists every worker, else the
+    peak reserved memory + the machine step's CUDA context."""
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    _fake_nvidia_smi(tmp_path, "12345, 81559")
+    smi = nvidia_smi()
+    assert smi == {"used_mb": 12345.0, "total_mb": 81559.0, "apps_mb": {"101": 4000.0, "202": 4100.0}}
+    run = SimpleNamespace(result={"steps": {"machine": {"context_mb": 500.0}}})
+    workers = [{"pid": 101, "memory": {"max_reserved_mb": 3000.0}}, {"pid": 202, "memory": {"max_reserved_mb": 3200.0}}]
+    listed = _footprint_mb(run, {"workers": workers, "nvidia_smi": smi})
+    assert listed["per_process_mb"] == 4100.0 and "nvidia-smi" in listed["source"]
+    unlisted = _footprint_mb(run, {"workers": [{**w, "pid": 999} for w in workers], "nvidia_smi": smi})
+    assert unlisted["per_process_mb"] == 3200.0 + 500.0 and unlisted["all_mb"] == [3500.0, 3700.0]
+    _fake_nvidia_smi(tmp_path, "[N/A], [N/A]")  # MIG slices and some containers
+    assert "error" in nvidia_smi()
 
 
 def _numbers(value: object) -> list[float]:
