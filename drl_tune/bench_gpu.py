@@ -451,7 +451,9 @@ class Run:
         self.start = time.monotonic()
         cpus = os.cpu_count() or 1
         self.result: dict[str, Any] = {"tiny": sizes.shrink, "budget_s": budget_s, "device": device,
-                                       "sizes": asdict(sizes), "cpus": cpus, "steps": {}, "assumptions": []}
+                                       "sizes": asdict(sizes), "cpus": cpus, "steps": {}, "assumptions": [],
+                                       # the single-process run concurrency and projection build on
+                                       "baseline": "train", "baseline_overrides": {}}
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -606,11 +608,13 @@ def step_train(run: Run, name: str, overrides: dict[str, Any], with_eval: bool) 
 
 def step_concurrency(run: Run, n: int) -> dict[str, Any]:
     threads = _threads(run, n)
-    launched = launch([run.spec("train", threads) for _ in range(n)], run.work, run.timeout())
+    spec = run.spec("train", threads)
+    spec["overrides"] = {**spec["overrides"], **run.result["baseline_overrides"]}
+    launched = launch([spec for _ in range(n)], run.work, run.timeout())
     workers = launched["workers"]
     window = max(w["t1"] for w in workers) - min(w["t0"] for w in workers)
     aggregate = sum(w["samples"] for w in workers) / window
-    single = run.result["steps"]["train"]["samples_per_s"]
+    single = run.result["steps"][run.result["baseline"]]["samples_per_s"]
     record: dict[str, Any] = {
         "n": n, "threads_per_process": threads, "aggregate_samples_per_s": aggregate,
         "speedup_vs_1": aggregate / single, "per_process_samples_per_s": [_train_rate(w) for w in workers],
@@ -636,7 +640,7 @@ def step_reference(run: Run) -> dict[str, Any]:
     spec = run.spec("reference", _threads(run, 1), reference_batches=run.sizes.reference_batches,
                     loader_workers=workers)
     out = launch([spec], run.work, run.timeout())["workers"][0]
-    engine = run.result["steps"].get("train", {}).get("samples_per_s")
+    engine = run.result["steps"].get(run.result["baseline"], {}).get("samples_per_s")
     record = {k: out[k] for k in ("samples", "batches_timed", "train_s", "samples_per_s", "eval_clips",
                                   "eval_per_clip_s", "loader_workers", "augment", "batch_size", "width")}
     record |= {"epoch_train_s": CREMAD["train"] / out["samples_per_s"], "memory": out.get("memory", {}),
@@ -753,7 +757,7 @@ def step_projection(run: Run) -> dict[str, Any]:
     formula = asha_expected_epochs(n, max_t, sc.grace_period, sc.reduction_factor)
     simulated = simulate_asha(n, max_t, sc.grace_period, sc.reduction_factor, study.max_concurrent)
 
-    train, ref = steps["train"], steps["reference"]
+    train, ref = steps[run.result["baseline"]], steps["reference"]
     rows = {int(k.split("_")[1]): v for k, v in steps.items() if k.startswith("concurrency_") and v["status"] == "done"}
     rows[1] = {"aggregate_samples_per_s": train["samples_per_s"], "footprint": train["footprint"]}
     total_mb = steps.get("machine", {}).get("total_mb")
@@ -821,7 +825,8 @@ def step_projection(run: Run) -> dict[str, Any]:
 def summary(result: dict[str, Any]) -> dict[str, float]:
     """The headline figures under dotted names (absent where their step did not succeed)."""
     steps = result["steps"]
-    out: dict[str, Any] = {}
+    base = result.get("baseline", "train")  # train_off when the GPU path failed
+    out: dict[str, Any] = {} if base == "train" else {"gpu.fallback_perf_off": 1.0}
 
     def get(step: str, *path: str) -> Any:
         value: Any = steps.get(step, {})
@@ -832,12 +837,12 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
         return value
 
     pairs = {
-        "gpu.epoch_train_s": ("train", "epoch_train_s"), "gpu.epoch_s": ("train", "epoch_s"),
-        "gpu.mem_peak_mb": ("train", "memory", "max_allocated_mb"),
-        "gpu.mem_reserved_mb": ("train", "memory", "max_reserved_mb"),
-        "gpu.footprint_mb": ("train", "footprint", "per_process_mb"),
-        "gpu.diagnosis_fraction": ("train", "eval", "diagnosis_fraction_of_epoch", "sklearn"),
-        "gpu.diagnosis_fraction_torch": ("train", "eval", "diagnosis_fraction_of_epoch", "torch"),
+        "gpu.epoch_train_s": (base, "epoch_train_s"), "gpu.epoch_s": (base, "epoch_s"),
+        "gpu.mem_peak_mb": (base, "memory", "max_allocated_mb"),
+        "gpu.mem_reserved_mb": (base, "memory", "max_reserved_mb"),
+        "gpu.footprint_mb": (base, "footprint", "per_process_mb"),
+        "gpu.diagnosis_fraction": (base, "eval", "diagnosis_fraction_of_epoch", "sklearn"),
+        "gpu.diagnosis_fraction_torch": (base, "eval", "diagnosis_fraction_of_epoch", "torch"),
         "gpu.epoch_ratio": ("reference", "engine_ratio"), "gpu.reference_epoch_train_s": ("reference", "epoch_train_s"),
         "gpu.gpus_per_trial": ("projection", "recommendation", "gpus_per_trial"),
         "gpu.trials_per_gpu": ("projection", "recommendation", "trials_per_gpu"),
@@ -852,7 +857,7 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     on, off = get("train", "samples_per_s"), get("train_off", "samples_per_s")
     if on and off:
         out["gpu.perf_speedup"] = on / off
-    concurrent = [1] if get("train", "samples_per_s") else []
+    concurrent = [1] if get(base, "samples_per_s") else []
     for name, step in steps.items():
         if name.startswith("concurrency_") and step.get("status") == "done":
             out[f"gpu.aggregate_speedup_{step['n']}"] = step["speedup_vs_1"]
@@ -890,7 +895,7 @@ def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, json_path
         return (machine.get("startup_s", 10.0) + 20.0) * (0.3 if sizes.shrink else 1.0)
 
     def est_concurrency(n: int) -> float:  # start-up in parallel, the GPU work (warm-up + timed) shared
-        train = steps.get("train", {})
+        train = steps.get(run.result["baseline"], {})
         startup = steps.get("machine", {}).get("startup_s", 10.0)
         gpu_work = max(train.get("worker_wall_s", 60.0) - startup - train.get("eval", {}).get("evaluate_s", 0.0), 1.0)
         return startup + n * gpu_work * 0.8
@@ -898,16 +903,24 @@ def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, json_path
     run.step("machine", 30.0, lambda: step_machine(run))
     run.step("cache", 20.0 if sizes.shrink else 40.0, lambda: step_cache(run))
     run.step("train", 60.0, lambda: step_train(run, "train", {}, with_eval=True), needs=("machine", "cache"))
+    if steps["train"]["status"] != "done":
+        # one chance per session: should the GPU path fail, measure the rest with it off rather than not at all
+        run.result["baseline"], run.result["baseline_overrides"] = "train_off", PERF_OFF
+        log("[train] failed: concurrency and the projection use the engine with every perf.* switch off")
+        run.step("train_off", est_train(), lambda: step_train(run, "train_off", PERF_OFF, with_eval=True),
+                 needs=("cache", "machine"))
+    base = run.result["baseline"]
     early = [n for n in sizes.concurrency if n <= 4]
     for n in early:
-        run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=("train",))
+        run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=(base,))
     run.step("reference", 45.0 if not sizes.shrink else 10.0, lambda: step_reference(run), needs=("cache",))
-    run.step("train_off", est_train(), lambda: step_train(run, "train_off", PERF_OFF, with_eval=False),
-             needs=("cache", "machine"))
+    if base == "train":
+        run.step("train_off", est_train(), lambda: step_train(run, "train_off", PERF_OFF, with_eval=False),
+                 needs=("cache", "machine"))
     for n in sizes.concurrency:
         if n not in early:
-            run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=("train",))
-    run.step("projection", 0.0, lambda: step_projection(run), needs=("train", "reference"))
+            run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=(base,))
+    run.step("projection", 0.0, lambda: step_projection(run), needs=(base, "reference"))
     run.step("kmeans_sizes", 30.0 if not sizes.shrink else 5.0, lambda: step_kmeans_sizes(run), needs=("machine",))
     if compile_step:
         run.step("compile", 180.0 if not sizes.shrink else 1e9,

@@ -14,7 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from drl_tune import bench_gpu
 from drl_tune.bench_gpu import (
+    PERF_OFF,
+    TINY,
     _footprint_mb,
     asha_expected_epochs,
     asha_rungs,
@@ -91,6 +94,40 @@ def test_nvidia_smi_figures_and_the_per_process_footprint(tmp_path, monkeypatch)
     assert unlisted["per_process_mb"] == 3200.0 + 500.0 and unlisted["all_mb"] == [3500.0, 3700.0]
     _fake_nvidia_smi(tmp_path, "[N/A], [N/A]")  # MIG slices and some containers
     assert "error" in nvidia_smi()
+
+
+def test_a_failing_gpu_path_leaves_the_other_steps_measured_with_it_off(tmp_path, monkeypatch):
+    """One device session is all there is: when the GPU-path training step fails, train_off (with the evaluation)
+    becomes the baseline and the concurrent processes run with every perf.* switch off. Orchestration only: the
+    steps that would start processes are replaced (the smoke test below runs them)."""
+    calls, specs = [], []
+
+    def fake_train(run, name, overrides, with_eval):
+        calls.append((name, overrides, with_eval))
+        if name == "train":
+            raise RuntimeError("bf16 kernel missing")
+        return {"samples_per_s": 100.0, "footprint": {"per_process_mb": None}}
+
+    def fake_launch(launch_specs, work, timeout_s):
+        specs.extend(launch_specs)
+        worker = {"t0": 0.0, "t1": 2.0, "samples": 100, "train_epoch_s": [2.0], "memory": {}, "pid": 1}
+        return {"workers": [dict(worker) for _ in launch_specs], "nvidia_smi": None}
+
+    monkeypatch.setattr(bench_gpu, "step_machine", lambda run: {"startup_s": 1.0})
+    monkeypatch.setattr(bench_gpu, "step_cache", lambda run: {"path": str(tmp_path)})
+    monkeypatch.setattr(bench_gpu, "step_train", fake_train)
+    monkeypatch.setattr(bench_gpu, "launch", fake_launch)
+    monkeypatch.setattr(bench_gpu, "step_reference", lambda run: {"samples_per_s": 10.0})
+    monkeypatch.setattr(bench_gpu, "step_projection", lambda run: {"assumptions": ["a"]})
+    monkeypatch.setattr(bench_gpu, "step_kmeans_sizes", lambda run: {})
+    result = bench_gpu.run_gpu_bench(sizes=TINY, device="cpu", work=tmp_path, compile_step=False, log=lambda s: None)
+    steps = result["steps"]
+    assert steps["train"]["status"] == "error" and "bf16 kernel missing" in steps["train"]["error"]
+    assert [c[0] for c in calls] == ["train", "train_off"] and calls[1] == ("train_off", PERF_OFF, True)
+    assert result["baseline"] == "train_off" and steps["concurrency_2"]["status"] == "done"
+    assert len(specs) == 2 and all(spec["overrides"].items() >= PERF_OFF.items() for spec in specs)
+    assert steps["concurrency_2"]["speedup_vs_1"] == pytest.approx((200 / 2.0) / 100.0)
+    assert steps["projection"]["status"] == "done" and result["summary"]["gpu.fallback_perf_off"] == 1.0
 
 
 def _numbers(value: object) -> list[float]:
