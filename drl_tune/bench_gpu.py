@@ -375,7 +375,7 @@ def launch(specs: list[dict[str, Any]], work: Path, timeout_s: float) -> dict[st
                     raise RuntimeError(f"a worker failed before '{name}'")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"workers did not reach '{name}' within {timeout_s:.0f} s")
-                time.sleep(0.02)
+                time.sleep(0.05)
             if name == "done":
                 smi = nvidia_smi()
             (sync / f"{name}.go").touch()
@@ -449,6 +449,7 @@ class Run:
         self.sizes, self.budget_s, self.device, self.work, self.json_path, self.log = (
             sizes, budget_s, device, work, json_path, log)
         self.start = time.monotonic()
+        self.estimate_s = 60.0
         cpus = os.cpu_count() or 1
         self.result: dict[str, Any] = {"tiny": sizes.shrink, "budget_s": budget_s, "device": device,
                                        "sizes": asdict(sizes), "cpus": cpus, "steps": {}, "assumptions": [],
@@ -474,6 +475,7 @@ class Run:
                                                      f"of the {self.budget_s:.0f} s budget left"}
         else:
             start = time.perf_counter()
+            self.estimate_s = estimate_s
             try:
                 record = {"status": "done", **fn()}
             except Exception as err:  # one failing step must not lose the others
@@ -499,7 +501,12 @@ class Run:
                 "overrides": dict(self.sizes.overrides), "epochs": self.sizes.epochs, **extra}
 
     def timeout(self) -> float:
-        return max(30.0, self.left() + 60.0)
+        """How long the current step's workers may take: 3× its estimate (at least 90 s), and never more than a
+        minute past the budget — a hung worker costs one step, not the session. On a CPU (smoke tests, dry runs)
+        only the budget limits: the estimates are a GPU's."""
+        if self.device == "cpu":
+            return max(30.0, self.left() + 60.0)
+        return max(30.0, min(self.left() + 60.0, max(90.0, 3 * self.estimate_s)))
 
 
 def _threads(run: Run, n: int) -> int:
