@@ -574,6 +574,7 @@ def step_train(run: Run, name: str, overrides: dict[str, Any], with_eval: bool) 
     epoch_s = CREMAD["train"] / rate
     record: dict[str, Any] = {
         "perf": out["perf"], "samples_per_s": rate, "per_batch_s": per_batch, "epoch_train_s": epoch_s,
+        "timed_s": sum(out["train_epoch_s"]),
         "extrapolated": f"{CREMAD['train']} clips at the rate of {out['batches_timed']} timed batches of "
                         f"{out['batch_size']} ({len(out['train_epoch_s'])} epochs of {out['n_train']} tiled clips "
                         "after one warm-up epoch)",
@@ -901,11 +902,14 @@ def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, json_path
         machine = steps.get("machine", {})
         return (machine.get("startup_s", 10.0) + 20.0) * (0.3 if sizes.shrink else 1.0)
 
-    def est_concurrency(n: int) -> float:  # start-up in parallel, the GPU work (warm-up + timed) shared
-        train = steps.get(run.result["baseline"], {})
-        startup = steps.get("machine", {}).get("startup_s", 10.0)
-        gpu_work = max(train.get("worker_wall_s", 60.0) - startup - train.get("eval", {}).get("evaluate_s", 0.0), 1.0)
-        return startup + n * gpu_work * 0.8
+    def est_concurrency(n: int) -> float:
+        """Start-up and the warm-up evaluation (mostly CPU) in parallel; the GPU's work (warm-up epoch + timed
+        epochs) N times over, as if the GPU ran the processes one after the other."""
+        one = steps.get(run.result["baseline"], {})
+        if "timed_s" not in one:
+            return 60.0 * n
+        parallel = one["imported_s"] + one["build_s"] + one["warmup_eval_s"]
+        return parallel + n * (one["warmup_epoch_s"] + one["timed_s"]) + 10.0
 
     run.step("machine", 30.0, lambda: step_machine(run))
     run.step("cache", 20.0 if sizes.shrink else 40.0, lambda: step_cache(run))
