@@ -570,7 +570,7 @@ def step_train(run: Run, name: str, overrides: dict[str, Any], with_eval: bool) 
     launched = launch([spec], run.work, run.timeout())
     out = launched["workers"][0]
     rate = _train_rate(out)
-    per_batch = sum(out["train_epoch_s"]) / out["batches_timed"]
+    per_batch = out["batch_size"] / rate  # seconds per full batch (the last one of an epoch may be smaller)
     epoch_s = CREMAD["train"] / rate
     record: dict[str, Any] = {
         "perf": out["perf"], "samples_per_s": rate, "per_batch_s": per_batch, "epoch_train_s": epoch_s,
