@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from drl_tune.io import atomic_write_text
+
 Log = Callable[[str], None]
 CREMAD = {"train": 5954, "val": 744, "test": 744}  # drl_tune.data.cremad.OFFICIAL: the prepared CREMA-D splits
 PHASES = ("ready", "done", "snap")  # warmed up -> timed work finished -> memory read (all processes alive)
@@ -321,7 +323,7 @@ def worker(spec_path: Path) -> int:
         out["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:400]
         (Path(spec["sync"]) / "abort").touch()
     out["wall_s"] = time.time() - spec["t_launch"]
-    Path(spec["out"]).write_text(json.dumps(out, default=str))
+    atomic_write_text(spec["out"], json.dumps(out, default=str))  # the parent may read it while we are killed
     return 1 if "error" in out else 0
 
 
@@ -360,7 +362,7 @@ def launch(specs: list[dict[str, Any]], work: Path, timeout_s: float) -> dict[st
     for i, spec in enumerate(specs):
         spec = {**spec, "index": i, "sync": str(sync), "out": str(sync / f"out_{i}.json"), "t_launch": time.time()}
         path = sync / f"spec_{i}.json"
-        path.write_text(json.dumps(spec))
+        atomic_write_text(path, json.dumps(spec))
         env = {**os.environ, "OMP_NUM_THREADS": str(max(spec["threads"], 1))}  # as Ray sets for a trial
         logs.append(sync / f"log_{i}.txt")
         with logs[-1].open("w") as log_file:
@@ -490,8 +492,6 @@ class Run:
 
     def save(self) -> None:
         if self.json_path is not None:
-            from drl_tune.io import atomic_write_text
-
             self.result["elapsed_s"] = self.elapsed()
             atomic_write_text(self.json_path, json.dumps(self.result, indent=2, default=str))
 
