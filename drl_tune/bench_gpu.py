@@ -968,7 +968,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs is not None:
             sizes = replace(sizes, epochs=args.epochs)
         if args.concurrency:
-            sizes = replace(sizes, concurrency=tuple(int(v) for v in args.concurrency.split(",") if v.strip()))
+            try:
+                values = tuple(int(v) for v in args.concurrency.split(",") if v.strip())
+            except ValueError:
+                raise ValueError(f"--concurrency: expected comma-separated integers, got {args.concurrency!r}") \
+                    from None
+            sizes = replace(sizes, concurrency=values)
         if (sizes.clips < 2 or sizes.eval_clips < 1 or sizes.epochs < 1 or min(sizes.concurrency, default=2) < 2
                 or args.budget_s <= 0):
             raise ValueError("--clips must be >= 2, --eval-clips >= 1, --epochs >= 1, --concurrency values >= 2, "

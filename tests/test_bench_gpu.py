@@ -21,6 +21,7 @@ from drl_tune.bench_gpu import (
     _footprint_mb,
     asha_expected_epochs,
     asha_rungs,
+    main,
     nvidia_smi,
     recommend_gpus_per_trial,
     simulate_asha,
@@ -128,6 +129,13 @@ def test_a_failing_gpu_path_leaves_the_other_steps_measured_with_it_off(tmp_path
     assert len(specs) == 2 and all(spec["overrides"].items() >= PERF_OFF.items() for spec in specs)
     assert steps["concurrency_2"]["speedup_vs_1"] == pytest.approx((200 / 2.0) / 100.0)
     assert steps["projection"]["status"] == "done" and result["summary"]["gpu.fallback_perf_off"] == 1.0
+
+
+def test_bad_arguments_stop_with_one_line(capsys):
+    assert main(["--clips", "1"]) == 2
+    assert "--clips must be >= 2" in capsys.readouterr().err
+    assert main(["--concurrency", "2,four"]) == 2
+    assert "--concurrency: expected comma-separated integers" in capsys.readouterr().err
 
 
 def _numbers(value: object) -> list[float]:
