@@ -971,8 +971,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 values = tuple(int(v) for v in args.concurrency.split(",") if v.strip())
             except ValueError:
-                raise ValueError(f"--concurrency: expected comma-separated integers, got {args.concurrency!r}") \
-                    from None
+                message = f"--concurrency: expected comma-separated integers, got {args.concurrency!r}"
+                raise ValueError(message) from None
             sizes = replace(sizes, concurrency=values)
         if (sizes.clips < 2 or sizes.eval_clips < 1 or sizes.epochs < 1 or min(sizes.concurrency, default=2) < 2
                 or args.budget_s <= 0):
