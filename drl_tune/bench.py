@@ -1,4 +1,4 @@
-"""``python -m drl_tune.bench {data,epoch,diagnosis,overhead,study,all} [--json FILE]``: where the time goes.
+"""``python -m drl_tune.bench {data,epoch,diagnosis,overhead,study,all,gpu} [--json FILE]``: where the time goes.
 
 Every sub-benchmark measures the two things it compares side by side in one run and prints their ratio:
 on a shared machine the load changes by the minute, so absolute seconds mean little except on a GPU.
@@ -21,6 +21,9 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
 * ``study``: trials per hour of ``python -m drl_tune.run --space demo`` (no confirmation) with
   ``--max-concurrent`` 1 and 2 (``--concurrency``).
 
+* ``gpu``: every GPU figure of issue 13 in one command without Ray (:mod:`drl_tune.bench_gpu`; ``--budget-s``);
+  not part of ``all``.
+
 ``--tiny`` shrinks every size so the whole command runs in a smoke test (its figures mean nothing).
 """
 
@@ -41,13 +44,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch
 from drl_tune.config import TrainConfig, make_config, parse_assignments
-from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from drl_tune.io import atomic_write_text
-from drl_tune.modality import ModalityKind
 
 BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
 Log = Callable[[str], None]
@@ -63,56 +64,6 @@ def _machine() -> dict[str, Any]:
 
 
 # -- epoch -------------------------------------------------------------------------------------------------
-
-
-class ReferenceSamples(Dataset):
-    """Per-sample inputs the way the official DRL dataset builds them: every frame a PIL image through
-    ``ToTensor`` + ``Normalize`` (+ ``RandomResizedCrop`` + flip when augmenting), the spectrogram an fp32
-    tensor — from the same cached arrays the engine reads, so only the per-sample pipeline differs."""
-
-    def __init__(self, inputs: dict[str, np.ndarray], kinds: dict[str, str], labels: np.ndarray, augment: bool):
-        from torchvision import transforms
-
-        self.inputs, self.kinds, self.labels = inputs, kinds, labels
-        tail = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        size = next(a.shape[-1] for m, a in inputs.items() if kinds[m] != ModalityKind.SPECTROGRAM)
-        self.frame_transform = transforms.Compose(
-            ([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if augment else []) + tail)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
-        from PIL import Image
-
-        sample = {}
-        for m, kind in self.kinds.items():
-            x = np.asarray(self.inputs[m][i])
-            if kind == ModalityKind.SPECTROGRAM:
-                sample[m] = torch.tensor(x, dtype=torch.float32)
-            else:  # uint8 [T, C, H, W] -> per frame PIL -> transform
-                frames = [Image.fromarray(np.ascontiguousarray(f.transpose(1, 2, 0))) for f in x]
-                sample[m] = torch.stack([self.frame_transform(f) for f in frames])
-        return sample, int(self.labels[i])
-
-
-def _reference_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                     device: torch.device) -> int:
-    """One epoch of the official-style step: fp32 forward, cross-entropy, backward, SGD step."""
-    model.train()
-    count = 0
-    for inputs, labels in loader:
-        if len(labels) < 2:  # as the engine: BatchNorm cannot train on a batch of one
-            continue
-        inputs = {m: x.to(device) for m, x in inputs.items()}
-        labels = labels.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(inputs).logits, labels)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-        count += len(labels)
-    return count
 
 
 def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, log: Log, label: str) -> dict[str, Any]:
@@ -141,7 +92,7 @@ def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, lo
         return len(split) - (len(split) % config.batch_size == 1)
 
     def run_reference() -> int:
-        n = _reference_epoch(model, optimizer, loader, engine.device)
+        n = reference_epoch(model, optimizer, loader, engine.device)
         sync()
         return n
 
@@ -181,7 +132,7 @@ def run_epoch_bench(*, limit: int = 64, demo_n: int = 1000, epochs: int = 2, wor
             *(["data.synthetic.n_val=24", "data.synthetic.n_test=24", "model.width=4"] if tiny else [])]))
         out["sizes"]["demo"] = time_epochs(demo, load_synthetic(demo.data.synthetic), epochs=epochs, workers=workers,
                                            log=log, label="demo")
-        cache = _cremad_cache(work, limit + 2, workers)
+        cache = cremad_cache(work, limit + 2, workers)
         cremad = make_config({"method": "joint", "threads": threads, "data.name": "cremad", "data.root": str(cache),
                               "data.augment": augment, "batch_size": batch_size, "model.width": cremad_width,
                               "eval.probe_samples": 10})
@@ -192,26 +143,6 @@ def run_epoch_bench(*, limit: int = 64, demo_n: int = 1000, epochs: int = 2, wor
     out["ratio"] = out["sizes"]["cremad"]["ratio"]
     out["demo_ratio"] = out["sizes"]["demo"]["ratio"]
     return out
-
-
-def _cremad_cache(work: Path, clips: int, workers: int) -> Path:
-    """``clips`` generated CREMA-D-layout clips, prepared (all but two in the training split)."""
-    from drl_tune.data import fixtures as fx
-    from drl_tune.data.bench import generate
-    from drl_tune.data.prepare import main as prepare
-
-    src, splits, cache = work / "src", work / "splits", work / "cache"
-    if (cache / "manifest.json").is_file():
-        return cache
-    rows = [(c, sorted(fx.CREMAD_EMOTIONS)[y]) for c, y in generate(src, clips, frames_per_clip=4)]
-    fx.write_csv(splits / "val.csv", rows[:1])
-    fx.write_csv(splits / "test.csv", rows[1:2])
-    fx.write_csv(splits / "my_train.csv", rows[2:])
-    code = prepare(["cremad", "--src", str(src), "--splits", str(splits), "--out", str(cache), "--workers",
-                    str(max(1, workers)), "--force", "--quiet"])
-    if code:
-        raise RuntimeError(f"prepare cremad failed with exit status {code}")
-    return cache
 
 
 # -- overhead ----------------------------------------------------------------------------------------------
@@ -502,7 +433,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bench", choices=[*BENCHES, "all"])
+    p.add_argument("bench", choices=[*BENCHES, "all", "gpu"])
     p.add_argument("--json", type=Path, help="write every figure here (summary keys: data.ratio, epoch.ratio, ...)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test; the figures mean nothing)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers / torch threads (2)")
@@ -517,7 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead-epochs", type=int, default=5, help="overhead: demo epochs (5)")
     p.add_argument("--num-samples", type=int, default=4, help="study: trials per study (4)")
     p.add_argument("--concurrency", type=_ints, default=[1, 2], help="study: --max-concurrent values (1,2)")
+    p.add_argument("--budget-s", type=float, default=400.0,
+                   help="gpu: skip the steps that would end past this many seconds (400)")
     args = p.parse_args(argv)
+    if args.bench == "gpu":  # its own module: it must run where Ray, MLflow and Optuna are not installed
+        from drl_tune.bench_gpu import main as gpu_main
+
+        return gpu_main([*(["--json", str(args.json)] if args.json else []), *(["--tiny"] if args.tiny else []),
+                         "--budget-s", str(args.budget_s)])
     if min(args.epochs, args.clips, args.limit, args.overhead_epochs, args.num_samples) < 1 or args.batch_size < 2 \
             or args.workers < 0:
         print("error: --epochs, --clips, --limit, --overhead-epochs, --num-samples must be >= 1, --batch-size >= 2, "

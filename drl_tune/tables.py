@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from drl_tune.faults import reason_of, recorded_error
-from drl_tune.history import dedupe_frame
+from drl_tune.history import dedupe_frame, read_result_json
 from drl_tune.plan import Plan
 
 
@@ -119,12 +119,21 @@ class TrialOutcome:
     error: str = ""  # one line: why an errored trial failed
 
 
+def _history_frame(result: Any) -> Any:
+    """The trial's per-epoch history, each epoch once: read from its folder (which also refills a row Tune lost
+    when a worker died, ``drl_tune/history.py``), else Tune's in-memory frame de-duplicated."""
+    import pandas as pd
+
+    rows = read_result_json(result.path) if result.path and Path(result.path).is_dir() else []
+    return pd.DataFrame(rows) if rows else dedupe_frame(result.metrics_dataframe)
+
+
 def outcomes(results: Any) -> list[TrialOutcome]:
     """One :class:`TrialOutcome` per trial of a Tune ``ResultGrid`` (read from the per-epoch history)."""
     out = []
     for result in results:
         config = dict(result.config or {})
-        frame = dedupe_frame(result.metrics_dataframe)  # a restored trial may have re-reported epochs
+        frame = _history_frame(result)
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         item = TrialOutcome(trial_id=str(trial_id), method=str(config.get("method", "?")), status="completed",
                             config=config, path=str(result.path))

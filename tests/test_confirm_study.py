@@ -177,3 +177,30 @@ def test_confirm_seeds_zero_plans_no_confirmation(tmp_path, capsys):
     assert "confirmation: none" in capsys.readouterr().out
     assert main(["--space", str(space), "--storage", str(tmp_path), "--dry-run", *tiny]) == 0
     assert "re-trained with 2 fresh seeds" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_checkpoint_carries_the_history_that_refills_a_lost_row(confirmed_study, tmp_path):
+    """On the real study's trial folders: the newest checkpoint holds exactly the rows Tune recorded (so a row
+    Tune's result.json loses when a worker dies comes back from it), and the reader refills dropped rows."""
+    import shutil
+
+    from drl_tune.history import RESTORED_KEY, checkpoint_history, metric_items, read_result_json
+
+    folders = sorted(p.parent for p in confirmed_study["dir"].rglob("result.json"))
+    assert len(folders) >= 4, folders  # search and confirmation trials
+    for folder in folders:
+        rows = read_result_json(folder)
+        assert rows and all(RESTORED_KEY not in r for r in rows), folder
+        saved = checkpoint_history(folder)
+        assert [metric_items(r) for r in saved] == [metric_items(r) for r in rows], folder
+
+        broken = tmp_path / folder.name
+        shutil.copytree(folder, broken)
+        lines = (broken / "result.json").read_text().splitlines()
+        kept = [line for i, line in enumerate(lines) if i not in (0, len(lines) - 1)] if len(lines) > 2 else lines[1:]
+        (broken / "result.json").write_text("".join(line + "\n" for line in kept))
+        refilled = read_result_json(broken)
+        assert [metric_items(r) for r in refilled] == [metric_items(r) for r in rows], folder
+        assert sum(RESTORED_KEY in r for r in refilled) == len(lines) - len(kept)
+        shutil.rmtree(broken)

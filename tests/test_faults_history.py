@@ -1,6 +1,7 @@
 """Each epoch exactly once after a restore, without Ray: the MLflow callback resumed from a *stale* saved state
 (what a SIGKILLed driver leaves: Tune's experiment snapshot lags behind what was already logged) must not log
-the re-reported epochs again; readers of result.json keep one row per epoch and skip a torn last line."""
+the re-reported epochs again; readers of result.json keep one row per epoch, skip a torn last line, and fill a row
+Tune lost from the history every checkpoint carries."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import json
 import pickle
 from types import SimpleNamespace
 
+import pytest
 from mlflow import MlflowClient
 
-from drl_tune.history import dedupe_frame, read_result_json
+from drl_tune.history import (
+    CHECKPOINT_HISTORY,
+    RESTORED_KEY,
+    dedupe_frame,
+    load_checkpoint_history,
+    metric_items,
+    read_result_json,
+    write_checkpoint_history,
+)
 from drl_tune.tracking import MLflowTrialCallback, StudyTracker
 
 
@@ -59,3 +69,47 @@ def test_metrics_frame_is_deduplicated():
     frame = pd.DataFrame({"epoch": [0, 1, 2, 1, 2, 3], "val/acc": [0.1, 0.2, 0.3, 0.2, 0.3, 0.4]})
     out = dedupe_frame(frame)
     assert out["epoch"].tolist() == [0, 1, 2, 3] and out["val/acc"].tolist() == [0.1, 0.2, 0.3, 0.4]
+
+
+def write_trial(folder, tune_epochs, checkpoints):
+    """A trial folder as Tune leaves it: result.json rows for ``tune_epochs`` (with Tune's identity keys) and one
+    ``checkpoint_NNNNNN/history.json`` per entry of ``checkpoints`` (epoch -> the epochs its history holds)."""
+    folder.mkdir()
+    rows = [{**result(e), "trial_id": "t1", "config": {"lr": 0.1}, "time_this_iter_s": 1.0} for e in tune_epochs]
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for index, epochs in checkpoints.items():
+        ckpt = folder / f"checkpoint_{index:06d}"
+        ckpt.mkdir()
+        write_checkpoint_history(ckpt, [{"epoch": float(e), "val/acc": 0.1 * e} for e in epochs])
+
+
+def test_a_row_lost_from_result_json_is_filled_from_the_newest_checkpoint(tmp_path):
+    # the worker-SIGKILL case: epoch 2 reported (checkpoint_000002 persisted) but the restart's copy of
+    # result.json lacks its row; the restart continued from checkpoint_000002 with epoch 3
+    write_trial(tmp_path / "t", [0, 1, 3], {1: [0, 1], 2: [0, 1, 2], 3: [0, 1, 2, 3]})
+    rows = read_result_json(tmp_path / "t")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    filled = rows[2]
+    assert filled[RESTORED_KEY] == "checkpoint" and filled["val/acc"] == pytest.approx(0.2)
+    assert filled["trial_id"] == "t1" and filled["config"] == {"lr": 0.1} and "time_this_iter_s" not in filled
+    assert RESTORED_KEY not in rows[3] and rows[3]["time_this_iter_s"] == 1.0  # Tune's own rows stay Tune's
+    assert metric_items(filled) == {"epoch": 2.0, "val/acc": pytest.approx(0.2)}  # the marker is no metric
+    # the same through the file path the analysis passes
+    assert [int(r["epoch"]) for r in read_result_json(tmp_path / "t" / "result.json")] == [0, 1, 2, 3]
+
+
+def test_a_lost_last_row_is_filled_and_a_torn_newest_checkpoint_is_skipped(tmp_path):
+    write_trial(tmp_path / "t", [0, 1], {1: [0, 1], 2: [0, 1, 2], 3: []})
+    (tmp_path / "t" / "checkpoint_000003" / CHECKPOINT_HISTORY).write_text('[{"epoch": 0.0, "val/a')  # torn
+    assert [int(r["epoch"]) for r in read_result_json(tmp_path / "t")] == [0, 1, 2]
+
+
+def test_complete_or_checkpointless_histories_are_unchanged(tmp_path):
+    write_trial(tmp_path / "full", [0, 1, 2], {2: [0, 1, 2]})
+    assert all(RESTORED_KEY not in r for r in read_result_json(tmp_path / "full"))
+    write_trial(tmp_path / "old", [0, 2], {2: []})  # a checkpoint from before checkpoints carried the history
+    (tmp_path / "old" / "checkpoint_000002" / CHECKPOINT_HISTORY).unlink()
+    assert [int(r["epoch"]) for r in read_result_json(tmp_path / "old")] == [0, 2]
+    assert load_checkpoint_history(tmp_path / "old" / "checkpoint_000002") == []
+    write_trial(tmp_path / "none", [], {1: [0, 1]})  # Tune recorded nothing yet: nothing to attach rows to
+    assert read_result_json(tmp_path / "none") == []

@@ -165,10 +165,10 @@ def test_sigkilled_trial_worker_restarts_from_its_checkpoint(tmp_path, ray_tmp):
         if folder == trial_dir:
             # the restart continued after the last checkpoint: epoch 0 was never trained twice
             assert raw.count(0) == 1, raw
-            # KNOWN DEFECT (Tune's JSON logger, seen once in CI at 2026-11-26): the row the killed worker reported
-            # last can be missing from result.json although MLflow and the checkpoint have it (the restart then
-            # continues after it). MLflow, checked strictly above, is complete; here at most that one row may lack.
-            assert set(got) <= set(range(epochs)) and len(got) >= epochs - 1 and got[-1] == epochs - 1, raw
+            # Tune may lose the row the killed worker reported last from result.json (seen once in CI: the restart
+            # copies the storage's older result.json over the driver's); the reader refills it from the checkpoint
+            assert len(set(raw)) >= epochs - 1 and raw[-1] == epochs - 1, raw
+            assert got == list(range(epochs)), (got, raw)
         else:
             assert got == list(range(epochs)) and sorted(set(raw)) == list(range(epochs)), raw
         expected = reference_history(rows[0]["config"], epochs)

@@ -10,13 +10,15 @@ the run with ``error: ...`` naming the file, exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -65,17 +67,19 @@ def _decoded(plan: PreparePlan, items: list[Item], workers: int) -> Iterator[dic
 
 def build_cache(plan: PreparePlan, out: str | os.PathLike, workers: int = 0, progress: bool = True,
                 force: bool = False) -> Path:
-    """Decode every item of ``plan`` into a new cache at ``out`` (atomic) and return its path."""
-    from tqdm import tqdm
-
+    """Decode every item of ``plan`` into a new cache at ``out`` (atomic) and return its path. tqdm is imported
+    only for the progress bar: ``--quiet`` runs where it is not installed (the GPU benchmark's machines)."""
     out = Path(out)
     _check_out(out, force)
     preprocessing = dict(plan.preprocessing)
     preprocessing["skipped_missing"] = {split: len(clips) for split, clips in plan.skipped.items()}
     order = [(split, index, item) for split, items in plan.splits.items() for index, item in enumerate(items)]
-    with CacheWriter(out, plan.dataset, plan.classes, plan.modalities, preprocessing) as writer, tqdm(
-        total=len(order), desc=f"prepare {plan.dataset}", unit="clip", disable=not progress, file=sys.stderr
-    ) as bar:
+    progress_bar: Any = contextlib.nullcontext(SimpleNamespace(update=lambda: None))
+    if progress:
+        from tqdm import tqdm
+
+        progress_bar = tqdm(total=len(order), desc=f"prepare {plan.dataset}", unit="clip", file=sys.stderr)
+    with CacheWriter(out, plan.dataset, plan.classes, plan.modalities, preprocessing) as writer, progress_bar as bar:
         for split, items in plan.splits.items():
             writer.add_split(split, len(items))
         for (split, index, item), sample in zip(order, _decoded(plan, [o[2] for o in order], workers), strict=True):
