@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch
+from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch, trained_samples
 from drl_tune.config import TrainConfig, make_config, parse_assignments
 from drl_tune.io import atomic_write_text
 
@@ -89,7 +89,7 @@ def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, lo
     def run_engine() -> int:
         engine.train_epoch()
         sync()
-        return len(split) - (len(split) % config.batch_size == 1)
+        return trained_samples(len(split), config.batch_size)
 
     def run_reference() -> int:
         n = reference_epoch(model, optimizer, loader, engine.device)

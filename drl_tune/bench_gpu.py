@@ -57,10 +57,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from drl_tune.data.cremad import OFFICIAL as CREMAD  # the prepared CREMA-D splits' sizes
 from drl_tune.io import atomic_write_text
 
 Log = Callable[[str], None]
-CREMAD = {"train": 5954, "val": 744, "test": 744}  # drl_tune.data.cremad.OFFICIAL: the prepared CREMA-D splits
 PHASES = ("ready", "done", "snap")  # warmed up -> timed work finished -> memory read (all processes alive)
 PERF_OFF = {"perf.bf16": False, "perf.channels_last": False, "perf.pin_memory": False, "perf.gpu_augment": False,
             "perf.compile": False}
@@ -163,6 +163,7 @@ def _role_facts(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
 
 def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
     """Warm up, then time ``epochs`` training epochs of the engine (and, with ``eval``, the evaluation pieces)."""
+    from drl_tune.bench_reference import trained_samples
     from drl_tune.data.cache import load_cache
     from drl_tune.engine import Engine
 
@@ -191,7 +192,7 @@ def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
         _sync(device)
         times.append(time.perf_counter() - start)
     out["t1"] = time.time()
-    per_epoch = n_train - (n_train % config.batch_size == 1)  # the engine skips a last batch of one
+    per_epoch = trained_samples(n_train, config.batch_size)
     out |= {"train_epoch_s": times, "samples": per_epoch * len(times),
             "batches_timed": len(times) * math.ceil(n_train / config.batch_size)}
     if spec.get("eval"):

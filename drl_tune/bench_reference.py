@@ -50,6 +50,12 @@ class ReferenceSamples(Dataset):
         return sample, int(self.labels[i])
 
 
+def trained_samples(n: int, batch_size: int) -> int:
+    """Samples one training epoch of ``n`` clips trains on: the engine (and :func:`reference_epoch`) skip a last
+    batch of one, on which BatchNorm cannot train."""
+    return n - (n % batch_size == 1)
+
+
 def reference_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                     device: torch.device) -> int:
     """One epoch of the official-style step: fp32 forward, cross-entropy, backward, SGD step."""

@@ -51,7 +51,8 @@ def read_result_json(path: str | os.PathLike) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except ValueError:
             continue  # a line torn by a killed driver
-    return fill_from_checkpoint(dedupe_epochs(rows), checkpoint_history(path.parent))
+    rows = dedupe_epochs(rows)
+    return fill_from_checkpoint(rows, checkpoint_history(path.parent)) if rows else rows
 
 
 def write_checkpoint_history(folder: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
