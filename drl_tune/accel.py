@@ -11,9 +11,12 @@ that the losses and weights are identical with every switch on and off).
   backward pass runs outside the autocast region (as PyTorch recommends). bf16 needs no loss scaling.
 * ``channels_last``: model weights in NHWC; cuDNN then runs the convolutions on tensor cores without
   transposes.
-* ``pin_memory``: a batch is gathered from the memory-mapped cache straight into a reused pinned host buffer
-  (``np.take(..., out=)``: no extra copy) and copied with ``non_blocking=True``. Reusing the buffer is safe
-  because the engine finishes a step (``loss.item()`` synchronises) before it gathers the next batch.
+* ``pin_memory``: a batch is gathered from the memory-mapped cache straight into a pinned host buffer
+  (``np.take(..., out=)``: no extra copy) and copied with ``non_blocking=True``; so are the labels and the
+  crop boxes. The buffers come from PyTorch's caching host allocator, which records each non-blocking copy
+  and hands a buffer out again only once its copy has finished — so the engine need not synchronise per step
+  and the host gathers batch i+1 while the GPU still trains on batch i (the training loop reads its loss
+  once per epoch).
 * ``gpu_augment``: the uint8 batch goes to the GPU first and ``data.transforms`` crops, flips and
   normalises it there in one ``roi_align`` (false: on the host CPU, then copied).
 * ``compile``: ``nn.Module.compile()`` on each encoder, in place, so parameter names and checkpoints are
@@ -45,6 +48,15 @@ def _bf16_forward(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.T
     return run
 
 
+def to_device_async(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x.to(device)`` that does not stall the GPU's queue: a plain copy from pageable host memory waits for
+    every kernel queued before it (PyTorch synchronises the stream), so on CUDA the tensor goes through pinned
+    memory and is copied non-blocking (safe: the caching host allocator keeps the pinned copy until it is read)."""
+    if torch.device(device).type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 class Accel:
     """What the ``perf.*`` switches resolve to on ``device``; every method is a no-op off CUDA."""
 
@@ -58,7 +70,6 @@ class Accel:
         self.cuda = cuda
         # where data.transforms augments and normalises: the run's device unless gpu_augment is off
         self.augment_device = device if (not cuda or perf.gpu_augment) else torch.device("cpu")
-        self._staging: dict[str, torch.Tensor] = {}
 
     def describe(self) -> dict[str, bool]:
         """The switches as they apply on this device (all false on a CPU)."""
@@ -79,21 +90,21 @@ class Accel:
 
     def gather(self, key: str, array: np.ndarray, indices: np.ndarray) -> np.ndarray | torch.Tensor:
         """``array[indices]``; with pinning, gathered into a pinned buffer and sent to the augmentation device
-        non-blocking (the caller must be done with the previous batch of ``key``)."""
+        non-blocking. ``key`` names the modality (kept for callers; the host allocator needs no name)."""
         if not self.pin:
             return array[indices]
-        shape = (len(indices), *array.shape[1:])
         dtype = torch.from_numpy(np.empty(0, dtype=array.dtype)).dtype
-        size = int(np.prod(shape))
-        buffer = self._staging.get(key)
-        if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
-            buffer = self._staging[key] = torch.empty(size, dtype=dtype, pin_memory=True)
-        staged = buffer[:size].view(shape)
+        # not a buffer of our own reused by hand: the caching host allocator knows when its copy is done
+        staged = torch.empty((len(indices), *array.shape[1:]), dtype=dtype, pin_memory=True)
         # mode='clip': with the default 'raise', NumPy gathers into a temporary and copies (engine indices are valid)
         np.take(array, indices, axis=0, out=staged.numpy(), mode="clip")
         if self.augment_device.type == "cpu":
             return staged
         return staged.to(self.augment_device, non_blocking=True)
+
+    def host_to_device(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A small host array (labels, a keep mask) on the run's device without a stream synchronisation."""
+        return to_device_async(torch.as_tensor(x), self.device)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A prepared input on the run's device (it already is there unless augmentation ran on the host)."""

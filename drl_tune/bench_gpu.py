@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -230,6 +232,62 @@ def _time_eval(engine: Any, device: torch.device, spec: dict[str, Any]) -> dict[
             "kmeans_purity_max_abs_diff": km["purity_max_abs_diff"]}
 
 
+def _role_profile(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
+    """Where a training epoch's time goes: the host's share spent preparing batches (gather from the cache,
+    the augmentation's launches) against the epoch's wall time, and ``torch.profiler``'s top operators by
+    self device time and by self host time over one epoch, after a warm-up epoch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from drl_tune.data.cache import load_cache
+    from drl_tune.engine import Engine
+
+    engine = Engine(_engine_config(spec), load_cache(spec["cache"]))
+    engine.train_epoch()  # warm-up
+    _sync(device)
+    barrier.phase("ready")
+    batch = engine._batch
+    host = {"s": 0.0, "batches": 0}
+
+    def timed_batch(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return batch(*args, **kwargs)
+        finally:
+            host["s"] += time.perf_counter() - start
+            host["batches"] += 1
+
+    engine._batch = timed_batch  # type: ignore[method-assign]
+    start = time.perf_counter()
+    engine.train_epoch()
+    _sync(device)
+    wall = time.perf_counter() - start
+    engine._batch = batch  # type: ignore[method-assign]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        engine.train_epoch()
+        _sync(device)
+        profiled_wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def device_us(e: Any) -> float:
+        return float(getattr(e, "self_device_time_total", 0.0) or 0.0)
+
+    def rows(key: Callable[[Any], float], top: int = 12) -> list[dict[str, Any]]:
+        ranked = sorted(events, key=key, reverse=True)[:top]
+        return [{"name": e.key, "calls": e.count, "self_device_ms": device_us(e) / 1e3,
+                 "self_host_ms": e.self_cpu_time_total / 1e3} for e in ranked]
+
+    out |= {"epoch_wall_s": wall, "host_batch_prep_s": host["s"], "batches": host["batches"],
+            "host_batch_prep_fraction": host["s"] / wall, "profiled_epoch_wall_s": profiled_wall,
+            # kernels of one process run one after another on its stream: their sum / wall ≈ how busy it kept
+            # the GPU (copies on the copy engines can overlap them, so this is an estimate)
+            "device_busy_fraction": sum(device_us(e) for e in events) / 1e6 / profiled_wall,
+            "top_device": rows(device_us), "top_host": rows(lambda e: e.self_cpu_time_total)}
+    barrier.phase("done")
+    barrier.phase("snap")
+
+
 def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
     """The official script's step on this device: per-sample PIL pipeline in a DataLoader, fp32 (torch's default
     math), cross-entropy, backward, SGD; and its evaluation forward per clip."""
@@ -305,7 +363,8 @@ def _role_kmeans(spec: dict[str, Any], device: torch.device, barrier: Barrier, o
     barrier.phase("snap")
 
 
-ROLES = {"facts": _role_facts, "train": _role_train, "reference": _role_reference, "kmeans": _role_kmeans}
+ROLES = {"facts": _role_facts, "train": _role_train, "profile": _role_profile, "reference": _role_reference,
+         "kmeans": _role_kmeans}
 
 
 def worker(spec_path: Path) -> int:
@@ -444,13 +503,18 @@ def make_cache(work: Path, sizes: Sizes) -> dict[str, Any]:
             "dtypes": {m: str(a.dtype) for m, a in inputs.items()}}
 
 
+STEPS = ("machine", "cache", "train", "profile", "concurrency_2", "concurrency_4", "concurrency_8", "reference",
+         "train_off", "projection", "kmeans_sizes", "compile")  # concurrency_N for each --concurrency N
+
+
 class Run:
     """The steps' shared state: budget, results, the JSON written after every step."""
 
     def __init__(self, *, sizes: Sizes, budget_s: float, device: str, work: Path, json_path: Path | None,
-                 log: Log) -> None:
+                 log: Log, only: frozenset[str] | None = None) -> None:
         self.sizes, self.budget_s, self.device, self.work, self.json_path, self.log = (
             sizes, budget_s, device, work, json_path, log)
+        self.only = only  # the steps asked for (--steps); machine and cache always run
         self.start = time.monotonic()
         self.estimate_s = 60.0
         cpus = os.cpu_count() or 1
@@ -471,7 +535,9 @@ class Run:
         happened either way."""
         steps = self.result["steps"]
         missing = [n for n in needs if steps.get(n, {}).get("status") != "done"]
-        if missing:
+        if self.only is not None and name not in self.only | {"machine", "cache"}:
+            record = {"status": "skipped", "reason": "not asked for (--steps)"}
+        elif missing:
             record = {"status": "skipped", "reason": f"needs step {missing[0]!r}, which did not succeed"}
         elif estimate_s > self.left():
             record = {"status": "skipped", "reason": f"estimated {estimate_s:.0f} s, {max(self.left(), 0):.0f} s "
@@ -660,6 +726,20 @@ def step_reference(run: Run) -> dict[str, Any]:
             f"samples/s -> training epoch {record['epoch_train_s']:.2f} s (from {out['batches_timed']} batches); eval "
             f"{out['eval_per_clip_s'] * 1000:.2f} ms/clip"
             + (f"; engine / reference {record['engine_ratio']:.2f}x (epoch.ratio at CREMA-D size)" if engine else ""))
+    return record
+
+
+def step_profile(run: Run) -> dict[str, Any]:
+    out = launch([run.spec("profile", _threads(run, 1))], run.work, run.timeout())["workers"][0]
+    keys = ("epoch_wall_s", "host_batch_prep_s", "batches", "host_batch_prep_fraction", "profiled_epoch_wall_s",
+            "device_busy_fraction", "top_device", "top_host")
+    record = {k: out[k] for k in keys}
+    run.log(f"[profile] one epoch of {out['batches']} batches: {out['epoch_wall_s']:.2f} s, of it the host preparing "
+            f"batches {out['host_batch_prep_s']:.2f} s ({out['host_batch_prep_fraction']:.0%}); the GPU busy "
+            f"{out['device_busy_fraction']:.0%} of the profiled epoch ({out['profiled_epoch_wall_s']:.2f} s)")
+    for title, key, col in (("device", "top_device", "self_device_ms"), ("host", "top_host", "self_host_ms")):
+        run.log(f"[profile] top by self {title} time: " + "; ".join(
+            f"{r['name']} {r[col]:.0f} ms ×{r['calls']}" for r in out[key][:8]))
     return record
 
 
@@ -877,22 +957,26 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
 
 
 def run_gpu_bench(*, sizes: Sizes = Sizes(), budget_s: float = 400.0, device: str = "auto", work: Path | None = None,
-                  json_path: Path | None = None, compile_step: bool = True, log: Log = print) -> dict[str, Any]:
-    """Every step in order of importance for issue 13's GPU goals; see the module docstring."""
+                  json_path: Path | None = None, compile_step: bool = True, log: Log = print,
+                  only: frozenset[str] | None = None) -> dict[str, Any]:
+    """Every step in order of importance for issue 13's GPU goals (or those in ``only``); see the module
+    docstring."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = functools.partial(_run_steps, sizes, budget_s, device, json_path=json_path, compile_step=compile_step,
+                            log=log, only=only)
     if work is not None:
-        return _run_steps(sizes, budget_s, device, work, json_path, compile_step, log)
+        return run(work)
     work = Path(tempfile.mkdtemp(prefix="drl_tune_bench_gpu_"))
     try:
-        return _run_steps(sizes, budget_s, device, work, json_path, compile_step, log)
+        return run(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the tiled cache is ~0.6 GB
 
 
-def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, json_path: Path | None, compile_step: bool,
-               log: Log) -> dict[str, Any]:
-    run = Run(sizes=sizes, budget_s=budget_s, device=device, work=work, json_path=json_path, log=log)
+def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, *, json_path: Path | None, compile_step: bool,
+               log: Log, only: frozenset[str] | None) -> dict[str, Any]:
+    run = Run(sizes=sizes, budget_s=budget_s, device=device, work=work, json_path=json_path, log=log, only=only)
     steps = run.result["steps"]
     tiny = " (tiny sizes: the figures mean nothing)" if sizes.shrink else ""
     log(f"bench gpu: device {device}, budget {budget_s:.0f} s{tiny}, work folder {work}")
@@ -915,13 +999,14 @@ def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, json_path
     run.step("machine", 30.0, lambda: step_machine(run))
     run.step("cache", 20.0 if sizes.shrink else 40.0, lambda: step_cache(run))
     run.step("train", 60.0, lambda: step_train(run, "train", {}, with_eval=True), needs=("machine", "cache"))
-    if steps["train"]["status"] != "done":
+    if steps["train"]["status"] == "error":
         # one chance per session: should the GPU path fail, measure the rest with it off rather than not at all
         run.result["baseline"], run.result["baseline_overrides"] = "train_off", PERF_OFF
         log("[train] failed: concurrency and the projection use the engine with every perf.* switch off")
         run.step("train_off", est_train(), lambda: step_train(run, "train_off", PERF_OFF, with_eval=True),
                  needs=("cache", "machine"))
     base = run.result["baseline"]
+    run.step("profile", est_train(), lambda: step_profile(run), needs=("machine", "cache"))
     early = [n for n in sizes.concurrency if n <= 4]
     for n in early:
         run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=(base,))
@@ -959,6 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", help="concurrent trial processes to measure, comma-separated (2,4,8)")
     p.add_argument("--no-compile", action="store_true", help="skip the perf.compile step")
     p.add_argument("--work", type=Path, help="folder for the generated cache (default: a new temporary one)")
+    p.add_argument("--steps", help=f"run only these steps, comma-separated, of: {', '.join(STEPS)} (machine and "
+                                   "cache always run; a step whose input step is not run is skipped)")
     args = p.parse_args(argv)
     sizes = TINY if args.tiny else Sizes()
     try:
@@ -979,13 +1066,19 @@ def main(argv: list[str] | None = None) -> int:
                 or args.budget_s <= 0):
             raise ValueError("--clips must be >= 2, --eval-clips >= 1, --epochs >= 1, --concurrency values >= 2, "
                              "--budget-s > 0")
+        only = None
+        if args.steps:
+            only = frozenset(v.strip() for v in args.steps.split(",") if v.strip())
+            unknown = sorted(v for v in only if v not in STEPS and not re.fullmatch(r"concurrency_\d+", v))
+            if unknown:
+                raise ValueError(f"--steps: unknown step(s) {', '.join(unknown)}; known: {', '.join(STEPS)}")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: no CUDA GPU is visible; use auto or cpu")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     result = run_gpu_bench(sizes=sizes, budget_s=args.budget_s, device=args.device, work=args.work,
-                           json_path=args.json, compile_step=not args.no_compile)
+                           json_path=args.json, compile_step=not args.no_compile, only=only)
     if args.json:
         print(f"wrote {args.json}")
     return 0 if all(s["status"] != "error" for s in result["steps"].values()) else 1

@@ -18,6 +18,7 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import time
@@ -121,7 +122,7 @@ class Engine:
                 generator=self.generator, policy=self._policy[m], aspect=self._aspect, buffers=self._buffers, key=m))
             for m, kind in self.data.modalities.items()
         }
-        labels = torch.as_tensor(data.labels[indices], dtype=torch.long, device=self.device)
+        labels = accel.host_to_device(torch.as_tensor(data.labels[indices], dtype=torch.long))
         return inputs, labels
 
     # -- training --------------------------------------------------------------------------------------
@@ -132,7 +133,11 @@ class Engine:
         rows, keep = self.method.training_rows(len(self.data.splits["train"]))
         order = torch.randperm(len(rows), generator=self.generator).numpy()
         size = self.config.batch_size
-        total, count = 0.0, 0
+        # the loss is summed on the device and read once per epoch: a per-step .item() would make the host wait
+        # for every step, so it could not gather the next batch while the GPU trains (float64: the same sum as
+        # adding the float32 losses' Python floats one by one)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
         for start in range(0, len(order), size):
             # rows sorted by sample index read memory-mapped arrays in file order; order inside a batch is
             # irrelevant (with the default rows, this is the sorted slice of the permutation)
@@ -141,19 +146,20 @@ class Engine:
             if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
                 continue
             inputs, labels = self._batch("train", rows[chosen], train=True)
-            batch_keep = None if keep is None else torch.as_tensor(keep[chosen], device=self.device)
+            batch_keep = None if keep is None else self.accel.host_to_device(torch.as_tensor(keep[chosen]))
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.method.training_step(self.model, Batch(inputs, labels, batch_keep))
             if loss is None:  # the method skipped this batch (OPM dropped every sample)
                 continue
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at epoch {self.epoch}; lower lr (now {self.config.lr})"
-                )
             self.optimizer.step()
-            total += loss.item() * len(chosen)
+            total += loss.detach().double() * len(chosen)
             count += len(chosen)
-        return total / max(count, 1)
+        mean = total.item() / max(count, 1)
+        if not math.isfinite(mean):  # a non-finite step poisons the sum; the trial stops before any checkpoint
+            raise FloatingPointError(
+                f"training loss became {mean} at epoch {self.epoch}; lower lr (now {self.config.lr})"
+            )
+        return mean
 
     # -- evaluation ------------------------------------------------------------------------------------
 

@@ -29,8 +29,8 @@ from drl_tune.bench_gpu import (
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("ray", "mlflow", "optuna", "tqdm")
-EVERY_STEP = {"machine", "cache", "train", "concurrency_2", "reference", "train_off", "projection", "kmeans_sizes",
-              "compile", "overhead", "study", "data"}
+EVERY_STEP = {"machine", "cache", "train", "profile", "concurrency_2", "reference", "train_off", "projection",
+              "kmeans_sizes", "compile", "overhead", "study", "data"}
 SHIM = f'''
 import sys
 
@@ -121,6 +121,7 @@ def test_a_failing_gpu_path_leaves_the_other_steps_measured_with_it_off(tmp_path
     monkeypatch.setattr(bench_gpu, "step_reference", lambda run: {"samples_per_s": 10.0})
     monkeypatch.setattr(bench_gpu, "step_projection", lambda run: {"assumptions": ["a"]})
     monkeypatch.setattr(bench_gpu, "step_kmeans_sizes", lambda run: {})
+    monkeypatch.setattr(bench_gpu, "step_profile", lambda run: {})
     result = bench_gpu.run_gpu_bench(sizes=TINY, device="cpu", work=tmp_path, compile_step=False, log=lambda s: None)
     steps = result["steps"]
     assert steps["train"]["status"] == "error" and "bf16 kernel missing" in steps["train"]["error"]
@@ -131,11 +132,27 @@ def test_a_failing_gpu_path_leaves_the_other_steps_measured_with_it_off(tmp_path
     assert steps["projection"]["status"] == "done" and result["summary"]["gpu.fallback_perf_off"] == 1.0
 
 
+def test_steps_runs_only_the_steps_asked_for_and_what_they_need(tmp_path, monkeypatch):
+    """--steps on a device session: machine and cache always run; a chosen step whose input step was not chosen
+    is skipped with that reason, the others with 'not asked for'."""
+    ran = []
+    for name in ("step_machine", "step_cache", "step_train", "step_profile", "step_reference", "step_kmeans_sizes"):
+        monkeypatch.setattr(bench_gpu, name, lambda *a, name=name, **k: ran.append(name) or {"samples_per_s": 1.0})
+    result = bench_gpu.run_gpu_bench(sizes=TINY, device="cpu", work=tmp_path, log=lambda s: None,
+                                     only=frozenset({"profile", "concurrency_2", "reference"}))
+    steps = result["steps"]
+    assert ran == ["step_machine", "step_cache", "step_profile", "step_reference"]
+    assert steps["train"]["reason"] == "not asked for (--steps)" and steps["compile"]["status"] == "skipped"
+    assert steps["concurrency_2"]["reason"] == "needs step 'train', which did not succeed"
+
+
 def test_bad_arguments_stop_with_one_line(capsys):
     assert main(["--clips", "1"]) == 2
     assert "--clips must be >= 2" in capsys.readouterr().err
     assert main(["--concurrency", "2,four"]) == 2
     assert "--concurrency: expected comma-separated integers" in capsys.readouterr().err
+    assert main(["--steps", "train,profil"]) == 2
+    assert "--steps: unknown step(s) profil; known: machine, cache, train, profile" in capsys.readouterr().err
 
 
 def _numbers(value: object) -> list[float]:
@@ -183,5 +200,9 @@ def test_bench_gpu_tiny_runs_without_ray_mlflow_optuna(tmp_path):
     assert projection["asha_epochs_formula"] == pytest.approx(asha_expected_epochs(40, 90, 25, 3))
     assert projection["assumptions"] and result["assumptions"] == projection["assumptions"]
     assert len(steps["concurrency_2"]["per_process_samples_per_s"]) == 2
-    for line in ("[machine]", "[train]", "[concurrency 2]", "[reference]", "[projection]", "summary: gpu."):
+    profile = steps["profile"]
+    assert profile["batches"] >= 1 and 0 < profile["host_batch_prep_fraction"] <= 1
+    assert profile["top_host"] and all(row["calls"] >= 1 for row in profile["top_host"])
+    for line in ("[machine]", "[train]", "[profile]", "[concurrency 2]", "[reference]", "[projection]",
+                 "summary: gpu."):
         assert line in proc.stdout, line

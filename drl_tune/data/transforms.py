@@ -33,6 +33,7 @@ normalised in one batched op on a CPU too (per-frame Python overhead: 4.6 ms vs 
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from drl_tune.accel import to_device_async
 from drl_tune.modality import ModalityKind
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,8 +95,10 @@ def _crop_boxes(
     return torch.stack([x0, y, w_px, h], dim=1).long()
 
 
+@functools.lru_cache(maxsize=32)
 def _normaliser(kind: ModalityKind, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, bias) with ``uint8 * scale + bias`` = the encoder's input."""
+    """Per-channel (scale, bias) with ``uint8 * scale + bias`` = the encoder's input; built once per device
+    (``torch.tensor(..., device=cuda)`` would be a synchronising copy in every batch). Read-only."""
     if kind is ModalityKind.FRAMES:
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
@@ -191,11 +195,11 @@ def _augment_device(x: torch.Tensor, boxes: torch.Tensor | None, flips: torch.Te
     n, c, h, w = x.shape
     y = x.float()
     if boxes is not None:
-        b = boxes.to(x.device, torch.float32)
+        b = to_device_async(boxes, x.device).float()
         rois = torch.cat([torch.arange(n, device=x.device, dtype=torch.float32)[:, None],
                           b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
         y = roi_align(y, rois, (h, w), aligned=True)
-    flip = flips.to(x.device).view(n, 1, 1, 1)
+    flip = to_device_async(flips, x.device).view(n, 1, 1, 1)
     y = torch.where(flip, y.flip(-1), y)
     y = y.mul_(scale).add_(bias)
     if kind is ModalityKind.FLOW:
