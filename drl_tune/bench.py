@@ -450,12 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=_ints, default=[1, 2], help="study: --max-concurrent values (1,2)")
     p.add_argument("--budget-s", type=float, default=400.0,
                    help="gpu: skip the steps that would end past this many seconds (400)")
+    p.add_argument("--steps", help="gpu: only these steps, comma-separated (python -m drl_tune.bench_gpu --help)")
     args = p.parse_args(argv)
     if args.bench == "gpu":  # its own module: it must run where Ray, MLflow and Optuna are not installed
         from drl_tune.bench_gpu import main as gpu_main
 
         return gpu_main([*(["--json", str(args.json)] if args.json else []), *(["--tiny"] if args.tiny else []),
-                         "--budget-s", str(args.budget_s)])
+                         "--budget-s", str(args.budget_s), *(["--steps", args.steps] if args.steps else [])])
     if min(args.epochs, args.clips, args.limit, args.overhead_epochs, args.num_samples) < 1 or args.batch_size < 2 \
             or args.workers < 0:
         print("error: --epochs, --clips, --limit, --overhead-epochs, --num-samples must be >= 1, --batch-size >= 2, "

@@ -17,6 +17,8 @@ skipped — without stopping the others:
   tiled clips after one warm-up epoch and evaluation, scaled to CREMA-D's 5 954 training clips (extrapolated:
   the JSON says from how many timed batches); then the eval forward pass per clip, the whole evaluation, and
   DRL's diagnosis (train-split features + k-means, both backends); the process' peak GPU memory.
+* ``profile``: one training epoch with the host's batch preparation timed apart, then one under ``torch.profiler``
+  (top operators by self device / host time, top kernels, the GPU's busy share) — where the time goes.
 * ``concurrency_N``: N worker processes on the same GPU at the same time, each building its own engine and
   training — what Ray's fractional GPUs do (each trial is a process). Aggregate samples/s against N = 1,
   per-process peak allocated / reserved memory, the device's used memory (``torch.cuda.mem_get_info`` and
@@ -27,7 +29,8 @@ skipped — without stopping the others:
 * ``projection``: GPU-hours of a 40-trial ASHA study of the ``cremad`` space against the official script's
   (the formula, the inputs and every assumption are in the JSON and the log).
 * ``kmeans_sizes``: sklearn vs torch k-means at N = 1k … 200k (``bench diagnosis`` on the GPU) while the
-  budget lasts; ``compile``: ``train`` with ``perf.compile=true`` if time remains.
+  budget lasts; ``compile``: ``train`` with ``perf.compile=true`` if time remains. ``--steps`` runs only some of
+  them (machine and cache always).
 
 The parent process never touches CUDA: every GPU step runs in fresh worker processes (``python -m
 drl_tune.bench_gpu worker SPEC``) that meet at file barriers (warmed up → timed → memory snapshot), so the
@@ -236,6 +239,7 @@ def _role_profile(spec: dict[str, Any], device: torch.device, barrier: Barrier, 
     """Where a training epoch's time goes: the host's share spent preparing batches (gather from the cache,
     the augmentation's launches) against the epoch's wall time, and ``torch.profiler``'s top operators by
     self device time and by self host time over one epoch, after a warm-up epoch."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from drl_tune.data.cache import load_cache
@@ -269,21 +273,25 @@ def _role_profile(spec: dict[str, Any], device: torch.device, barrier: Barrier, 
         _sync(device)
         profiled_wall = time.perf_counter() - start
     events = prof.key_averages()
+    # key_averages lists the operators (host events, their launched kernels' time as their device time) and the
+    # kernels themselves (device events): summing both would count each kernel twice
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    operators = [e for e in events if e.device_type != DeviceType.CUDA]
 
     def device_us(e: Any) -> float:
         return float(getattr(e, "self_device_time_total", 0.0) or 0.0)
 
-    def rows(key: Callable[[Any], float], top: int = 12) -> list[dict[str, Any]]:
-        ranked = sorted(events, key=key, reverse=True)[:top]
+    def rows(ranked: list[Any], key: Callable[[Any], float], top: int = 12) -> list[dict[str, Any]]:
         return [{"name": e.key, "calls": e.count, "self_device_ms": device_us(e) / 1e3,
-                 "self_host_ms": e.self_cpu_time_total / 1e3} for e in ranked]
+                 "self_host_ms": e.self_cpu_time_total / 1e3} for e in sorted(ranked, key=key, reverse=True)[:top]]
 
     out |= {"epoch_wall_s": wall, "host_batch_prep_s": host["s"], "batches": host["batches"],
             "host_batch_prep_fraction": host["s"] / wall, "profiled_epoch_wall_s": profiled_wall,
-            # kernels of one process run one after another on its stream: their sum / wall ≈ how busy it kept
-            # the GPU (copies on the copy engines can overlap them, so this is an estimate)
-            "device_busy_fraction": sum(device_us(e) for e in events) / 1e6 / profiled_wall,
-            "top_device": rows(device_us), "top_host": rows(lambda e: e.self_cpu_time_total)}
+            # one process' kernels run one after another on its stream: their sum / wall ≈ how busy it keeps the
+            # GPU under the profiler (which slows the host, so this is a lower bound)
+            "device_busy_fraction": sum(device_us(e) for e in kernels) / 1e6 / profiled_wall,
+            "top_device": rows(operators, device_us), "top_kernels": rows(kernels, device_us, top=8),
+            "top_host": rows(operators, lambda e: e.self_cpu_time_total)}
     barrier.phase("done")
     barrier.phase("snap")
 
@@ -732,7 +740,7 @@ def step_reference(run: Run) -> dict[str, Any]:
 def step_profile(run: Run) -> dict[str, Any]:
     out = launch([run.spec("profile", _threads(run, 1))], run.work, run.timeout())["workers"][0]
     keys = ("epoch_wall_s", "host_batch_prep_s", "batches", "host_batch_prep_fraction", "profiled_epoch_wall_s",
-            "device_busy_fraction", "top_device", "top_host")
+            "device_busy_fraction", "top_device", "top_kernels", "top_host")
     record = {k: out[k] for k in keys}
     run.log(f"[profile] one epoch of {out['batches']} batches: {out['epoch_wall_s']:.2f} s, of it the host preparing "
             f"batches {out['host_batch_prep_s']:.2f} s ({out['host_batch_prep_fraction']:.0%}); the GPU busy "
@@ -809,8 +817,10 @@ def simulate_asha(n: int, max_t: int, grace: int, rf: float, concurrency: int, r
 
 
 def recommend_gpus_per_trial(total_mb: float | None, rows: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Trials per GPU from the measurements: the largest measured N that fits in memory (footprint × margin)
-    and reaches ≥ 95% of the best aggregate throughput measured; gpus_per_trial = 1/N."""
+    """Trials per GPU from the measurements: the *smallest* measured N that fits in memory (footprint × margin)
+    and reaches ≥ 95% of the best aggregate throughput measured; gpus_per_trial = 1/N. Smallest, because at
+    equal throughput fewer trials at a time each finish sooner, so ASHA decides on more results and trains
+    fewer epochs (its asynchronous rule promotes more of the early trials the more run at once)."""
     if not total_mb:
         return {"gpus_per_trial": None, "reason": "no GPU memory figures (not a CUDA device)"}
     footprints = [r["footprint"]["per_process_mb"] for r in rows.values() if r["footprint"]["per_process_mb"]]
@@ -823,10 +833,11 @@ def recommend_gpus_per_trial(total_mb: float | None, rows: dict[int, dict[str, A
         return {"gpus_per_trial": None, "footprint_mb": footprint, "fit_by_memory": fit,
                 "reason": "not even one trial fits with the margin"}
     best = max(r["aggregate_samples_per_s"] for r in ok.values())
-    k = max(n for n, r in ok.items() if r["aggregate_samples_per_s"] >= 0.95 * best)
+    k = min(n for n, r in ok.items() if r["aggregate_samples_per_s"] >= 0.95 * best)
     return {"gpus_per_trial": round(1 / k, 4), "trials_per_gpu": k, "footprint_mb": footprint,
             "fraction_needed": footprint * MEMORY_MARGIN / total_mb, "fit_by_memory": fit, "margin": MEMORY_MARGIN,
-            "rule": f"largest measured N with footprint × {MEMORY_MARGIN} × N ≤ GPU memory and aggregate samples/s "
+            "most_measured_that_fit": max(ok),
+            "rule": f"smallest measured N with footprint × {MEMORY_MARGIN} × N ≤ GPU memory and aggregate samples/s "
                     "≥ 95% of the best measured; gpus_per_trial = 1/N"}
 
 

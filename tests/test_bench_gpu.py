@@ -62,10 +62,11 @@ def test_gpus_per_trial_rule():
     def row(rate: float, mb: float) -> dict:
         return {"aggregate_samples_per_s": rate, "footprint": {"per_process_mb": mb}}
 
-    # 80 GB, 4 GB per trial: 16 fit; throughput saturates at 4 (8 is within 5% of the best) -> 8 per GPU
+    # 80 GB, 4 GB per trial: 16 fit; throughput saturates at 4 (8 is within 5% of the best, 2 is not) -> 4 per
+    # GPU: as many as the throughput needs, no more (ASHA decides sooner with fewer trials at a time)
     rec = recommend_gpus_per_trial(80_000, {1: row(1000, 4000), 2: row(1700, 4000), 4: row(2000, 4000),
                                             8: row(1960, 4100)})
-    assert rec["trials_per_gpu"] == 8 and rec["gpus_per_trial"] == 0.125
+    assert rec["trials_per_gpu"] == 4 and rec["gpus_per_trial"] == 0.25 and rec["most_measured_that_fit"] == 8
     assert rec["fit_by_memory"] == int(80_000 // (4100 * 1.2))
     # memory binds: 30 GB per trial fits twice in 80 GB with the 1.2 margin, so 4 is not recommended
     rec = recommend_gpus_per_trial(80_000, {1: row(1000, 30_000), 2: row(1500, 30_000), 4: row(1600, 30_000)})
