@@ -12,11 +12,12 @@ that the losses and weights are identical with every switch on and off).
 * ``channels_last``: model weights in NHWC; cuDNN then runs the convolutions on tensor cores without
   transposes.
 * ``pin_memory``: a batch is gathered from the memory-mapped cache straight into a pinned host buffer
-  (``np.take(..., out=)``: no extra copy) and copied with ``non_blocking=True``; so are the labels and the
-  crop boxes. The buffers come from PyTorch's caching host allocator, which records each non-blocking copy
-  and hands a buffer out again only once its copy has finished — so the engine need not synchronise per step
-  and the host gathers batch i+1 while the GPU still trains on batch i (the training loop reads its loss
-  once per epoch).
+  (``np.take(..., out=)``: no extra copy) and copied with ``non_blocking=True``. The labels, crop boxes and
+  flips travel that way on CUDA whatever this switch says (a few bytes; a plain copy would stall the GPU's
+  queue, see :func:`to_device_async`). The buffers come from PyTorch's caching host allocator, which records
+  each non-blocking copy and hands a buffer out again only once its copy has finished — so the engine need not
+  synchronise per step and the host gathers batch i+1 while the GPU still trains on batch i (the training loop
+  reads its loss once per epoch).
 * ``gpu_augment``: the uint8 batch goes to the GPU first and ``data.transforms`` crops, flips and
   normalises it there in one ``roi_align`` (false: on the host CPU, then copied).
 * ``compile``: ``nn.Module.compile()`` on each encoder, in place, so parameter names and checkpoints are
