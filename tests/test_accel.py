@@ -62,3 +62,43 @@ def test_switches_on_and_off_give_identical_losses_and_weights_on_a_cpu(tiny_con
         assert torch.equal(value, weights_off[name]), name
     # an engine with the switches on keeps the plain parameter names (checkpoints stay interchangeable)
     assert not any("_orig_mod" in k for k in weights_on)
+
+
+def test_the_training_loop_reads_the_loss_once_per_epoch(tiny_config, tiny_data, monkeypatch):
+    """The host must not wait for the GPU after every step (it gathers the next batch meanwhile): the engine's
+    epoch loop reads the summed loss once. Its mean equals the per-step floats' mean, as before the change."""
+    engine = Engine(tiny_config(epochs=1, method="joint"), tiny_data)
+    losses, reads = [], []
+    step = engine.method.training_step
+
+    def recording_step(model, batch):
+        loss = step(model, batch)
+        losses.append((float(loss), len(batch.labels)))
+        return loss
+
+    item = torch.Tensor.item
+
+    def counted_item(self):
+        reads.append(self.shape)
+        return item(self)
+
+    monkeypatch.setattr(engine.method, "training_step", recording_step)
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    mean = engine.train_epoch()
+    assert len(losses) > 2 and len(reads) == 1
+    assert mean == sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+
+
+def test_a_non_finite_loss_still_stops_the_epoch(tiny_config, tiny_data, monkeypatch):
+    engine = Engine(tiny_config(epochs=1, method="joint", lr=0.1), tiny_data)
+    step = engine.method.training_step
+    calls = []
+
+    def poisoned(model, batch):
+        calls.append(1)
+        loss = step(model, batch)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(engine.method, "training_step", poisoned)
+    with pytest.raises(FloatingPointError, match="training loss became nan at epoch"):
+        engine.train_epoch()
