@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch, trained_samples
+from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
 from drl_tune.config import TrainConfig, make_config, parse_assignments
 from drl_tune.io import atomic_write_text
 
@@ -82,18 +82,14 @@ def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, lo
                         batch_size=config.batch_size, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=engine.device.type == "cuda")
 
-    def sync() -> None:
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-
     def run_engine() -> int:
         engine.train_epoch()
-        sync()
+        synchronize(engine.device)
         return trained_samples(len(split), config.batch_size)
 
     def run_reference() -> int:
         n = reference_epoch(model, optimizer, loader, engine.device)
-        sync()
+        synchronize(engine.device)
         return n
 
     totals = {"engine": [0, 0.0], "reference": [0, 0.0]}

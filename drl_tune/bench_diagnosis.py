@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drl_tune.bench_reference import synchronize
 from drl_tune.diagnosis import BACKENDS, diagnose
 from drl_tune.io import atomic_write_text
 from drl_tune.methods.drl import STABILITY_RESTARTS
@@ -100,16 +101,12 @@ def estimate_epoch(device: torch.device, *, width: int = 64, image_size: int = 2
               "visual": torch.randn(batch_size, frames, 3, image_size, image_size, device=device)}
     labels = torch.randint(0, CREMAD_CLASSES, (batch_size,), device=device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def train_step() -> None:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(inputs).logits, labels).backward()
         optimizer.step()
-        sync()
+        synchronize(device)
 
     @torch.no_grad()
     def eval_step() -> None:
@@ -117,7 +114,7 @@ def estimate_epoch(device: torch.device, *, width: int = 64, image_size: int = 2
         out = model(inputs)
         for f in out.features.values():
             f.float().cpu()
-        sync()
+        synchronize(device)
 
     per_batch = {}
     for name, step in (("train", train_step), ("eval", eval_step)):

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
 from drl_tune.data.cremad import OFFICIAL as CREMAD  # the prepared CREMA-D splits' sizes
 from drl_tune.io import atomic_write_text
 
@@ -118,11 +119,6 @@ class Barrier:
             time.sleep(0.01)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _memory(device: torch.device) -> dict[str, float]:
     """This process' peak tensor memory, what its caching allocator holds, and the whole device's used memory
     (every process, CUDA contexts included) at this moment."""
@@ -159,7 +155,7 @@ def _engine_config(spec: dict[str, Any]) -> Any:
 def _role_facts(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.zeros(1, device=device)  # the CUDA context exists from here on
-        _sync(device)
+        synchronize(device)
     for name in PHASES:
         if name == "snap":
             out["memory"] = _memory(device)
@@ -168,7 +164,6 @@ def _role_facts(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
 
 def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
     """Warm up, then time ``epochs`` training epochs of the engine (and, with ``eval``, the evaluation pieces)."""
-    from drl_tune.bench_reference import trained_samples
     from drl_tune.data.cache import load_cache
     from drl_tune.engine import Engine
 
@@ -183,7 +178,7 @@ def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
             "width": config.model.width, "augment": config.data.augment, "threads": torch.get_num_threads()}
     start = time.perf_counter()
     engine.train_epoch()  # warm-up: cuDNN plans, allocator, page cache, (compile)
-    _sync(device)
+    synchronize(device)
     out["warmup_epoch_s"] = time.perf_counter() - start
     start = time.perf_counter()
     engine.evaluate()  # its memory counts in the peak, as in a trial
@@ -194,7 +189,7 @@ def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
     for _ in range(spec["epochs"]):
         start = time.perf_counter()
         engine.train_epoch()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     out["t1"] = time.time()
     per_epoch = trained_samples(n_train, config.batch_size)
@@ -216,13 +211,13 @@ def _time_eval(engine: Any, device: torch.device, spec: dict[str, Any]) -> dict[
     start = time.perf_counter()
     for split in ("val", "test"):
         engine._forward(split)  # what evaluate() and the diagnosis run per split (eval mode, eval.batch_size)
-    _sync(device)
+    synchronize(device)
     forward_s = time.perf_counter() - start
     clips = len(splits["val"]) + len(splits["test"])
     engine._feature_cache.clear()  # as every epoch starts: the probe's training features are computed again
     start = time.perf_counter()
     engine.evaluate()
-    _sync(device)
+    synchronize(device)
     evaluate_s = time.perf_counter() - start
     width = engine.config.model.width
     km = time_diagnosis(spec["kmeans_n"], dim=8 * width, device=device, restarts=STABILITY_RESTARTS)
@@ -247,7 +242,7 @@ def _role_profile(spec: dict[str, Any], device: torch.device, barrier: Barrier, 
 
     engine = Engine(_engine_config(spec), load_cache(spec["cache"]))
     engine.train_epoch()  # warm-up
-    _sync(device)
+    synchronize(device)
     barrier.phase("ready")
     batch = engine._batch
     host = {"s": 0.0, "batches": 0}
@@ -263,14 +258,14 @@ def _role_profile(spec: dict[str, Any], device: torch.device, barrier: Barrier, 
     engine._batch = timed_batch  # type: ignore[method-assign]
     start = time.perf_counter()
     engine.train_epoch()
-    _sync(device)
+    synchronize(device)
     wall = time.perf_counter() - start
     engine._batch = batch  # type: ignore[method-assign]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         start = time.perf_counter()
         engine.train_epoch()
-        _sync(device)
+        synchronize(device)
         profiled_wall = time.perf_counter() - start
     events = prof.key_averages()
     # key_averages lists the operators (host events, their launched kernels' time as their device time) and the
@@ -301,7 +296,6 @@ def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier
     math), cross-entropy, backward, SGD; and its evaluation forward per clip."""
     from torch.utils.data import DataLoader
 
-    from drl_tune.bench_reference import ReferenceSamples, reference_epoch
     from drl_tune.data.cache import load_cache
     from drl_tune.models import MultimodalClassifier
 
@@ -324,12 +318,12 @@ def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier
     train_loader = loader(train, n, config.data.augment)
     start = time.perf_counter()
     reference_epoch(model, optimizer, train_loader, device)  # warm-up: loader workers, cuDNN
-    _sync(device)
+    synchronize(device)
     out["warmup_s"] = time.perf_counter() - start
     barrier.phase("ready")
     start = time.perf_counter()
     count = reference_epoch(model, optimizer, train_loader, device)
-    _sync(device)
+    synchronize(device)
     train_s = time.perf_counter() - start
     eval_loader = loader(val, len(val), False)
     model.eval()
@@ -340,7 +334,7 @@ def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier
             for inputs, labels in eval_loader:
                 model({m: x.to(device) for m, x in inputs.items()}).logits.float().cpu()
                 evaluated += len(labels) if timed else 0
-            _sync(device)
+            synchronize(device)
             eval_s = time.perf_counter() - start if i else 0.0
     out |= {"samples": count, "batches_timed": math.ceil(count / config.batch_size), "train_s": train_s,
             "samples_per_s": count / train_s, "eval_clips": evaluated, "eval_per_clip_s": eval_s / max(evaluated, 1),
@@ -479,7 +473,6 @@ def launch(specs: list[dict[str, Any]], work: Path, timeout_s: float) -> dict[st
 
 def make_cache(work: Path, sizes: Sizes) -> dict[str, Any]:
     """Really prepared seed clips, tiled to ``sizes.clips`` training and ``sizes.eval_clips`` val/test clips."""
-    from drl_tune.bench_reference import cremad_cache
     from drl_tune.data.cache import Split, load_cache, write_cache
 
     start = time.perf_counter()
@@ -511,8 +504,9 @@ def make_cache(work: Path, sizes: Sizes) -> dict[str, Any]:
             "dtypes": {m: str(a.dtype) for m, a in inputs.items()}}
 
 
-STEPS = ("machine", "cache", "train", "profile", "concurrency_2", "concurrency_4", "concurrency_8", "reference",
-         "train_off", "projection", "kmeans_sizes", "compile")  # concurrency_N for each --concurrency N
+# the steps by name (--steps); concurrency_N for each N of --concurrency, the default sizes' listed here
+STEPS = ("machine", "cache", "train", "profile", *(f"concurrency_{n}" for n in Sizes().concurrency), "reference",
+         "train_off", "projection", "kmeans_sizes", "compile")
 
 
 class Run:

@@ -1,6 +1,7 @@
 """What the benchmarks compare the engine against, shared by ``drl_tune.bench`` (CPU sub-benchmarks) and
 ``drl_tune.bench_gpu`` (the one-shot GPU measurement): the official DRL script's per-sample input pipeline and
-training step, and a generated CREMA-D-layout cache made by the real ``prepare cremad``.
+training step, a generated CREMA-D-layout cache made by the real ``prepare cremad``, and the timers' device
+synchronisation (``bench_diagnosis`` too).
 
 A module of its own so that both benchmarks import it without importing each other (``bench`` dispatches to
 ``bench_gpu``). Nothing here imports Ray, MLflow or Optuna: the GPU machines have none of them.
@@ -48,6 +49,12 @@ class ReferenceSamples(Dataset):
                 frames = [Image.fromarray(np.ascontiguousarray(f.transpose(1, 2, 0))) for f in x]
                 sample[m] = torch.stack([self.frame_transform(f) for f in frames])
         return sample, int(self.labels[i])
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a timer read next means what it says."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def trained_samples(n: int, batch_size: int) -> int:

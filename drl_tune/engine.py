@@ -146,7 +146,7 @@ class Engine:
             if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
                 continue
             inputs, labels = self._batch("train", rows[chosen], train=True)
-            batch_keep = None if keep is None else self.accel.host_to_device(torch.as_tensor(keep[chosen]))
+            batch_keep = None if keep is None else self.accel.host_to_device(keep[chosen])
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.method.training_step(self.model, Batch(inputs, labels, batch_keep))
             if loss is None:  # the method skipped this batch (OPM dropped every sample)
