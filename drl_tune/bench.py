@@ -286,7 +286,9 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
     started, process_started = worker.get("started"), worker.get("process_started")
     first_epoch_start = marks["results"][cold][0] - trial_epoch_s[0]
     breakdown = {
-        "fit_to_worker_process_s": process_started - fit_start if process_started else None,
+        # Ray may prestart the worker process at ray.init (it then predates fit() and cost fit nothing), and
+        # /proc's boot time has whole-second resolution: a process started before fit() counts as 0
+        "fit_to_worker_process_s": max(0.0, process_started - fit_start) if process_started else None,
         "worker_process_to_trainable_s": started - process_started if started and process_started else None,
         "trainable_to_first_epoch_s": first_epoch_start - started if started else None,
         "mlflow_child_run_s": marks["mlflow_start_s"].get(cold),

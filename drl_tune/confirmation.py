@@ -34,7 +34,7 @@ from drl_tune.history import read_result_json
 from drl_tune.io import atomic_write_text
 from drl_tune.plan import Plan
 from drl_tune.stats import Interval, paired_difference, t_interval
-from drl_tune.study import REUSE_ACTORS, finished_trials, make_trainable, trial_name
+from drl_tune.study import REUSE_ACTORS, ctrl_c_watch, finished_trials, make_trainable, trial_name
 from drl_tune.tables import ProgressTable, render_table
 from drl_tune.tracking import MLflowTrialCallback
 
@@ -539,8 +539,9 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
                                          stage="confirm", tags_by_config=confirm_tags(entries)),
                      ProgressTable(plan, progress_interval)]
         tuner = make_confirm_tuner(plan, gpus, entries, callbacks)
-    results = tuner.fit()
-    if finished_trials(results) < len(entries):
+    with ctrl_c_watch() as ctrl_c:
+        results = tuner.fit()
+    if ctrl_c.is_set() or finished_trials(results) < len(entries):
         return None, True
     answer = build_answer(plan.study_dir, plan.name)
     paths = write_answer(plan.study_dir, answer)

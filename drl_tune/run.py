@@ -28,6 +28,7 @@ from drl_tune.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.config import ConfigError, make_config, parse_assignments
 from drl_tune.config_keys import help_text
 from drl_tune.data.cache import CacheError
+from drl_tune.doctor import check_before_start
 from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.safety import redact
 from drl_tune.spaces import load_space
@@ -159,13 +160,16 @@ def _space_name(space: str | None) -> str | None:
     return Path(space).stem if space else None
 
 
-def check_dataset(plan: Plan) -> None:
-    """Load the dataset the trials will read (a real one's cache; the synthetic one is generated here once, so
-    concurrent trials never generate it twice). Raises CacheError naming where it looked."""
-    from drl_tune.data import load_dataset
+def check_dataset(plan: Plan, generate: bool = True) -> None:
+    """Load the dataset the trials will read (a real one's cache; a generated one is made here once, so
+    concurrent trials never generate it twice). Raises CacheError naming where it looked. ``generate=False``
+    (the dry run) leaves a generated set to the run: making it computes audio features, which a dry run
+    should need no torchaudio for."""
+    from drl_tune.data import GENERATED, load_dataset
 
     config = make_config({**plan.constants, **(plan.points_to_evaluate or [{}])[0]})
-    load_dataset(config.data)
+    if generate or config.data.name not in GENERATED:
+        load_dataset(config.data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -262,7 +266,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     from drl_tune import ray_session
     from drl_tune.cluster import preflight, review_command
     from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
-    from drl_tune.study import finished_trials, make_trainable, make_tuner
+    from drl_tune.study import ctrl_c_watch, finished_trials, make_trainable, make_tuner
     from drl_tune.tables import ProgressTable, outcomes, summary_table
     from drl_tune.tracking import MLflowTrialCallback, ui_command
 
@@ -293,9 +297,10 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             tuner = make_tuner(plan, gpus, callbacks)
         # a confirmation already under way means the search had finished: read it, don't run it again
         confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()
-        results = tuner.get_results() if confirming else tuner.fit()
+        with ctrl_c_watch() as ctrl_c:
+            results = tuner.get_results() if confirming else tuner.fit()
         items = outcomes(results)
-        interrupted = finished_trials(results) < plan.num_samples
+        interrupted = ctrl_c.is_set() or finished_trials(results) < plan.num_samples
         table = summary_table(items, plan)
         print(f"\nsearch of study {plan.name!r} ({len(items)} trials, {time.monotonic() - start:.0f} s"
               + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "
@@ -385,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.address:
             check_address(args.address)  # seconds, before the dataset check: Ray would retry for minutes
         plan = plan_from_args(args)
-        check_dataset(plan)
+        if not args.dry_run and not check_before_start():  # a torch family that does not load: one line
+            return EXIT_BAD_INPUT
+        check_dataset(plan, generate=not args.dry_run)
     except (ConfigError, CacheError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

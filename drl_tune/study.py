@@ -14,7 +14,12 @@ standing it had earned before the re-init and is stopped only if it never got an
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +124,40 @@ def make_tuner(plan: Plan, gpus: float, callbacks: list) -> Any:
         trial_dirname_creator=trial_name,
     )
     return tune.Tuner(make_trainable(plan, gpus), tune_config=tune_config, run_config=run_config)
+
+
+@contextlib.contextmanager
+def ctrl_c_watch() -> Iterator[threading.Event]:
+    """Run ``Tuner.fit()`` inside this; the event is set when Ctrl-C (SIGINT) asked the run to stop.
+
+    Why: Tune's own Ctrl-C handler stops ``fit()`` gracefully but tells the caller nothing, so a Ctrl-C that
+    lands after the last trial's final report returns a complete-looking result and the study went on into its
+    confirmation. Here the driver takes SIGINT itself (``TUNE_DISABLE_SIGINT_HANDLER``, read by Tune at
+    ``fit()``), records it, and hands it on as SIGUSR1, which Tune always handles as the same graceful stop. A
+    second Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    """
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield event  # signals reach only the main thread; Tune then keeps its own handling
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        if previous_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def finished_trials(results: Any) -> int:

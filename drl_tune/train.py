@@ -17,6 +17,7 @@ from pathlib import Path
 from drl_tune.config import ConfigError, parse_assignments
 from drl_tune.config_keys import help_text
 from drl_tune.data.cache import CacheError
+from drl_tune.doctor import EXIT_BROKEN, check_before_start
 from drl_tune.engine import Engine
 from drl_tune.io import atomic_write_json
 from drl_tune.spaces import load_space
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not check_before_start():  # a torch family that does not load: one line, not a traceback
+        return EXIT_BROKEN
     try:
         space = load_space(args.space)
         config = space.config(parse_assignments(args.assignments))

@@ -70,5 +70,7 @@ def test_bench_all_tiny_writes_every_summary_key(tmp_path):
     breakdown = overhead["startup_breakdown"]
     assert set(breakdown) >= {"fit_to_worker_process_s", "worker_process_to_trainable_s", "trainable_to_first_epoch_s",
                               "mlflow_child_run_s", "import_ray_tune_s", "import_libraries_s", "import_drl_tune_s"}
-    assert all(_finite_positive(v) for v in breakdown.values()), breakdown
+    # a worker Ray prestarted before fit() counts 0 s from fit() to its process
+    assert math.isfinite(breakdown["fit_to_worker_process_s"]) and breakdown["fit_to_worker_process_s"] >= 0
+    assert all(_finite_positive(v) for k, v in breakdown.items() if k != "fit_to_worker_process_s"), breakdown
     assert "summary: data.ratio" in proc.stdout

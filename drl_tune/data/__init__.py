@@ -9,7 +9,8 @@ from pathlib import Path
 from drl_tune.config import DataConfig
 from drl_tune.data.avdigits import load_avdigits
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache
-from drl_tune.data.synthetic import default_root, load_synthetic
+from drl_tune.data.synthetic import load_synthetic
+from drl_tune.paths import default_root
 
 
 def _prepared(name: str) -> Callable[[DataConfig], MultimodalData]:
@@ -40,6 +41,9 @@ DATASETS: dict[str, Callable[[DataConfig], MultimodalData]] = {
 }
 
 
+GENERATED = frozenset({"synthetic", "avdigits"})  # made by the project on first use, not prepared from files
+
+
 def load_dataset(cfg: DataConfig) -> MultimodalData:
     """The dataset a run asks for, with a clear error when it is unknown or not prepared."""
     if cfg.name not in DATASETS:
@@ -47,4 +51,4 @@ def load_dataset(cfg: DataConfig) -> MultimodalData:
     return DATASETS[cfg.name](cfg)
 
 
-__all__ = ["DATASETS", "CacheError", "MultimodalData", "Split", "load_dataset"]
+__all__ = ["DATASETS", "GENERATED", "CacheError", "MultimodalData", "Split", "load_dataset"]

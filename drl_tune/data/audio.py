@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchaudio.compliance import kaldi
 
 
 def _kaldi_fbank(wave: torch.Tensor, sample_rate: int, n_mels: int, frame_shift_ms: float, frame_length_ms: float,
                  subtract_mean: bool) -> torch.Tensor:
-    """The one Kaldi fbank front end of every dataset (so the per-clip and batched paths cannot drift apart)."""
+    """The one Kaldi fbank front end of every dataset (so the per-clip and batched paths cannot drift apart).
+
+    torchaudio is imported here, not at module level: only computing features needs its compiled extension, so
+    the commands that compute none (``--help``, ``--dry-run``, ``report``, ``confirm --answer``) work even when a
+    mismatched torchaudio does not load (``python -m drl_tune.doctor`` says so)."""
+    from torchaudio.compliance import kaldi
+
     return kaldi.fbank(wave, sample_frequency=float(sample_rate), num_mel_bins=n_mels, frame_shift=frame_shift_ms,
                        frame_length=frame_length_ms, dither=0.0, window_type="hanning", htk_compat=True,
                        use_energy=False, subtract_mean=subtract_mean)

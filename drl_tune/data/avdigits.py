@@ -42,12 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchaudio
 
 from drl_tune.config import AVDigitsConfig, ConfigError
 from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
-from drl_tune.data.synthetic import default_root
+from drl_tune.paths import default_root
 
 GENERATOR_VERSION = 1  # part of the cache key: bump whenever generate() changes what a config produces
 SAMPLE_RATE = 16000
@@ -63,7 +62,7 @@ VARIANTS = (
 PITCH = (25, 75)  # eSpeak's 0-100 pitch scale (50 = the voice's own)
 RATE = (130, 200)  # words per minute (eSpeak's default 175)
 SNR_JITTER_DB = 3.0
-EXTRA_HINT = "pip install -e '.[avdigits]'"
+EXTRA_HINT = "pip install -e '.[avdigits]' -c constraints.txt"
 
 
 def _espeak_paths() -> tuple[str, str, str]:
@@ -143,7 +142,9 @@ def _prepare_utterances(waves: list[np.ndarray], rate: int) -> list[torch.Tensor
             raise ConfigError("data.avdigits: eSpeak NG returned a silent utterance")
         trimmed.append(x[loud[0]:loud[-1] + 1])
     batch = torch.nn.utils.rnn.pad_sequence(trimmed, batch_first=True)
-    resampled = torchaudio.functional.resample(batch, rate, SAMPLE_RATE)
+    from torchaudio.functional import resample  # lazily, as data/audio.py says why
+
+    resampled = resample(batch, rate, SAMPLE_RATE)
     out = []
     for x, wave in zip(resampled, trimmed, strict=True):
         x = x[: min(CLIP_SAMPLES, -(-len(wave) * SAMPLE_RATE // rate))]

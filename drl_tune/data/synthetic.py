@@ -33,6 +33,7 @@ import numpy as np
 from drl_tune.config import SyntheticConfig
 from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
+from drl_tune.paths import default_root
 
 SAMPLE_RATE = 8000
 CLIP_SAMPLES = 5280  # 0.66 s: 64 frames of 25 ms every 10 ms (the real-audio frame settings)
@@ -138,14 +139,6 @@ def generate(cfg: SyntheticConfig) -> MultimodalData:
         splits,
         {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "config": asdict(cfg)},
     )
-
-
-def default_root() -> Path:
-    """Where generated data lives: ``$DRL_TUNE_DATA`` or the user's cache directory."""
-    base = os.environ.get("DRL_TUNE_DATA") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "drl_tune"
-    )
-    return Path(base)
 
 
 def load_synthetic(cfg: SyntheticConfig, root: str | os.PathLike | None = None) -> MultimodalData:
