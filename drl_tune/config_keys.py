@@ -69,6 +69,8 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("opm.q_base, opm.lam, opm.p_exe", "OPM's base drop probability, λ, probability a batch is modulated "
                                        "(`train_opm.sh`)"),
     ("opm.warmup_epochs", "no dropping while epoch ≤ this (official `warm_up`)"),
+    ("opm.theta_grad", "`official`: θ's gradient as the authors' code (adds ∇(θ²/2) to the encoders); `none`: θ "
+                       "a constant, as the paper's equations"),
     ("mmpareto.gamma", "γ that scales the encoders' recombined gradients"),
     ("inforeg.threshold", "K: the prime learning window is k > K"),
     ("inforeg.beta_first, inforeg.beta_second", "β scales of the first (\"audio\") and second (\"visual\") "

@@ -89,7 +89,8 @@ def test_comparators_refuse_a_single_modality(method, tiny_config, tiny_data):
 
 @pytest.mark.parametrize(("key", "value"), [
     ("ogm_ge.alpha", 0), ("ogm_ge.modulation_ends", -1), ("opm.q_base", 1.5), ("opm.p_exe", -0.1),
-    ("opm.lam", -1), ("mmpareto.gamma", 0), ("inforeg.window", 0), ("inforeg.threshold", -1),
+    ("opm.lam", -1), ("opm.theta_grad", "paper"), ("mmpareto.gamma", 0), ("inforeg.window", 0),
+    ("inforeg.threshold", -1),
     ("valuation.level", "batch"), ("valuation.warmup", 0), ("valuation.part_ratio", 0),
 ])
 def test_bad_method_parameters_are_refused_with_their_key(key, value):
@@ -238,6 +239,69 @@ def test_opm_removes_samples_that_lost_every_modality_and_skips_an_empty_batch(m
     # every modality of every sample dropped -> the batch is skipped
     monkeypatch.setattr(opm_module, "drop_probabilities", lambda *a: (1.0, 1.0))
     assert method.modify_features(dict(feats), labels, Batch({}, labels)) is None
+
+
+def _opm_step(theta_grad: str, q_base: float = 0.5, lam: float = 0.5, epoch: int = 6, p_exe: float = 1.0):
+    """Gradients of every parameter after one OPM training step on a fixed batch (same weights, same draws)."""
+    model = _model()
+    inputs, labels = _inputs(batch=8)
+    method = OPM(OPMParams(q_base=q_base, lam=lam, p_exe=p_exe, theta_grad=theta_grad))
+    method.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    method.on_epoch_start(model, _Ctx(epoch))
+    torch.manual_seed(7)
+    assert method.training_step(model, Batch(inputs, labels)) is not None
+    return model, {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in
+                   model.named_parameters()}
+
+
+def _half_theta_squared_grads(q_base: float, lam: float) -> dict[str, torch.Tensor]:
+    """∇ of θ²/2 w.r.t. the encoders, written out from the paper's quantities (not from opm.py): scores from the
+    detached head halves + b/2, q of the leading modality, θ = d_lead·q / (d_a + d_v)."""
+    model = _model()
+    inputs, labels = _inputs(batch=8)
+    feats = model.encode(inputs)
+    w, b = model.fusion.fc_out.weight.detach(), model.fusion.fc_out.bias.detach()
+    d_a, d_v = feats["audio"].shape[1], feats["visual"].shape[1]
+    p_a = torch.softmax(feats["audio"] @ w[:, :d_a].T + b / 2, 1)[torch.arange(8), labels].sum().double()
+    p_v = torch.softmax(feats["visual"] @ w[:, d_a:].T + b / 2, 1)[torch.arange(8), labels].sum().double()
+    lead, other, d_lead = (p_a, p_v, d_a) if p_a > p_v else (p_v, p_a, d_v)
+    q = torch.clamp(q_base * (1 + lam * torch.tanh(lead / other - 1)), max=1.0)
+    theta = d_lead * q / (d_a + d_v)
+    names = [n for n, _ in model.named_parameters() if n.startswith("encoders.")]
+    params = [p for n, p in model.named_parameters() if n.startswith("encoders.")]
+    grads = torch.autograd.grad(0.5 * theta**2, params, allow_unused=True)
+    return {n: (torch.zeros_like(p) if g is None else g.float()) for n, p, g in zip(names, params, grads, strict=True)}
+
+
+def test_opm_official_theta_gradient_is_the_plain_one_plus_half_theta_squared():
+    model, official = _opm_step("official")
+    _, plain = _opm_step("none")
+    extra = _half_theta_squared_grads(0.5, 0.5)
+    encoder = [n for n in official if n.startswith("encoders.")]
+    assert encoder and set(extra) == set(encoder)
+    for name in encoder:  # float32 rounding: gradients here are O(1)
+        torch.testing.assert_close(official[name], plain[name] + extra[name], rtol=1e-4, atol=1e-5, msg=name)
+    flat = torch.cat([official[n].flatten() for n in encoder])
+    push = torch.cat([extra[n].flatten() for n in encoder])
+    rest = torch.cat([(official[n] - plain[n]).flatten() for n in encoder])
+    assert push.norm() > 1e-2 * flat.norm()  # the θ term is there and not negligible (2.3 % here): it can fail
+    assert (rest - push).norm() < 1e-3 * push.norm()
+    for name in official:  # the head (fusion) gradient is the same either way
+        if not name.startswith("encoders."):
+            torch.testing.assert_close(official[name], plain[name], msg=name)
+
+
+@pytest.mark.parametrize("case", [
+    {"lam": 0.0},  # q = q_base, a constant
+    {"q_base": 1.0, "lam": 0.5},  # q clips to 1: no gradient through the clip
+    {"epoch": 5},  # warm-up: nothing dropped
+    {"p_exe": 0.0},  # the batch is not modulated
+])
+def test_opm_official_and_plain_theta_gradients_coincide_where_theta_is_constant(case):
+    _, official = _opm_step("official", **case)
+    _, plain = _opm_step("none", **case)
+    for name in official:
+        torch.testing.assert_close(official[name], plain[name], msg=name)
 
 
 # -- MMPareto -------------------------------------------------------------------------------------------------

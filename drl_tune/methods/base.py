@@ -217,10 +217,14 @@ class HeadScoredMethod(Method):
             return batch_scores(unimodal_logits(model, features, detach_head=detach_head), labels)
 
 
-def batch_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+def batch_score_tensors(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """score_m = Σ_i softmax(logits_m)[i, y_i] — the batch-summed confidence in the true class that
-    OGM-GE, OPM and InfoReg compare between modalities."""
+    OGM-GE, OPM and InfoReg compare between modalities — as 0-d tensors that keep the graph of ``logits``
+    (OPM's official θ gradient flows through them)."""
+    return {m: torch.softmax(z.float(), dim=1).gather(1, labels.view(-1, 1)).sum() for m, z in logits.items()}
+
+
+def batch_scores(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """:func:`batch_score_tensors` as plain numbers, without gradient."""
     with torch.no_grad():
-        return {
-            m: float(torch.softmax(z.float(), dim=1).gather(1, labels.view(-1, 1)).sum()) for m, z in logits.items()
-        }
+        return {m: float(score) for m, score in batch_score_tensors(logits, labels).items()}

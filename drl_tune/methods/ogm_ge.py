@@ -15,10 +15,14 @@ As the official ``main.py`` (GeWu-Lab/OGM-GE_CVPR2022), per batch:
 The modalities play the official roles in the model's order: the first is "audio", the second "visual"
 (audio first in every dataset here). FiLM and gated fusion are refused: they have no uni-modal logits.
 
-Departures from the official code: (1) sum fusion reads each modality's logits with its own layer's full
-bias (official: bias/2), as the issue specifies — the scores' ratio is all that matters and Σ_m logits_m
-then equals the fused logits; (2) the noise is drawn from torch's global generator, which the engine
-checkpoints, so resumed runs are exact; (3) ``ge: false`` gives plain OGM (the official ``--modulation OGM``).
+Sum fusion reads each modality's logits with its own layer's full bias, as the official training path does
+(``main.py`` at 343dc1d, ``train_epoch``, the ``fusion_method == 'sum'`` branch: ``+ fc_x.bias`` /
+``+ fc_y.bias``); only its ``valid()`` — and the earlier ``main.py`` at 0f64793 in training too — halves it.
+``ge: false`` gives plain OGM (the official ``--modulation OGM``).
+
+Departures from the official code: (1) the noise is drawn from torch's global generator (official:
+``torch.zeros_like(parms.grad).normal_(...)`` on the default CUDA generator, ``train_epoch``), which the
+engine checkpoints, so resumed runs are exact — the same distribution, other numbers.
 """
 
 from __future__ import annotations

@@ -23,7 +23,10 @@ Departures from the official code: (1) its scripts pass a ``loader`` argument it
 take, and ``args.dynamic``/``args.method``, which do not exist, to the checkpoint name — this implements what
 they evidently intend; (2) the thresholds are written on the closed intervals the issue states; on the
 five values φ can take they select the same copy counts as the official open intervals; (3) random
-choices use torch's global generator (checkpointed by the engine) instead of NumPy's global one.
+choices use torch's global generator (checkpointed by the engine) instead of NumPy's global one; (4) the
+modality-level subset has ``max(int(N·part_ratio), 1)`` samples: the official ``execute_modulation``
+(``code/modality_level.py`` at 7ed12b0) takes ``num = int(len(dataloader.dataset) * args.part_ratio)`` and
+then divides by it (``part_cona /= num``), a division by zero when N·part_ratio < 1.
 """
 
 from __future__ import annotations
