@@ -1,10 +1,10 @@
-"""Every configuration key with its default and its meaning — the one source of the README's "Configuration keys"
+"""Every configuration key with its default and its meaning — the one source of the docs' "Configuration keys"
 table and of the key listing in ``python -m drl_tune.train --help`` and ``python -m drl_tune.run --help``.
 
 The defaults are read from the typed configuration itself (``make_config({})``), the meanings from
 :data:`KEY_DOCS`; a key without a meaning, or a meaning for a key that no longer exists, fails the tests
-(``tests/test_config_keys.py``, which also checks that the README table is this module's output). Print the
-README table with ``python -m drl_tune.config_keys --markdown``.
+(``tests/test_config_keys.py``, which also checks that the table in docs/configuration.md is this module's
+output). Print that table with ``python -m drl_tune.config_keys --markdown``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from drl_tune.config import make_config
 
 HELP_WIDTH = 100
 
-# (keys, meaning): keys comma-separated; ``block.*`` = every key of that block. Backticks are for the README.
+# (keys, meaning): keys comma-separated; ``block.*`` = every key of that block. Backticks are for the docs.
 KEY_DOCS: list[tuple[str, str]] = [
     ("method", "a registered method: `joint`, `drl`, `ogm_ge`, `opm`, `mmpareto`, `inforeg`, `valuation` "
                "(see \"Comparator methods\")"),
@@ -120,7 +120,7 @@ def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
 
 
 def markdown_table() -> str:
-    """The README's "Configuration keys" table."""
+    """The docs' "Configuration keys" table."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     for keys, found, meaning in rows():
         names = ", ".join(f"`{k.strip()}`" for k in keys.split(","))
@@ -146,7 +146,7 @@ def help_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.config_keys", description=__doc__.split("\n\n")[0])
-    p.add_argument("--markdown", action="store_true", help="print the README table instead of the --help listing")
+    p.add_argument("--markdown", action="store_true", help="print the docs table instead of the --help listing")
     args = p.parse_args(argv)
     print(markdown_table() if args.markdown else help_text())
     return 0
