@@ -18,8 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from drl_tune.config import ConfigError
-from drl_tune.confirmation import (
+from drl_tune.core.config import ConfigError
+from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int
+from drl_tune.study.confirmation import (
     ANSWER_JSON,
     CONFIRM_DIR,
     CONFIRM_FILE,
@@ -29,8 +30,7 @@ from drl_tune.confirmation import (
     read_trials,
     run_confirmation,
 )
-from drl_tune.plan import DEFAULT_STORAGE, Plan
-from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int
+from drl_tune.study.plan import DEFAULT_STORAGE, Plan
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

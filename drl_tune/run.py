@@ -24,14 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from drl_tune.cluster import ClusterError, check_address, check_storage_arg
-from drl_tune.config import ConfigError, make_config, parse_assignments
-from drl_tune.config_keys import help_text
+from drl_tune.core.config import ConfigError, make_config, parse_assignments
+from drl_tune.core.config_keys import help_text
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import check_before_start
-from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
-from drl_tune.safety import redact
-from drl_tune.spaces import load_space
+from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
+from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
+from drl_tune.study.safety import redact
+from drl_tune.study.spaces import load_space
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -177,11 +177,11 @@ def check_dataset(plan: Plan, generate: bool = True) -> None:
 
 
 def start_ray(address: str | None) -> bool:
-    """Join ``address``, the Ray job's cluster, or start a local Ray (drl_tune/cluster.py says which when);
+    """Join ``address``, the Ray job's cluster, or start a local Ray (drl_tune/study/cluster.py says which when);
     False if Ray was already running here. Prints which Ray it is as the first line."""
     import ray
 
-    from drl_tune.cluster import connect
+    from drl_tune.study.cluster import connect
 
     if ray.is_initialized():
         return False
@@ -206,7 +206,7 @@ def resolve_gpus(plan: Plan) -> float:
 
 def open_tracking(plan: Plan, resumed: bool) -> Any:
     """The study's MLflow experiment and parent run (created once; re-opened on --resume)."""
-    from drl_tune.tracking import StudyTracker, git_commit
+    from drl_tune.study.tracking import StudyTracker, git_commit
 
     # a tracking server keeps the artifacts itself (proxied), so a laptop reviewing the study can read them
     remote = plan.mlflow_uri.startswith(("http://", "https://"))
@@ -238,7 +238,7 @@ def review(plan: Plan, write_report: bool) -> tuple[Path | None, str]:
     artifacts, the saved runs view); returns the report's path and the URL that opens the review. A failure here
     is reported and leaves the study's results as they are."""
     from drl_tune.analysis.publish import publish_study
-    from drl_tune.tracking import review_url
+    from drl_tune.study.tracking import review_url
 
     report = None
     if write_report:
@@ -263,12 +263,12 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     review at the end; exit code."""
     from ray import tune
 
-    from drl_tune import ray_session
-    from drl_tune.cluster import preflight, review_command
-    from drl_tune.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
-    from drl_tune.study import ctrl_c_watch, finished_trials, make_trainable, make_tuner
-    from drl_tune.tables import ProgressTable, outcomes, summary_table
-    from drl_tune.tracking import MLflowTrialCallback, ui_command
+    from drl_tune.study import ray_session
+    from drl_tune.study.cluster import preflight, review_command
+    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
+    from drl_tune.study.tables import ProgressTable, outcomes, summary_table
+    from drl_tune.study.tracking import MLflowTrialCallback, ui_command
+    from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner
 
     try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
         cleaned = ray_session.clean_previous(plan.study_dir)
@@ -334,7 +334,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
                   f"--storage {plan.storage}", flush=True)
             return EXIT_INTERRUPTED
-        from drl_tune.faults import storage_message
+        from drl_tune.study.faults import storage_message
 
         full = next((m for m in (storage_message(i.error, plan) for i in items if i.status == "error") if m), None)
         if full:  # trials failed because results could not be written: say so, and which path
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # a full or read-only disk surfaces from Tune, MLflow or our own writes
-        from drl_tune.faults import storage_message
+        from drl_tune.study.faults import storage_message
 
         message = storage_message(err, plan)
         if message is None:

@@ -14,13 +14,13 @@ import math
 import sys
 from pathlib import Path
 
-from drl_tune.config import ConfigError, parse_assignments
-from drl_tune.config_keys import help_text
+from drl_tune.core.config import ConfigError, parse_assignments
+from drl_tune.core.config_keys import help_text
+from drl_tune.core.engine import Engine
+from drl_tune.core.io import atomic_write_json
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import EXIT_BROKEN, check_before_start
-from drl_tune.engine import Engine
-from drl_tune.io import atomic_write_json
-from drl_tune.spaces import load_space
+from drl_tune.study.spaces import load_space
 
 
 def format_epoch(m: dict[str, float], epochs: int, modalities: list[str]) -> str:

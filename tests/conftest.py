@@ -17,7 +17,7 @@ import torch
 # generated data never lands in the home directory during tests
 os.environ.setdefault("DRL_TUNE_DATA", tempfile.mkdtemp(prefix="drl_tune_test_data_"))
 
-from drl_tune.config import SyntheticConfig, make_config  # noqa: E402
+from drl_tune.core.config import SyntheticConfig, make_config  # noqa: E402
 from drl_tune.data.synthetic import load_synthetic  # noqa: E402
 
 TINY = {
@@ -108,8 +108,8 @@ def confirmed_study(tmp_path_factory):
     run printed, its plan and its storage."""
     import ray
 
-    from drl_tune.plan import PLAN_FILE, Plan
     from drl_tune.run import main
+    from drl_tune.study.plan import PLAN_FILE, Plan
     from tests.test_study_e2e import tiny_sets
 
     root = tmp_path_factory.mktemp("confirmed_study")

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchaudio
 
-from drl_tune.config import AVDigitsConfig, ConfigError, make_config
+from drl_tune.core.config import AVDigitsConfig, ConfigError, make_config
 from drl_tune.data import avdigits, load_dataset
 from drl_tune.data.audio import log_fbank, log_fbank_batch
 from drl_tune.data.avdigits import N_FRAMES, N_MELS, cache_path, generate, load_avdigits

@@ -22,7 +22,7 @@ from drl_tune import run as run_cli
 from drl_tune import train as train_cli
 from drl_tune.data.cache import write_cache
 from drl_tune.data.synthetic import Split
-from drl_tune.plan import PLAN_FILE
+from drl_tune.study.plan import PLAN_FILE
 
 GOOD_SPACE = """\
 dataset: {name: synthetic, synthetic: {n_train: 16, n_val: 8, n_test: 8, image_size: 16}}

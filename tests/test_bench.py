@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drl_tune.bench import main
+from drl_tune.bench.cli import main
 
 SUMMARY_KEYS = {"data.ratio", "epoch.ratio", "overhead.ratio", "diagnosis.fraction_of_epoch", "study.trials_per_hour"}
 

@@ -14,18 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from drl_tune import bench_gpu
-from drl_tune.bench_gpu import (
-    PERF_OFF,
-    TINY,
-    _footprint_mb,
-    asha_expected_epochs,
-    asha_rungs,
-    main,
-    nvidia_smi,
-    recommend_gpus_per_trial,
-    simulate_asha,
-)
+from drl_tune.bench import gpu as bench_gpu
+from drl_tune.bench import gpu_steps
+from drl_tune.bench.gpu import PERF_OFF, TINY, main, nvidia_smi
+from drl_tune.bench.gpu_projection import asha_expected_epochs, asha_rungs, recommend_gpus_per_trial, simulate_asha
+from drl_tune.bench.gpu_steps import _footprint_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("ray", "mlflow", "optuna", "tqdm")
@@ -118,7 +111,7 @@ def test_a_failing_gpu_path_leaves_the_other_steps_measured_with_it_off(tmp_path
     monkeypatch.setattr(bench_gpu, "step_machine", lambda run: {"startup_s": 1.0})
     monkeypatch.setattr(bench_gpu, "step_cache", lambda run: {"path": str(tmp_path)})
     monkeypatch.setattr(bench_gpu, "step_train", fake_train)
-    monkeypatch.setattr(bench_gpu, "launch", fake_launch)
+    monkeypatch.setattr(gpu_steps, "launch", fake_launch)  # the concurrency step's own launcher
     monkeypatch.setattr(bench_gpu, "step_reference", lambda run: {"samples_per_s": 10.0})
     monkeypatch.setattr(bench_gpu, "step_projection", lambda run: {"assumptions": ["a"]})
     monkeypatch.setattr(bench_gpu, "step_kmeans_sizes", lambda run: {})

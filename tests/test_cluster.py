@@ -31,7 +31,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from drl_tune.plan import PLAN_FILE, Plan
+from drl_tune.study.plan import PLAN_FILE, Plan
 from tests.test_study_address import SPACE, free_port
 from tests.test_study_e2e import tiny_sets
 
@@ -156,7 +156,7 @@ class Cluster:
 
 def fake_prepared_dataset(folder: Path) -> Path:
     """A tiny prepared cache under the name 'cremad' (only whether each node finds it matters here)."""
-    from drl_tune.config import make_config
+    from drl_tune.core.config import make_config
     from drl_tune.data.cache import write_cache
     from drl_tune.data.synthetic import generate
 

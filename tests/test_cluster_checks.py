@@ -1,4 +1,4 @@
-"""The cluster checks in drl_tune/cluster.py without a cluster: bounded-time address probe, trial-fits-a-node,
+"""The cluster checks in drl_tune/study/cluster.py without a cluster: bounded-time address probe, trial-fits-a-node,
 storage and dataset checks per node, job detection, the review command."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from drl_tune import cluster
-from drl_tune.cluster import ClusterError
 from drl_tune.run import main
+from drl_tune.study import cluster
+from drl_tune.study.cluster import ClusterError
 from tests.conftest import TINY
 from tests.test_study_address import free_port
 

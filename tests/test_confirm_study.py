@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from drl_tune import confirm
-from drl_tune.plan import PLAN_FILE
+from drl_tune.core.stats import paired_difference, t_interval
 from drl_tune.run import main
-from drl_tune.stats import paired_difference, t_interval
+from drl_tune.study.plan import PLAN_FILE
 from tests.conftest import EPOCHS, SEEDS
 from tests.test_study_e2e import tiny_sets
 
@@ -185,7 +185,7 @@ def test_every_checkpoint_carries_the_history_that_refills_a_lost_row(confirmed_
     Tune's result.json loses when a worker dies comes back from it), and the reader refills dropped rows."""
     import shutil
 
-    from drl_tune.history import RESTORED_KEY, checkpoint_history, metric_items, read_result_json
+    from drl_tune.study.history import RESTORED_KEY, checkpoint_history, metric_items, read_result_json
 
     folders = sorted(p.parent for p in confirmed_study["dir"].rglob("result.json"))
     assert len(folders) >= 4, folders  # search and confirmation trials

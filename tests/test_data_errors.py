@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drl_tune.config import DataConfig
+from drl_tune.core.config import DataConfig
 from drl_tune.data import fixtures as fx
 from drl_tune.data import load_dataset
 from drl_tune.data.cache import CacheError, load_cache

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from drl_tune.config import ConfigError, make_config
-from drl_tune.diagnosis import diagnose
-from drl_tune.engine import Engine
+from drl_tune.core.config import ConfigError, make_config
+from drl_tune.core.diagnosis import diagnose
+from drl_tune.core.engine import Engine
 from drl_tune.methods.drl import DRL, DRLParams, soft_reinit
 from drl_tune.models import MultimodalClassifier
 

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from drl_tune import doctor
-from drl_tune.study import ctrl_c_watch
+from drl_tune.study.tune import ctrl_c_watch
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "torch_exception_get_what_without_backtrace"
@@ -157,8 +157,8 @@ def test_commands_that_need_no_torchaudio_still_work(broken_torchaudio, tmp_path
 
 
 def test_importing_the_commands_does_not_import_torchaudio():
-    proc = cli("-c", "import sys, drl_tune.run, drl_tune.train, drl_tune.confirm, drl_tune.report, drl_tune.bench, "
-                     "drl_tune.data.prepare, drl_tune.trainable; print('torchaudio' in sys.modules)",
+    proc = cli("-c", "import sys, drl_tune.run, drl_tune.train, drl_tune.confirm, drl_tune.report, drl_tune.bench.cli, "
+                     "drl_tune.data.prepare, drl_tune.study.trainable; print('torchaudio' in sys.modules)",
                env={"PYTHONPATH": str(ROOT)})
     assert proc.stdout.strip() == "False", proc.stderr
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from drl_tune.history import (
+from drl_tune.study.history import (
     CHECKPOINT_HISTORY,
     RESTORED_KEY,
     dedupe_frame,
@@ -21,7 +21,7 @@ from drl_tune.history import (
     read_result_json,
     write_checkpoint_history,
 )
-from drl_tune.tracking import MLflowTrialCallback, StudyTracker
+from drl_tune.study.tracking import MLflowTrialCallback, StudyTracker
 
 
 def result(epoch: int) -> dict:

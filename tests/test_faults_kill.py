@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from drl_tune import ray_session
-from drl_tune.config import make_config
-from drl_tune.engine import Engine
-from drl_tune.faults import WORKER_FILE
-from drl_tune.history import read_result_json
-from drl_tune.plan import PLAN_FILE, Plan
+from drl_tune.core.config import make_config
+from drl_tune.core.engine import Engine
+from drl_tune.study import ray_session
+from drl_tune.study.faults import WORKER_FILE
+from drl_tune.study.history import read_result_json
+from drl_tune.study.plan import PLAN_FILE, Plan
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

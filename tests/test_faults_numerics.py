@@ -12,10 +12,10 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
-from drl_tune.faults import ERROR_FILE
-from drl_tune.plan import PLAN_FILE, Plan
 from drl_tune.run import main
-from drl_tune.tracking import ERROR_TAG
+from drl_tune.study.faults import ERROR_FILE
+from drl_tune.study.plan import PLAN_FILE, Plan
+from drl_tune.study.tracking import ERROR_TAG
 from tests.conftest import init_local_ray
 from tests.test_study_e2e import tiny_sets
 
@@ -68,4 +68,4 @@ def test_nonfinite_trial_errors_with_its_reason_and_the_study_goes_on(private_ra
     # the retries (max_failures 2) stopped at once instead of diverging again from the checkpoint
     folder = next(p for p in (storage / "nan").glob("joint_*") if (p / ERROR_FILE).exists())
     errors = (folder / "error.txt").read_text()
-    assert errors.count("Failure #") == 3 and errors.count("drl_tune.faults.RepeatedFailure: ") == 2, errors
+    assert errors.count("Failure #") == 3 and errors.count("drl_tune.study.faults.RepeatedFailure: ") == 2, errors

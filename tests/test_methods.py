@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drl_tune.config import ConfigError, make_config
-from drl_tune.engine import Engine
+from drl_tune.core.config import ConfigError, make_config
+from drl_tune.core.engine import Engine
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch, unimodal_logits
 from drl_tune.methods.inforeg import InfoReg, InfoRegParams, betas, window_k

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from drl_tune import ray_session
+from drl_tune.study import ray_session
 
 
 def stand_in(session_dir: str) -> subprocess.Popen:

@@ -13,9 +13,9 @@ import ray
 from mlflow import MlflowClient
 
 from drl_tune import run as run_cli
-from drl_tune.plan import PLAN_FILE, PLAN_FORMAT, Plan
-from drl_tune.safety import redact
-from drl_tune.tracking import StudyTracker, log_params, ui_command
+from drl_tune.study.plan import PLAN_FILE, PLAN_FORMAT, Plan
+from drl_tune.study.safety import redact
+from drl_tune.study.tracking import StudyTracker, log_params, ui_command
 
 PACKAGE = Path(__file__).resolve().parent.parent / "drl_tune"
 SOURCES = sorted(PACKAGE.rglob("*.py"))

@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from drl_tune.config import ConfigError, flatten, make_config
-from drl_tune.plan import build_plan
-from drl_tune.spaces import SpaceError, load_space
-from drl_tune.study import DefineByRun
+from drl_tune.core.config import ConfigError, flatten, make_config
+from drl_tune.study.plan import build_plan
+from drl_tune.study.spaces import SpaceError, load_space
+from drl_tune.study.tune import DefineByRun
 
 SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare"]
 
@@ -217,8 +217,8 @@ def test_equal_trials_needs_a_multiple_of_the_methods(tmp_path):
 def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path):
     import pickle
 
-    from drl_tune.plan import Plan
-    from drl_tune.spaces import Choice, IntRange, LogUniform, Param, Uniform
+    from drl_tune.study.plan import Plan
+    from drl_tune.study.spaces import Choice, IntRange, LogUniform, Param, Uniform
 
     plan = build_plan(load_space("demo"), overrides={}, name="t", storage=tmp_path, mlflow_uri="x")
     kinds = {type(p) for p in plan.search}
@@ -240,6 +240,6 @@ def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path)
     # and the live table it pickled as a callback is still found under its old name
     import io
 
-    from drl_tune import tables
+    from drl_tune.study import tables
 
     assert pickle.Unpickler(io.BytesIO(b"")).find_class("drl_tune.study", "ProgressTable") is tables.ProgressTable

@@ -7,7 +7,8 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from drl_tune.confirmation import (
+from drl_tune.core.stats import paired_difference, pareto_front, t_interval
+from drl_tune.study.confirmation import (
     ConfirmError,
     TrialRecord,
     fresh_seeds,
@@ -15,7 +16,6 @@ from drl_tune.confirmation import (
     select_top,
     sentence,
 )
-from drl_tune.stats import paired_difference, pareto_front, t_interval
 
 
 def test_t_interval_by_hand():

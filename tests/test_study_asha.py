@@ -15,9 +15,9 @@ from types import SimpleNamespace
 from ray.tune.schedulers import TrialScheduler
 
 from drl_tune.methods.drl import DRL, DRLParams
-from drl_tune.plan import build_plan
-from drl_tune.spaces import load_space
-from drl_tune.study import make_scheduler
+from drl_tune.study.plan import build_plan
+from drl_tune.study.spaces import load_space
+from drl_tune.study.tune import make_scheduler
 
 # val/acc per epoch; DRL re-initialises after epoch 1 and dips at epoch 2, then recovers past the baseline
 JOINT = [0.40, 0.55, 0.60, 0.62, 0.63, 0.63, 0.64, 0.64, 0.64, 0.65]

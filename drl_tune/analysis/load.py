@@ -24,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from drl_tune.history import metric_items, read_result_json
-from drl_tune.plan import DEFAULT_STORAGE, PLAN_FILE
+from drl_tune.study.history import metric_items, read_result_json
+from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE
 
 ANSWER_FILE = "answer.json"
 CONFIRM_DIR = "confirm"
@@ -180,7 +180,7 @@ def _tune_trial(folder: Path, stage: str, extra: dict[str, Any]) -> dict[str, An
 
 
 def _config_key(config: dict[str, Any]) -> str:
-    """Same canonical text as ``drl_tune.confirmation.config_key`` (not imported: that module pulls in Ray)."""
+    """Same canonical text as ``drl_tune.study.confirmation.config_key`` (not imported: that module pulls in Ray)."""
     return json.dumps(config, sort_keys=True, default=str)
 
 
@@ -212,7 +212,7 @@ def load_tune(study_dir: Path | str) -> Study:
     confirm = study_dir / CONFIRM_DIR
     if confirm.is_dir():
         # the confirmation's plan lists (method, rank, source_trial, seed, config) per trial; a trial is matched
-        # to its entry by its configuration, as drl_tune.confirmation does
+        # to its entry by its configuration, as drl_tune.study.confirmation does
         entries: dict[str, Any] = {}
         if (confirm / CONFIRM_FILE).is_file():
             data = json.loads((confirm / CONFIRM_FILE).read_text())

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
-from drl_tune.io import atomic_write_with
-from drl_tune.stats import pareto_front
+from drl_tune.core.io import atomic_write_with
+from drl_tune.core.stats import pareto_front
 
 # one fixed colour per registered method, so every figure (and every study) agrees
 METHOD_COLORS = {"joint": "#7f7f7f", "drl": "#d62728", "ogm_ge": "#1f77b4", "opm": "#2ca02c", "mmpareto": "#9467bd",

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from drl_tune.analysis.load import StudyError, load_tune
-from drl_tune.tracking import install_review_view, metric_key
+from drl_tune.study.tracking import install_review_view, metric_key
 
 
 def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, study_dir: Path,

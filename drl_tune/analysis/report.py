@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study, load_tune
-from drl_tune.io import atomic_write_text
+from drl_tune.core.io import atomic_write_text
 
 CAPTIONS = {
     "tradeoff": "Multimodal accuracy (test, at each trial's best-validation epoch) against balance: the gap between "
@@ -109,7 +109,7 @@ def reproduce(study: Study) -> list[str]:
     lines = [" ".join(shlex.quote(c) for c in cmd if c)]
     lines.append(f"python -m drl_tune.report --path {shlex.quote(str(folder))}")
     if plan.get("mlflow_uri"):
-        from drl_tune.tracking import ui_command
+        from drl_tune.study.tracking import ui_command
 
         lines.append(ui_command(plan["mlflow_uri"]))
     return lines

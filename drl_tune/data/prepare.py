@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from drl_tune.core.paths import default_root
 from drl_tune.data import cremad, kinetics_sounds, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
 from drl_tune.data.sources import Item, PrepareError, PreparePlan
-from drl_tune.paths import default_root
 
 PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101}
 

@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from drl_tune.config import ConfigError, parse_assignments
+from drl_tune.core.config import ConfigError, parse_assignments
+from drl_tune.core.engine import Engine
 from drl_tune.data import CacheError, load_dataset
-from drl_tune.engine import Engine
-from drl_tune.spaces import load_space
+from drl_tune.study.spaces import load_space
 
 RUNS: dict[str, dict[str, Any]] = {
     "joint": {"method": "joint"},

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from drl_tune.diagnosis import BACKENDS, diagnose
-from drl_tune.errors import ConfigError
+from drl_tune.core.diagnosis import BACKENDS, diagnose
+from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.errors import ConfigError
+from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, HeadScoredMethod
 from drl_tune.models import ModelOutput, MultimodalClassifier
 

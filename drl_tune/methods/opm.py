@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from drl_tune.errors import ConfigError
+from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import Batch, EpochContext, HeadScoredMethod, batch_score_tensors, unimodal_logits
 from drl_tune.models import MultimodalClassifier
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from drl_tune.errors import ConfigError
+from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method, require_two_modalities
 from drl_tune.models import MultimodalClassifier
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from drl_tune.modality import ModalityKind
+from drl_tune.core.modality import ModalityKind
 
 
 class ResNet18Trunk(ResNet):

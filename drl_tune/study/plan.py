@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drl_tune.config import make_config
-from drl_tune.errors import ConfigError
-from drl_tune.io import atomic_write_text
+from drl_tune.core.config import make_config
+from drl_tune.core.errors import ConfigError
+from drl_tune.core.io import atomic_write_text
 from drl_tune.methods import REGISTRY
-from drl_tune.spaces import Param, SchedulerSpec, Space
+from drl_tune.study.spaces import Param, SchedulerSpec, Space
 
 PLAN_FILE = "drl_tune_study.json"
 PLAN_FORMAT = "drl_tune.study/1"

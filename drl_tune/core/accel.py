@@ -1,7 +1,7 @@
 """The GPU path of the engine: bf16 autocast, channels_last, pinned non-blocking transfers, batch-wise
 augmentation on the GPU, optional ``torch.compile``, and the per-epoch peak GPU memory.
 
-Each switch (config block ``perf.*``, see :class:`~drl_tune.config.PerfConfig`) acts only when the run's
+Each switch (config block ``perf.*``, see :class:`~drl_tune.core.config.PerfConfig`) acts only when the run's
 device is CUDA: on a CPU, bf16 autocast would change the arithmetic and channels_last / pinning / compiling
 buy little, so a CPU run computes exactly what it computed before these switches existed (the tests check
 that the losses and weights are identical with every switch on and off).
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drl_tune.config import PerfConfig
+from drl_tune.core.config import PerfConfig
 
 GPU_MEM_METRIC = "time/gpu_mem_peak_mb"
 

@@ -1,10 +1,10 @@
-"""What the benchmarks compare the engine against, shared by ``drl_tune.bench`` (CPU sub-benchmarks) and
-``drl_tune.bench_gpu`` (the one-shot GPU measurement): the official DRL script's per-sample input pipeline and
+"""What the benchmarks compare the engine against, shared by ``drl_tune.bench.cli`` (CPU sub-benchmarks) and
+``drl_tune.bench.gpu`` (the one-shot GPU measurement): the official DRL script's per-sample input pipeline and
 training step, a generated CREMA-D-layout cache made by the real ``prepare cremad``, and the timers' device
-synchronisation (``bench_diagnosis`` too).
+synchronisation (``drl_tune.bench.diagnosis`` too).
 
 A module of its own so that both benchmarks import it without importing each other (``bench`` dispatches to
-``bench_gpu``). Nothing here imports Ray, MLflow or Optuna: the GPU machines have none of them.
+``drl_tune.bench.gpu``). Nothing here imports Ray, MLflow or Optuna: the GPU machines have none of them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from drl_tune.core.modality import ModalityKind
 from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from drl_tune.modality import ModalityKind
 
 
 class ReferenceSamples(Dataset):
@@ -85,8 +85,8 @@ def reference_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lo
 def cremad_cache(work: Path, clips: int, workers: int) -> Path:
     """``clips`` generated CREMA-D-layout clips, prepared (all but two in the training split); ``workers`` 0
     decodes in this process."""
+    from drl_tune.bench.data import generate
     from drl_tune.data import fixtures as fx
-    from drl_tune.data.bench import generate
     from drl_tune.data.prepare import main as prepare
 
     src, splits, cache = work / "src", work / "splits", work / "cache"

@@ -1,11 +1,11 @@
-"""The Tune function trainable: one trial = one :class:`~drl_tune.engine.Engine`, one report per epoch.
+"""The Tune function trainable: one trial = one :class:`~drl_tune.core.engine.Engine`, one report per epoch.
 
 Every epoch's metrics are reported together with a checkpoint of the full engine state, so a trial that
 fails (or a study that is interrupted) continues from its last finished epoch exactly as if it had never
 stopped — ``tune.get_checkpoint()`` is non-empty then. The checkpoint also carries the rows reported so far, so
-the history survives a row that Tune's ``result.json`` loses when a worker dies (``drl_tune/history.py``).
+the history survives a row that Tune's ``result.json`` loses when a worker dies (``drl_tune/study/history.py``).
 
-Each attempt records its process in the trial folder and, when it fails, the reason (``drl_tune/faults.py``);
+Each attempt records its process in the trial folder and, when it fails, the reason (``drl_tune/study/faults.py``);
 a retry of a failure that would repeat identically (non-finite loss, bad configuration) stops at once.
 """
 
@@ -21,10 +21,10 @@ from ray import tune
 from ray.train._internal.session import get_session  # the trial's storage: Ray has no public API for it
 from ray.tune import get_context
 
-from drl_tune import faults
-from drl_tune.config import make_config
-from drl_tune.engine import Engine
-from drl_tune.history import load_checkpoint_history, write_checkpoint_history
+from drl_tune.core.config import make_config
+from drl_tune.core.engine import Engine
+from drl_tune.study import faults
+from drl_tune.study.history import load_checkpoint_history, write_checkpoint_history
 
 CHECKPOINT_FILE = "engine.pt"
 # the worker's torch threads as Ray started it (OMP_NUM_THREADS = the trial's CPUs): a reused actor
@@ -60,7 +60,7 @@ def train_trial(config: dict[str, Any]) -> None:
         if train_config.perf.compile:  # a reused actor holds earlier trials' compiled graphs, and torch stops
             torch.compiler.reset()  # compiling (falls back to eager) once a function has too many of them
         engine = Engine(train_config)
-        history: list[dict[str, float]] = []  # every reported row, carried in each checkpoint (drl_tune/history.py)
+        history: list[dict[str, float]] = []  # every reported row, carried in each checkpoint (study/history.py)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:

@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from drl_tune.config import TrainConfig, make_config
-from drl_tune.errors import ConfigError
+from drl_tune.core.config import TrainConfig, make_config
+from drl_tune.core.errors import ConfigError
 from drl_tune.methods import REGISTRY
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources")
@@ -323,7 +323,7 @@ class Space:
 def search_dirs() -> list[Path]:
     """Where ``--space NAME`` is looked up: $DRL_TUNE_SPACES, ./search_spaces, the checkout's search_spaces."""
     dirs = [Path(p) for p in os.environ.get("DRL_TUNE_SPACES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "search_spaces", Path(__file__).resolve().parent.parent / "search_spaces"]
+    dirs += [Path.cwd() / "search_spaces", Path(__file__).resolve().parents[2] / "search_spaces"]
     return dirs
 
 

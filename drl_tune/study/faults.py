@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drl_tune.config import ConfigError
-from drl_tune.io import atomic_write_json, storage_error
-from drl_tune.safety import redact
+from drl_tune.core.config import ConfigError
+from drl_tune.core.io import atomic_write_json, storage_error
+from drl_tune.study.safety import redact
 
 WORKER_FILE = "drl_tune_worker.json"
 ERROR_FILE = "drl_tune_error.json"

@@ -14,9 +14,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from drl_tune.faults import reason_of, recorded_error
-from drl_tune.history import dedupe_frame, read_result_json
-from drl_tune.plan import Plan
+from drl_tune.study.faults import reason_of, recorded_error
+from drl_tune.study.history import dedupe_frame, read_result_json
+from drl_tune.study.plan import Plan
 
 
 def knob_columns(plan: Plan) -> list[str]:
@@ -121,7 +121,7 @@ class TrialOutcome:
 
 def _history_frame(result: Any) -> Any:
     """The trial's per-epoch history, each epoch once: read from its folder (which also refills a row Tune lost
-    when a worker died, ``drl_tune/history.py``), else Tune's in-memory frame de-duplicated."""
+    when a worker died, ``drl_tune/study/history.py``), else Tune's in-memory frame de-duplicated."""
     import pandas as pd
 
     rows = read_result_json(result.path) if result.path and Path(result.path).is_dir() else []

@@ -4,7 +4,7 @@ Every sub-benchmark measures the two things it compares side by side in one run 
 on a shared machine the load changes by the minute, so absolute seconds mean little except on a GPU.
 
 * ``data``: samples/s of the cached loading pipeline vs a reference-style per-sample one (``torch.load`` +
-  PIL + torchvision in a DataLoader) on generated CREMA-D-layout clips (:mod:`drl_tune.data.bench`).
+  PIL + torchvision in a DataLoader) on generated CREMA-D-layout clips (:mod:`drl_tune.bench.data`).
   ``data.ratio`` = the augmented training path, ``data.eval_ratio`` the evaluation path.
 * ``epoch``: training samples/s of the engine (``Engine.train_epoch``, method ``joint``) vs a reference-style
   loop doing what the official DRL script does per step: a DataLoader of per-sample transforms
@@ -13,7 +13,7 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
   ResNet18 width 8, 2 frames 32², 64×40 spectrograms) and at CREMA-D input size (width 64, 2 frames 224²,
   300×128 spectrograms; ``--limit`` generated clips). ``epoch.ratio`` = the CREMA-D size.
 * ``diagnosis``: sklearn vs torch k-means on N × 512 features and the diagnosis as a fraction of one
-  CREMA-D-sized epoch (:func:`drl_tune.bench_diagnosis.run_diagnosis_bench`).
+  CREMA-D-sized epoch (:func:`drl_tune.bench.diagnosis.run_diagnosis_bench`).
 * ``overhead``: the same epochs as one Tune trial (a Ray worker process, a checkpoint and a ``tune.report``
   per epoch, the MLflow callback logging every epoch to a sqlite store) vs the plain engine loop in this
   process (engine built, epochs run). ``overhead.ratio`` = Tune trial wall time / plain wall time (``ray.init``
@@ -21,7 +21,7 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
 * ``study``: trials per hour of ``python -m drl_tune.run --space demo`` (no confirmation) with
   ``--max-concurrent`` 1 and 2 (``--concurrency``).
 
-* ``gpu``: every GPU figure of issue 13 in one command without Ray (:mod:`drl_tune.bench_gpu`; ``--budget-s``);
+* ``gpu``: every GPU figure of issue 13 in one command without Ray (:mod:`drl_tune.bench.gpu`; ``--budget-s``);
   not part of ``all``.
 
 ``--tiny`` shrinks every size so the whole command runs in a smoke test (its figures mean nothing).
@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from drl_tune.bench_reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
-from drl_tune.config import TrainConfig, make_config, parse_assignments
-from drl_tune.io import atomic_write_text
+from drl_tune.bench.reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
+from drl_tune.core.config import TrainConfig, make_config, parse_assignments
+from drl_tune.core.io import atomic_write_text
 
 BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
 Log = Callable[[str], None]
@@ -68,7 +68,7 @@ def _machine() -> dict[str, Any]:
 
 def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, log: Log, label: str) -> dict[str, Any]:
     """Training samples/s of the engine vs the reference-style loop on ``data``, alternating epochs."""
-    from drl_tune.engine import Engine
+    from drl_tune.core.engine import Engine
     from drl_tune.models import MultimodalClassifier
 
     engine = Engine(config, data)
@@ -117,7 +117,7 @@ def run_epoch_bench(*, limit: int = 64, demo_n: int = 1000, epochs: int = 2, wor
     """Engine vs reference-style training loop at demo and at CREMA-D input size."""
     from drl_tune.data.cache import load_cache
     from drl_tune.data.synthetic import load_synthetic
-    from drl_tune.spaces import load_space
+    from drl_tune.study.spaces import load_space
 
     work = work or Path(tempfile.mkdtemp(prefix="drl_tune_bench_epoch_"))
     before = torch.get_num_threads()
@@ -146,7 +146,7 @@ def run_epoch_bench(*, limit: int = 64, demo_n: int = 1000, epochs: int = 2, wor
 
 def _process_started(pid: int) -> float | None:
     """Wall-clock start of a live local process (its /proc start ticks after boot), None when gone/unknown."""
-    from drl_tune.ray_session import start_time
+    from drl_tune.study.ray_session import start_time
 
     ticks = start_time(pid)
     try:
@@ -164,7 +164,7 @@ import ray, ray.tune
 t1 = time.perf_counter()
 import sklearn.cluster, sklearn.linear_model, torch, torchvision.models
 t2 = time.perf_counter()
-import drl_tune.trainable
+import drl_tune.study.trainable
 t3 = time.perf_counter()
 print(json.dumps([wall0, t1 - t0, t2 - t1, t3 - t2]))
 """
@@ -173,8 +173,8 @@ print(json.dumps([wall0, t1 - t0, t2 - t1, t3 - t2]))
 def worker_imports() -> dict[str, float]:
     """What a trial's worker imports, timed in a fresh interpreter: Ray's part (``ray``, ``ray.tune``: a Ray worker
     loads these before it runs a trial), the libraries training needs (torch, torchvision, sklearn) and what
-    drl_tune.trainable adds on top of them."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+    drl_tune.study.trainable adds on top of them."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
     launched = time.time()
     proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, env=env, check=False)
@@ -197,12 +197,12 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
     from ray.tune import Callback
     from threadpoolctl import threadpool_limits
 
-    from drl_tune.engine import Engine
-    from drl_tune.faults import WORKER_FILE
-    from drl_tune.spaces import load_space
-    from drl_tune.study import REUSE_ACTORS
-    from drl_tune.tracking import MLflowTrialCallback, StudyTracker
-    from drl_tune.trainable import train_trial
+    from drl_tune.core.engine import Engine
+    from drl_tune.study.faults import WORKER_FILE
+    from drl_tune.study.spaces import load_space
+    from drl_tune.study.tracking import MLflowTrialCallback, StudyTracker
+    from drl_tune.study.trainable import train_trial
+    from drl_tune.study.tune import REUSE_ACTORS
 
     config = load_space("demo").config(parse_assignments(["method=joint", "threads=1", f"epochs={epochs}",
                                                           *(overrides or [])]))
@@ -315,7 +315,7 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
         f"it reached train_trial after {b['worker_process_to_trainable_s']}, its first epoch began "
         f"{b['trainable_to_first_epoch_s']} later (driver: MLflow child run {b['mlflow_child_run_s']}); a fresh "
         f"interpreter imports ray + ray.tune in {b['import_ray_tune_s']}, torch + torchvision + sklearn in "
-        f"{b['import_libraries_s']}, drl_tune.trainable on top in {b['import_drl_tune_s']}")
+        f"{b['import_libraries_s']}, drl_tune.study.trainable on top in {b['import_drl_tune_s']}")
     log(f"overhead: the next trial on the {'reused' if out['warm_actor_reused'] else 'NEW (not reused)'} actor "
         f"{warm_s:.1f} s vs plain {plain_s:.1f} s: ratio {out['warm_ratio']:.2f}x (fixed {out['warm_fixed_s']:.1f} s)")
     return out
@@ -371,8 +371,8 @@ def _epochs_trained(study: Path) -> int:
 
 
 def run(benches: list[str], args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
-    from drl_tune.bench_diagnosis import run_diagnosis_bench
-    from drl_tune.data.bench import run_data_bench
+    from drl_tune.bench.data import run_data_bench
+    from drl_tune.bench.diagnosis import run_diagnosis_bench
 
     tiny = args.tiny
     result: dict[str, Any] = {"machine": _machine(), "tiny": tiny}
@@ -448,10 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=_ints, default=[1, 2], help="study: --max-concurrent values (1,2)")
     p.add_argument("--budget-s", type=float, default=400.0,
                    help="gpu: skip the steps that would end past this many seconds (400)")
-    p.add_argument("--steps", help="gpu: only these steps, comma-separated (python -m drl_tune.bench_gpu --help)")
+    p.add_argument("--steps", help="gpu: only these steps, comma-separated (python -m drl_tune.bench.gpu --help)")
     args = p.parse_args(argv)
     if args.bench == "gpu":  # its own module: it must run where Ray, MLflow and Optuna are not installed
-        from drl_tune.bench_gpu import main as gpu_main
+        from drl_tune.bench.gpu import main as gpu_main
 
         return gpu_main([*(["--json", str(args.json)] if args.json else []), *(["--tiny"] if args.tiny else []),
                          "--budget-s", str(args.budget_s), *(["--steps", args.steps] if args.steps else [])])

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from drl_tune.errors import ConfigError
+from drl_tune.core.errors import ConfigError
 from drl_tune.methods import REGISTRY
 
 
@@ -132,7 +132,7 @@ class EvalConfig:
 
 @dataclass
 class PerfConfig:
-    """Speed switches of the GPU path (drl_tune/accel.py). Each acts only on a CUDA device, so a CPU run is
+    """Speed switches of the GPU path (drl_tune/core/accel.py). Each acts only on a CUDA device, so a CPU run is
     the same computation whatever they say; set one false to rule it out when a GPU result looks wrong."""
 
     bf16: bool = True  # bf16 autocast of the encoders' forward (features and loss stay float32)

@@ -30,13 +30,13 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from drl_tune.history import read_result_json
-from drl_tune.io import atomic_write_text
-from drl_tune.plan import Plan
-from drl_tune.stats import Interval, paired_difference, t_interval
-from drl_tune.study import REUSE_ACTORS, ctrl_c_watch, finished_trials, make_trainable, trial_name
-from drl_tune.tables import ProgressTable, render_table
-from drl_tune.tracking import MLflowTrialCallback
+from drl_tune.core.io import atomic_write_text
+from drl_tune.core.stats import Interval, paired_difference, t_interval
+from drl_tune.study.history import read_result_json
+from drl_tune.study.plan import Plan
+from drl_tune.study.tables import ProgressTable, render_table
+from drl_tune.study.tracking import MLflowTrialCallback
+from drl_tune.study.tune import REUSE_ACTORS, ctrl_c_watch, finished_trials, make_trainable, trial_name
 
 CONFIRM_DIR = "confirm"
 CONFIRM_FILE = "drl_tune_confirm.json"

@@ -1,4 +1,4 @@
-"""``python -m drl_tune.data.bench``: samples/s of the cached pipeline vs a reference-style pipeline.
+"""``python -m drl_tune.bench.data``: samples/s of the cached pipeline vs a reference-style pipeline.
 
 Both read the same generated CREMA-D data in the layout the official code reads (``visual/<clip>/*.jpg`` at
 CREMA-D's 480×360, ``audio/<clip>.pt`` fbank tensors) and deliver the same training batch: audio
@@ -219,7 +219,7 @@ def run_data_bench(clips: int = 512, workers: int = 2, batch_size: int = 64, epo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m drl_tune.data.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m drl_tune.bench.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=512, help="generated CREMA-D clips (512)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers / torch threads (2)")

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from drl_tune.accel import Accel
-from drl_tune.config import ConfigError, TrainConfig
+from drl_tune.core.accel import Accel
+from drl_tune.core.config import ConfigError, TrainConfig
+from drl_tune.core.io import atomic_save_torch
+from drl_tune.core.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
 from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import BatchBuffers, prepare_input
-from drl_tune.io import atomic_save_torch
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch
-from drl_tune.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
 from drl_tune.models import MultimodalClassifier
 
 

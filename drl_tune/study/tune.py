@@ -1,4 +1,4 @@
-"""A resolved study plan (drl_tune/plan.py) -> a Ray Tune ``Tuner`` (OptunaSearch, ASHA, resume).
+"""A resolved study plan (drl_tune/study/plan.py) -> a Ray Tune ``Tuner`` (OptunaSearch, ASHA, resume).
 
 Search: Optuna TPE (seeded) with a define-by-run function, because DRL's parameters only exist when
 ``method=drl`` is drawn. The space's official setting is the first ``points_to_evaluate`` point, so every
@@ -29,13 +29,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from drl_tune.plan import Plan
-from drl_tune.spaces import Param, SchedulerSpec
-
-# Tune pickles a study's callbacks into its folder (tuner.pkl): folders written before the live table moved to
-# drl_tune/tables.py name it drl_tune.study.ProgressTable, and --resume of such a study unpickles that name
-from drl_tune.tables import ProgressTable as ProgressTable
-from drl_tune.trainable import train_trial
+from drl_tune.study.plan import Plan
+from drl_tune.study.spaces import Param, SchedulerSpec
+from drl_tune.study.tables import ProgressTable as ProgressTable  # study folders' pickles may name it here
+from drl_tune.study.trainable import train_trial
 
 
 @dataclass

@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
-from drl_tune.faults import error_reason
-from drl_tune.history import metric_items
-from drl_tune.safety import redact
+from drl_tune.study.faults import error_reason
+from drl_tune.study.history import metric_items
+from drl_tune.study.safety import redact
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "drl_tune.trial_id"
