@@ -113,3 +113,23 @@ def test_complete_or_checkpointless_histories_are_unchanged(tmp_path):
     assert load_checkpoint_history(tmp_path / "old" / "checkpoint_000002") == []
     write_trial(tmp_path / "none", [], {1: [0, 1]})  # Tune recorded nothing yet: nothing to attach rows to
     assert read_result_json(tmp_path / "none") == []
+
+
+def test_a_finished_study_closes_the_child_run_of_a_trial_tune_never_saved(tmp_path):
+    """The driver SIGKILLed just as a trial started: its child run stays RUNNING and the resume re-runs the
+    configuration as a new trial. Finishing the study marks that orphan KILLED; finished children are untouched."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(uri, "study")
+    parent = tracker.start_parent("study", {}, {}, {})
+    callback = MLflowTrialCallback(uri, tracker.experiment_id, parent, "study")
+    done, orphan = (SimpleNamespace(trial_id=t, config={"method": "joint", "epochs": 1}) for t in ("t1", "t2"))
+    callback.on_trial_start(0, [], done)
+    callback.on_trial_result(0, [], done, result(0))
+    callback.on_trial_complete(0, [], done)
+    callback.on_trial_start(0, [], orphan)  # ... and nothing more: the driver died
+    tracker.finish_parent(parent, "FINISHED", {}, None)
+    runs = {r.data.tags["drl_tune.trial_id"]: r for r in tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")}
+    assert runs["t1"].info.status == "FINISHED" and "drl_tune.orphan" not in runs["t1"].data.tags
+    assert runs["t2"].info.status == "KILLED" and "drl_tune.orphan" in runs["t2"].data.tags
+    assert tracker.client.get_run(parent).info.status == "FINISHED"

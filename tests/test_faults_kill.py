@@ -108,9 +108,15 @@ def reference_history(config: dict, epochs: int) -> list[float]:
 
 
 def check_mlflow(plan: Plan, n_trials: int, epochs: int) -> dict[str, list[float]]:
-    """One FINISHED child per trial, each epoch once; returns trial id -> val/acc per epoch."""
+    """One FINISHED child per trial, each epoch once; returns trial id -> val/acc per epoch. A child of a trial that
+    had just started when the driver was SIGKILLed (Tune never saved it; the resume re-ran it as a new trial) is
+    left KILLED with the orphan tag and no epoch — never RUNNING, never counted."""
     client = MlflowClient(plan.mlflow_uri)
     runs = client.search_runs([plan.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'")
+    orphans = [r for r in runs if "drl_tune.orphan" in r.data.tags]
+    for run in orphans:
+        assert run.info.status == "KILLED" and not client.get_metric_history(run.info.run_id, "val/acc")
+    runs = [r for r in runs if r not in orphans]
     assert len(runs) == n_trials, [(r.data.tags.get("drl_tune.trial_id"), r.info.status) for r in runs]
     assert len({r.data.tags["drl_tune.trial_id"] for r in runs}) == n_trials
     histories = {}

@@ -26,6 +26,7 @@ from drl_tune.study.safety import redact
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "drl_tune.trial_id"
 STUDY_TAG = "drl_tune.study"
+ORPHAN_TAG = "drl_tune.orphan"
 ERROR_TAG = "drl_tune.error"  # one line: why the trial failed
 STAGE_TAG = "drl_tune.stage"  # search | confirm
 MAX_PARAM_LENGTH = 6000
@@ -75,12 +76,27 @@ class StudyTracker:
         self.client.update_run(run_id, status="RUNNING")
 
     def finish_parent(self, run_id: str, status: str, metrics: dict[str, float], summary: str | None) -> None:
+        """End the study's run; a finished study first closes its orphaned children (:meth:`close_orphans`)."""
+        if status == "FINISHED":
+            self.close_orphans(run_id)
         now = int(time.time() * 1000)
         if metrics:
             self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
         if summary:
             self.client.log_text(run_id, summary, "summary.txt")
         self.client.set_terminated(run_id, status)
+
+
+    def close_orphans(self, parent_run_id: str) -> list[str]:
+        """Mark KILLED (tag ``drl_tune.orphan``) every child still RUNNING when the study has finished: a trial
+        Tune had just started when its driver was killed, before Tune saved that trial in its experiment state, so
+        the resumed study re-ran its configuration as a new trial and nothing will ever finish this run."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
+                                       f"and attributes.status = 'RUNNING'")
+        for run in runs:
+            self.client.set_tag(run.info.run_id, ORPHAN_TAG, "started as its driver was killed; re-run as a new trial")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return [run.info.run_id for run in runs]
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
