@@ -39,6 +39,10 @@ def test_old_module_names_import_as_the_moved_modules():
 
     for name in _OLD_MODULE_NAMES:  # every name the old drl_tune/study.py module had
         assert find("drl_tune.study", name) is getattr(tune, name), name
+    from drl_tune.study import params
+
+    for name in ("Choice", "Uniform", "LogUniform", "IntRange", "Param"):  # the searcher pickles its space's params
+        assert find("drl_tune.spaces", name) is getattr(params, name), name
     with pytest.raises(AttributeError):
         find("drl_tune.study", "Nothing")
 

@@ -1,7 +1,7 @@
-"""The study: a space file becomes a plan (``plan``, ``spaces``), the plan a Ray Tune run (``tune``: Tuner,
-searcher, ASHA; ``trainable``: one trial), tracked in MLflow (``tracking``), confirmed over fresh seeds
-(``confirmation``), made robust to faults (``faults``, ``history``, ``ray_session``, ``cluster``), printed
-(``tables``) with credentials redacted (``safety``).
+"""The study: a space file becomes a plan (``plan``, ``spaces``, ``params``), the plan a Ray Tune run (``tune``:
+Tuner, searcher, ASHA; ``trainable``: one trial), tracked in MLflow (``tracking``), confirmed over fresh seeds
+(``confirmation``; its result as files and text: ``answer``), made robust to faults (``faults``, ``history``,
+``ray_session``, ``cluster``), printed (``tables``) with credentials redacted (``safety``).
 
 Tune pickles a study's search space, searcher, callbacks and trial-name function into the study folder. Folders
 written before this package existed (``drl_tune/study.py`` was one module, now :mod:`drl_tune.study.tune`) name

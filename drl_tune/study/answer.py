@@ -1,0 +1,141 @@
+"""The study's answer as files and text: ``answer.json`` (strict JSON), ``answer.csv`` (one row per configuration
+and metric), ``answer.txt`` and the printed tables, the plain sentences, and the summary metrics of the study's
+parent MLflow run. Built by :func:`drl_tune.study.confirmation.build_answer`; read back by ``python -m
+drl_tune.confirm --answer`` and the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from drl_tune.core.io import atomic_write_text
+from drl_tune.core.stats import Interval
+from drl_tune.study.tables import render_table
+
+ANSWER_JSON = "answer.json"
+ANSWER_CSV = "answer.csv"
+ANSWER_TXT = "answer.txt"
+SELECT_METRIC = "val/acc_best"  # validation only: the search's own ranking metric
+HEADLINE_METRIC = "test/acc_at_best_val"
+BASE_METRICS = ("test/acc_at_best_val", "val/acc_best", "balance/gap")
+LABELS = {"test/acc_at_best_val": "test acc at best val", "val/acc_best": "best val acc",
+          "balance/gap": "balance gap"}
+
+
+def metric_label(metric: str) -> str:
+    if metric.startswith("val/acc_") and metric not in LABELS:
+        return f"{metric.removeprefix('val/acc_')} probe acc"
+    return LABELS.get(metric, metric)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN → None, so answer.json is strict JSON (readable by any tool, not only Python)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def sentence(name: str, reference: str, metric: str, diff: Interval) -> str:
+    """"drl − joint: +1.2 points test acc at best val (95% CI −0.4 … +2.8), not significant at 5 seeds"."""
+    n = diff.n
+    if n < 2:
+        return f"{name} − {reference}: {100 * diff.mean:+.1f} points {metric_label(metric)} from 1 seed (no interval)"
+    verdict = "significant" if diff.excludes_zero else "not significant"
+    return (f"{name} − {reference}: {100 * diff.mean:+.1f} points {metric_label(metric)} "
+            f"(95% CI {100 * diff.ci_low:+.1f} … {100 * diff.ci_high:+.1f}), {verdict} at {n} seeds")
+
+
+def _ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    if stat.get("ci_low") is None:
+        return fmt.format(stat["mean"]) + " (1 seed)"
+    return f"{fmt.format(stat['mean'])} [{fmt.format(stat['ci_low'])}, {fmt.format(stat['ci_high'])}]"
+
+
+def answer_tables(answer: dict[str, Any]) -> str:
+    """The answer as text: per configuration mean [95% CI]; then the paired differences; then sentences."""
+    metrics = answer["metrics"]
+    keys = sorted({k for c in answer["configs"] for k in c["config"]})[:4]
+    headers = ["method", "rank", "from trial", *keys, "seeds", *[metric_label(m) for m in metrics]]
+    rows = [[c["method"], c["rank"], c["source_trial"], *[c["config"].get(k) for k in keys],
+             f"{len(c['seeds'])}" + (f" ({len(c['failed_seeds'])} failed)" if c["failed_seeds"] else ""),
+             *[_ci(c["stats"].get(m)) for m in metrics]] for c in answer["configs"]]
+    seeds = ", ".join(str(s) for s in answer["seeds"])
+    out = [f"mean [95% CI] over fresh seeds {seeds}, each metric at the trial's best-validation epoch:",
+           render_table(headers, rows)]
+    ref = answer.get("reference")
+    if ref and answer["paired"]:
+        pairs: dict[tuple[str, int], dict[str, dict]] = {}
+        for p in answer["paired"]:
+            pairs.setdefault((p["method"], p["rank"]), {})[p["metric"]] = p
+        headers = ["method", "rank", *[f"Δ {metric_label(m)}" for m in metrics]]
+        rows = [[m, r, *[_ci(d.get(metric), signed=True) + (" *" if d.get(metric, {}).get("significant") else "")
+                         for metric in metrics]] for (m, r), d in pairs.items()]
+        out += ["", f"paired difference against {ref['method']} (rank {ref['rank']}), seed by seed "
+                    f"(* = the 95% CI excludes 0):", render_table(headers, rows)]
+    out += [""] + answer["headline"]
+    return "\n".join(out)
+
+
+def answer_csv(answer: dict[str, Any]) -> str:
+    """One row per (configuration, metric): its interval and its paired difference against joint."""
+    paired = {(p["method"], p["rank"], p["metric"]): p for p in answer["paired"]}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "rank", "source_trial", "metric", "n", "mean", "std", "ci_low", "ci_high",
+                     "diff_vs_joint_mean", "diff_ci_low", "diff_ci_high", "diff_n", "significant"])
+    for c in answer["configs"]:
+        for metric in answer["metrics"]:
+            s = c["stats"].get(metric)
+            if not s:
+                continue
+            p = paired.get((c["method"], c["rank"], metric), {})
+            writer.writerow([c["method"], c["rank"], c["source_trial"], metric, s["n"], s["mean"], s["std"],
+                             s["ci_low"], s["ci_high"], p.get("mean", ""), p.get("ci_low", ""),
+                             p.get("ci_high", ""), p.get("n", ""), p.get("significant", "")])
+    return buffer.getvalue()
+
+
+def write_answer(study_dir: Path, answer: dict[str, Any]) -> dict[str, Path]:
+    """answer.json, answer.csv and answer.txt in the study folder (each written whole, then renamed)."""
+    files = {ANSWER_JSON: json.dumps(answer, indent=2), ANSWER_CSV: answer_csv(answer),
+             ANSWER_TXT: answer_tables(answer) + "\n"}
+    paths = {}
+    for name, text in files.items():
+        paths[name] = atomic_write_text(study_dir / name, text)
+    return paths
+
+
+def parent_metrics(answer: dict[str, Any]) -> dict[str, float]:
+    """Per-method summary metrics for the study's parent MLflow run (the best-validation configuration of
+    each method): ``<method>/<metric>_mean`` and ``_ci95`` (half width), and the paired difference vs joint."""
+    out: dict[str, float] = {}
+    best: dict[str, dict] = {}
+    for c in answer["configs"]:
+        val = (c["stats"].get(SELECT_METRIC) or {}).get("mean")
+        if val is not None and (c["method"] not in best or val > best[c["method"]]["stats"][SELECT_METRIC]["mean"]):
+            best[c["method"]] = c
+    for method, c in best.items():
+        for metric, s in c["stats"].items():
+            slug = metric.replace("/", "_")
+            if s.get("mean") is not None:
+                out[f"{method}/{slug}_mean"] = s["mean"]
+            if s.get("half_width") is not None:
+                out[f"{method}/{slug}_ci95"] = s["half_width"]
+        for p in answer["paired"]:
+            if p["method"] == method and p["rank"] == c["rank"] and p.get("mean") is not None:
+                slug = p["metric"].replace("/", "_")
+                out[f"{method}/diff_vs_joint_{slug}_mean"] = p["mean"]
+                if p.get("half_width") is not None:
+                    out[f"{method}/diff_vs_joint_{slug}_ci95"] = p["half_width"]
+    return out
