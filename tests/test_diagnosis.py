@@ -168,7 +168,7 @@ def test_torch_kmeans_recovers_separated_blobs_exactly():
 def test_torch_kmeans_matches_sklearn_purity_on_overlapping_blobs():
     # 6 overlapping classes (purity ~0.76): both the best of 10 starts agree within 0.03 (measured: 0.008, 0.012).
     # With 12 heavily overlapping classes the best-of-10 optima of the two differ by up to 0.09 — as much as
-    # sklearn's own best-of-10 runs differ between seeds there (README "Diagnosis speed").
+    # sklearn's own best-of-10 runs differ between seeds there (docs/faithfulness.md, "Diagnosis speed").
     for seed in (9, 11):
         rng = np.random.default_rng(seed)
         means = rng.normal(0, 1, (6, 16)) * 0.6

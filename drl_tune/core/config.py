@@ -67,7 +67,7 @@ class AVDigitsConfig:
     speakers_train: int = 4  # per language
     speakers_val: int = 2
     speakers_test: int = 2
-    # difficulty, chosen from the two uni-modal runs alone (README, "AV-digits"): white noise under the
+    # difficulty, chosen from the two uni-modal runs alone (docs/datasets.md, "AV-digits"): white noise under the
     # speech (dB below its power), Gaussian pixel noise on the digit (0-1 scale)
     audio_snr_db: float = 10.0
     visual_noise: float = 0.6

@@ -63,7 +63,7 @@ KEY_DOCS: list[tuple[str, str]] = [
                                "(\"The diagnosis' noise\")"),
     ("drl.kmeans_backend", "`torch`: the same k-means (greedy k-means++, Lloyd) in torch on the run's device "
                            "(\"Diagnosis speed\")"),
-    ("ogm_ge.alpha", "α of OGM-GE's coefficient 1 − tanh(α·ratio) (the README's example)"),
+    ("ogm_ge.alpha", "α of OGM-GE's coefficient 1 − tanh(α·ratio) (the OGM-GE README's example)"),
     ("ogm_ge.modulation_starts, ogm_ge.modulation_ends", "modulate while starts ≤ epoch ≤ ends"),
     ("ogm_ge.ge", "add the generalisation-enhancement noise (false = plain OGM)"),
     ("opm.q_base, opm.lam, opm.p_exe", "OPM's base drop probability, λ, probability a batch is modulated "

@@ -2,7 +2,7 @@
 
 ``Engine(config).run_epoch()`` trains one epoch through the method's hooks (``on_epoch_start``,
 ``training_rows``, ``training_step`` per batch; methods/base.py), evaluates on val and test, lets the method
-act (``on_epoch_end``), and returns the epoch's metrics under the names of README.md ("Metrics"):
+act (``on_epoch_end``), and returns the epoch's metrics under the names of docs/configuration.md ("Metrics"):
 
     epoch, train/loss, val/acc, val/macro_f1, val/acc_best, test/acc, test/macro_f1,
     test/acc_at_best_val, val/acc_<modality>, balance/gap, diag/* (diagnosis epochs), time/epoch_s

@@ -14,7 +14,7 @@ Each clip has a label, an audio track and a few RGB frames:
 * ``noise_only="audio"|"visual"`` replaces that modality with pure noise (a scarcely informative one).
 
 The defaults are tuned so that the imbalance phenomenon is there and measured, never so that a method
-wins: ``python -m drl_tune.experiments.imbalance`` (figures in the README, "The demo data").
+wins: ``python -m drl_tune.experiments.imbalance`` (figures in docs/datasets.md, "The demo data").
 
 Generated once into the cache format (data/cache.py) and re-read afterwards.
 """

@@ -29,7 +29,8 @@ from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
-# measured on the demo (README "The diagnosis' noise"): each restart costs ~5% of a diagnosis, so 2 stay <= 10%
+# measured on the demo (docs/faithfulness.md, "The diagnosis' noise"): each restart costs ~5% of a diagnosis,
+# so 2 stay <= 10%
 STABILITY_RESTARTS = 2
 KMEANS_SEEDS = ("official", "trial")
 

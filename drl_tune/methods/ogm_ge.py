@@ -42,7 +42,7 @@ from drl_tune.models import ModelOutput, MultimodalClassifier
 
 @dataclass
 class OGMGEParams:
-    """``alpha``: α of Eq. 10 (the README's example 0.1); modulation active for starts ≤ epoch ≤ ends."""
+    """``alpha``: α of Eq. 10 (the OGM-GE README's example 0.1); modulation active for starts ≤ epoch ≤ ends."""
 
     alpha: float = 0.1
     modulation_starts: int = 0

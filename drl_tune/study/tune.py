@@ -86,7 +86,7 @@ def make_scheduler(sc: SchedulerSpec) -> Any:
 
 
 # Each new trial actor is a fresh Ray worker process that boots Ray (~3 s here) and imports torch, torchvision and
-# sklearn (~8 s here) before its first epoch: the whole of a demo trial's start-up (README "Performance",
+# sklearn (~8 s here) before its first epoch: the whole of a demo trial's start-up (docs/performance.md,
 # `overhead.startup_breakdown`). Ray 2.60 Tune does not reuse actors unless asked; reusing them runs the next trial in
 # the finished (or ASHA-stopped) trial's process, which has all that done. Safe for train_trial: a function
 # trainable's thread is stopped at a report (synchronous reporting), every trial builds its own Engine (seeds, RNGs,
