@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
@@ -124,3 +125,46 @@ def test_plan_confirmation_bad_input():
         plan_confirmation([record("a", "drl", 0.7, status="running")], 1, 2)
     with pytest.raises(ConfirmError, match="no trials"):
         plan_confirmation([], 1, 2)
+
+
+# -- multiplicity and power (issue 23, items 3 and 4: the functions; the answer does not use them yet) ----------
+
+
+def test_holm_on_the_textbook_example():
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03,
+    # 0.06, 0.06; back in the input order
+    from drl_tune.core.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, math.nan, 0.4]) == pytest.approx([0.8, math.nan, 0.8], nan_ok=True)  # NaN not counted
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_paired_t_pvalue_matches_the_closed_form_for_two_degrees_of_freedom():
+    # d = 1, 2, 3: mean 2, s = 1, t = 2·√3; for 2 degrees of freedom P(T > t) = (1 − t/√(t² + 2)) / 2
+    from drl_tune.core.stats import paired_t_pvalue, t_interval
+
+    t = 2 * math.sqrt(3)
+    assert paired_t_pvalue(t_interval([1.0, 2.0, 3.0])) == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)
+    assert math.isnan(paired_t_pvalue(t_interval([1.0])))
+    assert paired_t_pvalue(t_interval([0.0, 0.0])) == 1.0 and paired_t_pvalue(t_interval([0.2, 0.2])) == 0.0
+
+
+def test_paired_t_power_matches_known_values_and_a_simulation():
+    from drl_tune.core.stats import min_detectable_difference, paired_t_power, seeds_needed
+
+    # G*Power's one-sample t test, two-tailed, α = 0.05: d = 1 with n = 10 -> 0.8031; d = 0.5 with n = 34 -> 0.8078
+    assert paired_t_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
+    assert paired_t_power(0.05, 0.1, 34) == pytest.approx(0.8078, abs=1e-4)  # only δ/σ matters
+    # a simulation of the test itself: 20 000 studies of 10 seeds with differences ~ N(1, 1)
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(1.0, 1.0, size=(20_000, 10))
+    rejected = float(np.mean(scipy_stats.ttest_1samp(diffs, 0.0, axis=1).pvalue < 0.05))
+    assert rejected == pytest.approx(paired_t_power(1.0, 1.0, 10), abs=0.015)
+    # the smallest detectable difference has exactly 80% power; the seeds needed are the first n reaching it
+    mdd = min_detectable_difference(1.0, 10)
+    assert paired_t_power(mdd, 1.0, 10) == pytest.approx(0.8, abs=1e-9) and 0.99 < mdd < 1.0
+    assert seeds_needed(1.0, 1.0) == 10 and paired_t_power(1.0, 1.0, 9) < 0.8
+    assert seeds_needed(0.5, 1.0) == 34 and seeds_needed(0.0, 1.0) is None
+    assert seeds_needed(1e-6, 1.0, max_n=1000) is None

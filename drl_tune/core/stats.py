@@ -7,6 +7,11 @@ Pure functions on plain numbers (no pandas, no torch), shared by the confirmatio
   configurations (same seed ⇒ same data order and initialisation, so the seed-to-seed noise shared by the two
   largely cancels — the reason the paired interval is narrower than comparing two unpaired means).
 * :func:`pareto_front`: the points no other point beats on both objectives (trade-off plots).
+* :func:`paired_t_pvalue`, :func:`holm`: the two-sided paired-t p-value of a difference, and Holm's step-down
+  adjustment of several (each method against the same reference: one family of comparisons).
+* :func:`paired_t_power`, :func:`min_detectable_difference`, :func:`seeds_needed`: what N seeds can detect, from
+  the noncentral t distribution of the paired t statistic (the exact power of the test, not a normal
+  approximation).
 """
 
 from __future__ import annotations
@@ -91,3 +96,74 @@ def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bo
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
+
+
+def paired_t_pvalue(diff: Interval) -> float:
+    """Two-sided p-value of the paired t test of mean(d) = 0 for the differences behind ``diff`` (NaN below 2
+    seeds, 0 when every difference is the same non-zero number, 1 when all are 0)."""
+    if diff.n < 2:
+        return math.nan
+    if diff.std == 0:
+        return 1.0 if diff.mean == 0 else 0.0
+    return float(_scipy_stats.ttest_1samp(diff.values, 0.0).pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order (NaN stays NaN and is not counted).
+
+    The i-th smallest of m p-values is multiplied by m − i + 1, then the running maximum is taken so the adjusted
+    values keep the order of the raw ones, capped at 1; "significant at 5%" after adjustment means adjusted
+    p < 0.05. Written here because neither scipy (``false_discovery_control`` is Benjamini–Hochberg) nor our
+    dependencies provide Holm (statsmodels is not among them)."""
+    indexed = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    m = len(indexed)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def paired_t_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t test at level ``alpha`` with ``n`` seeds, when the true mean difference is
+    ``delta`` and the differences' standard deviation ``sd``: P(|T| > t_crit), T ~ noncentral t(n − 1, δ√n/σ)."""
+    if n < 2 or not sd > 0:
+        raise ValueError(f"power needs n >= 2 and sd > 0, got n={n}, sd={sd}")
+    df = n - 1
+    crit = float(_scipy_stats.t.ppf(1 - alpha / 2, df))
+    nc = abs(delta) * math.sqrt(n) / sd
+    return float(_scipy_stats.nct.sf(crit, df, nc) + _scipy_stats.nct.cdf(-crit, df, nc))
+
+
+def min_detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true |mean difference| the paired t test with ``n`` seeds detects with probability
+    ``power`` (the differences' std ``sd``, e.g. the observed one)."""
+    from scipy.optimize import brentq
+
+    if paired_t_power(0.0, sd, n, alpha) >= power:
+        return 0.0
+    high = sd
+    while paired_t_power(high, sd, n, alpha) < power:
+        high *= 2
+    return float(brentq(lambda d: paired_t_power(d, sd, n, alpha) - power, 0.0, high, xtol=1e-12 * max(sd, 1e-12)))
+
+
+def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05, max_n: int = 100_000) -> int | None:
+    """The fewest seeds with which the paired t test detects a true difference ``delta`` with probability
+    ``power``; None when even ``max_n`` would not (or ``delta`` is 0)."""
+    if delta == 0:
+        return None
+    high = 2  # power grows with n: double until it is reached, then bisect (scipy's noncentral t turns NaN for
+    while paired_t_power(delta, sd, high, alpha) < power:  # huge noncentralities, so never evaluate far past it)
+        if high >= max_n:
+            return None
+        high = min(2 * high, max_n)
+    low = max(2, high // 2)
+    while low < high:
+        mid = (low + high) // 2
+        if paired_t_power(delta, sd, mid, alpha) >= power:
+            high = mid
+        else:
+            low = mid + 1
+    return low
