@@ -71,7 +71,43 @@ def test_paired_difference_not_significant_and_sentence():
     assert not diff.excludes_zero
     text = sentence("drl", "joint", "test/acc_at_best_val", diff)
     assert text.startswith("drl − joint: +0.3 points test acc at best val (95% CI ")
-    assert text.endswith("not significant at 3 seeds")
+    # what 3 seeds can detect at 80% power, and what 1 point would need, from the observed spread of d
+    from drl_tune.core.stats import min_detectable_difference, seeds_needed
+
+    mdd, need = min_detectable_difference(diff.std, 3), seeds_needed(0.01, diff.std)
+    assert text.endswith(f"not significant at 3 seeds; 3 seeds detect ≥ {100 * mdd:.1f} points; "
+                         f"1 point would need ≈ {need} seeds")
+    assert paired_t_power_of(mdd, diff.std, 3) == pytest.approx(0.8)
+
+
+def paired_t_power_of(delta: float, sd: float, n: int) -> float:
+    from drl_tune.core.stats import paired_t_power
+
+    return paired_t_power(delta, sd, n)
+
+
+def test_several_comparisons_are_judged_after_holm():
+    """Two configurations against joint on one metric: each is significant alone (p < 0.05, interval excludes 0),
+    but Holm multiplies the smaller p by 2 (> 0.05), so neither is after adjustment; the sentence says so."""
+    from drl_tune.core.stats import paired_t_pvalue
+    from drl_tune.study.confirmation import add_multiplicity_and_power
+
+    d1 = paired_difference([0.795, 0.805, 0.785, 0.825, 0.795], [0.78] * 5)  # p = 0.036
+    d2 = paired_difference([0.793, 0.803, 0.785, 0.825, 0.793], [0.78] * 5)  # p = 0.046
+    p1, p2 = paired_t_pvalue(d1), paired_t_pvalue(d2)
+    assert 0.025 < p1 < p2 < 0.05 and d1.excludes_zero and d2.excludes_zero
+    paired = [{"method": m, "rank": 1, "metric": "test/acc_at_best_val", "p": p, "_diff": d}
+              for m, p, d in (("drl", p1, d1), ("opm", p2, d2))]
+    add_multiplicity_and_power(paired, "joint", top_k=1)
+    drl, opm = paired
+    assert drl["p_holm"] == pytest.approx(2 * p1) and opm["p_holm"] == pytest.approx(max(2 * p1, p2))
+    assert drl["comparisons"] == opm["comparisons"] == 2
+    assert drl["significant_unadjusted"] and opm["significant_unadjusted"]
+    assert not drl["significant"] and not opm["significant"]
+    assert drl["sentence"].split(", ")[1].startswith("not significant at 5 seeds after Holm's adjustment for 2 "
+                                                     "comparisons (p 0.0727)")
+    assert "_diff" not in drl and drl["seeds_for_1pt"] >= 2 and drl["min_detectable"] > 0
+    assert drl["seeds_for_observed"] is not None
 
 
 def test_pareto_front():

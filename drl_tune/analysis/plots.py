@@ -445,7 +445,7 @@ def comparison(study: Study, metric: str = TEST_METRIC) -> Figure:
         ax.axvline(0, color="black", lw=1)
         ax.set_xlabel(f"paired difference in {metric} vs {ref['method']} #{ref.get('rank', 1)} (same seeds), 95% CI")
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title("difference against joint training (filled = interval excludes 0)", fontsize=10)
+        ax.set_title("difference against joint training (filled = significant at 5%, Holm-adjusted)", fontsize=10)
     else:
         ax.text(0.5, 0.5, "no paired differences in answer.json", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()

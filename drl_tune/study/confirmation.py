@@ -29,7 +29,15 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from drl_tune.core.io import atomic_write_text
-from drl_tune.core.stats import Interval, paired_difference, t_interval
+from drl_tune.core.stats import (
+    Interval,
+    holm,
+    min_detectable_difference,
+    paired_difference,
+    paired_t_pvalue,
+    seeds_needed,
+    t_interval,
+)
 from drl_tune.study.answer import (  # noqa: F401  (the answer's names, also imported from here)
     ANSWER_CSV,
     ANSWER_JSON,
@@ -248,6 +256,32 @@ class ConfigResult:
     stats: dict[str, Interval]
 
 
+def add_multiplicity_and_power(paired: list[dict[str, Any]], reference: str, top_k: int) -> None:
+    """Per metric, every configuration compared with the reference is one family: Holm-adjust their paired-t
+    p-values (``p_holm``, ``comparisons``); ``significant`` is Holm's verdict when the family has more than one
+    member (``significant_unadjusted``: the 95% interval excludes 0); add what the seeds could detect
+    (``min_detectable``: the difference found with 80% power; ``seeds_for_1pt``, ``seeds_for_observed``) and the
+    sentence."""
+    by_metric: dict[str, list[dict[str, Any]]] = {}
+    for p in paired:
+        by_metric.setdefault(p["metric"], []).append(p)
+    for family in by_metric.values():
+        adjusted = holm([p["p"] for p in family])
+        for p, p_holm in zip(family, adjusted, strict=True):
+            diff: Interval = p.pop("_diff")
+            m = len(family)
+            spread = diff.n >= 2 and math.isfinite(diff.std) and diff.std > 0
+            p.update({
+                "p_holm": p_holm, "comparisons": m, "significant_unadjusted": diff.excludes_zero,
+                "significant": bool(p_holm < 0.05) if m > 1 and math.isfinite(p_holm) else diff.excludes_zero,
+                "min_detectable": min_detectable_difference(diff.std, diff.n) if spread else None,
+                "seeds_for_1pt": seeds_needed(0.01, diff.std) if spread else None,
+                "seeds_for_observed": seeds_needed(diff.mean, diff.std) if spread else None,
+                "sentence": sentence(f"{p['method']}#{p['rank']}" if top_k > 1 else p["method"], reference,
+                                     p["metric"], diff, p_holm=p_holm, comparisons=m),
+            })
+
+
 def _searched_keys(entries: list[ConfirmEntry]) -> list[str]:
     """Config keys that differ between the confirmed configurations (what the tables show)."""
     keys: set[str] = set()
@@ -304,9 +338,8 @@ def build_answer(study_dir: Path, study_name: str) -> dict[str, Any]:
                 diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
                 paired.append({"method": method, "rank": rank, "metric": metric,
                                **{k: v for k, v in diff.to_dict().items() if k != "level"},
-                               "significant": diff.excludes_zero,
-                               "sentence": sentence(f"{method}#{rank}" if top_k > 1 else method,
-                                                    reference.entry.method, metric, diff)})
+                               "p": paired_t_pvalue(diff), "_diff": diff})
+        add_multiplicity_and_power(paired, reference.entry.method, top_k)
     shown = _searched_keys([e for e in entries])
     answer = {
         "study": study_name,
