@@ -204,3 +204,7 @@ def test_paired_t_power_matches_known_values_and_a_simulation():
     assert seeds_needed(1.0, 1.0) == 10 and paired_t_power(1.0, 1.0, 9) < 0.8
     assert seeds_needed(0.5, 1.0) == 34 and seeds_needed(0.0, 1.0) is None
     assert seeds_needed(1e-6, 1.0, max_n=1000) is None
+    # two seeds whose differences agree but for float noise (sd ~1e-17): scipy's noncentral t would give NaN
+    noisy = paired_difference([0.3, 0.7], [0.1, 0.5])
+    assert 0 < noisy.std < 1e-12 and paired_t_power(0.01, noisy.std, 2) == 1.0
+    assert 0 <= min_detectable_difference(noisy.std, 2) < 1e-9 and seeds_needed(0.01, noisy.std) == 2

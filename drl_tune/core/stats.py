@@ -133,7 +133,20 @@ def paired_t_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> floa
     df = n - 1
     crit = float(_scipy_stats.t.ppf(1 - alpha / 2, df))
     nc = abs(delta) * math.sqrt(n) / sd
-    return float(_scipy_stats.nct.sf(crit, df, nc) + _scipy_stats.nct.cdf(-crit, df, nc))
+    if nc > 1e6:  # scipy's noncentral t turns NaN past ~1e10 (a float-noise sd); the power is 1.0 long before
+        return 1.0
+    upper = float(_scipy_stats.nct.sf(crit, df, nc))
+    lower = float(_scipy_stats.nct.cdf(-crit, df, nc))
+    # scipy's noncentral t also returns NaN in some far tails (seen for df = 1, nc ≈ 11): the lower tail is then
+    # bounded by P(T < 0) = Φ(−nc), negligible there; the upper one is 1 − P(T ≤ crit)
+    if not math.isfinite(lower):
+        lower = float(_scipy_stats.norm.cdf(-nc))
+    if not math.isfinite(upper):
+        upper = 1.0 - float(_scipy_stats.nct.cdf(crit, df, nc))
+    power = upper + lower
+    if not math.isfinite(power):
+        raise ValueError(f"the noncentral t power is not finite for n={n}, nc={nc}")
+    return min(1.0, power)
 
 
 def min_detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -154,8 +167,8 @@ def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.0
     ``power``; None when even ``max_n`` would not (or ``delta`` is 0)."""
     if delta == 0:
         return None
-    high = 2  # power grows with n: double until it is reached, then bisect (scipy's noncentral t turns NaN for
-    while paired_t_power(delta, sd, high, alpha) < power:  # huge noncentralities, so never evaluate far past it)
+    high = 2  # power grows with n: double until it is reached, then bisect
+    while paired_t_power(delta, sd, high, alpha) < power:
         if high >= max_n:
             return None
         high = min(2 * high, max_n)
