@@ -288,6 +288,13 @@ def test_interrupted_then_killed_study_resumes_to_exactly_the_planned_trials(tmp
     plan = Plan.from_json((study / PLAN_FILE).read_text())
     check_mlflow(plan, trials + confirm, epochs)
     folders = [d for d in [*study.glob("drl_*"), *study.glob("confirm/drl_*")] if d.is_dir()]  # not drl_tune_*.json
+    # a trial Tune had just started when the driver was SIGKILLed, before Tune saved it in its experiment state,
+    # leaves a folder with no result row (at most an epoch-0 checkpoint); the resume re-ran its configuration as a
+    # new trial (its MLflow child is the orphan check_mlflow allows). Such a folder is set apart, never counted.
+    orphans = [d for d in folders if not read_result_json(d)]
+    assert len(orphans) <= 1 and all(not (d / "result.json").exists() or not epochs_in(d / "result.json")
+                                     for d in orphans), orphans
+    folders = [d for d in folders if d not in orphans]
     assert len(folders) == trials + confirm
     for folder in folders:
         assert [int(r["epoch"]) for r in read_result_json(folder)] == list(range(epochs))
