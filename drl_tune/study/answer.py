@@ -43,19 +43,19 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def power_clause(diff: Interval) -> str:
+def power_clause(diff: Interval, mdd: float | None = None, need: int | None = None) -> str:
     """"5 seeds detect ≥ 2.1 points; 1 point would need ≈ 23 seeds": what the paired t test at 5% with these seeds
     detects with 80% power, from the observed std of the differences (empty below 2 seeds or with no spread)."""
     if diff.n < 2 or not math.isfinite(diff.std) or diff.std <= 0:
         return ""
-    mdd = min_detectable_difference(diff.std, diff.n)
-    need = seeds_needed(0.01, diff.std)
+    if mdd is None:  # the caller may have computed both already (the answer stores them)
+        mdd, need = min_detectable_difference(diff.std, diff.n), seeds_needed(0.01, diff.std)
     one = f"1 point would need ≈ {need} seeds" if need is not None else "1 point would need more than 100 000 seeds"
     return f"; {diff.n} seeds detect ≥ {100 * mdd:.1f} points; {one}"
 
 
 def sentence(name: str, reference: str, metric: str, diff: Interval, p_holm: float | None = None,
-             comparisons: int = 1) -> str:
+             comparisons: int = 1, mdd: float | None = None, need: int | None = None) -> str:
     """"drl − joint: +1.2 points test acc at best val (95% CI −0.4 … +2.8), not significant at 5 seeds; 5 seeds
     detect ≥ 2.1 points; 1 point would need ≈ 23 seeds". With several comparisons against the same reference the
     verdict is Holm's (``p_holm``), and says so; the interval shown stays the unadjusted one."""
@@ -69,7 +69,7 @@ def sentence(name: str, reference: str, metric: str, diff: Interval, p_holm: flo
         verdict += f" at {n} seeds after Holm's adjustment for {comparisons} comparisons (p {p_holm:.3g})"
     else:
         verdict = ("significant" if diff.excludes_zero else "not significant") + f" at {n} seeds"
-    return f"{head}, {verdict}{power_clause(diff)}"
+    return f"{head}, {verdict}{power_clause(diff, mdd, need)}"
 
 
 def _ci(stat: dict[str, Any] | None, signed: bool = False) -> str:

@@ -271,14 +271,15 @@ def add_multiplicity_and_power(paired: list[dict[str, Any]], reference: str, top
             diff: Interval = p.pop("_diff")
             m = len(family)
             spread = diff.n >= 2 and math.isfinite(diff.std) and diff.std > 0
+            mdd = min_detectable_difference(diff.std, diff.n) if spread else None
+            need = seeds_needed(0.01, diff.std) if spread else None
             p.update({
                 "p_holm": p_holm, "comparisons": m, "significant_unadjusted": diff.excludes_zero,
                 "significant": bool(p_holm < 0.05) if m > 1 and math.isfinite(p_holm) else diff.excludes_zero,
-                "min_detectable": min_detectable_difference(diff.std, diff.n) if spread else None,
-                "seeds_for_1pt": seeds_needed(0.01, diff.std) if spread else None,
+                "min_detectable": mdd, "seeds_for_1pt": need,
                 "seeds_for_observed": seeds_needed(diff.mean, diff.std) if spread else None,
                 "sentence": sentence(f"{p['method']}#{p['rank']}" if top_k > 1 else p["method"], reference,
-                                     p["metric"], diff, p_holm=p_holm, comparisons=m),
+                                     p["metric"], diff, p_holm=p_holm, comparisons=m, mdd=mdd, need=need),
             })
 
 
