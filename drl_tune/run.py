@@ -4,7 +4,8 @@
     python -m drl_tune.run --space cremad --set data.root=/data/cremad --gpus-per-trial 0.5
     python -m drl_tune.run --space demo --name my-study --resume     # finish an interrupted study
 
-Optuna (TPE) proposes configurations, the space's official setting first; ASHA stops weak trials early;
+Optuna (TPE, or random with --searcher random) proposes configurations, each method's official setting first,
+every searched method the same number of trials; ASHA stops weak trials early;
 every trial checkpoints each epoch; MLflow gets one parent run per study and one child run per trial.
 Bad input (space file, --set value, dataset not prepared) stops with one message and exit code 2 before
 anything starts.
@@ -31,7 +32,7 @@ from drl_tune.doctor import check_before_start
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.study.safety import redact
-from drl_tune.study.spaces import load_space
+from drl_tune.study.spaces import SEARCHERS, load_space
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -89,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="study name = folder under --storage (default: SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite database inside the study folder)")
     p.add_argument("--seed", type=int, help="Optuna sampler seed (default: the space's study.seed)")
+    p.add_argument("--searcher", choices=SEARCHERS,
+                   help="Optuna sampler: tpe (adaptive) or random (i.i.d. draws: an unbiased budget curve); "
+                        "default: the space's study.searcher, tpe")
     p.add_argument("--resume", action="store_true", help="finish the interrupted study --name (default: the latest)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
@@ -125,6 +129,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             raise UsageError("--resume and --dry-run exclude each other")
         ignored = [flag for flag, value in (("--set", args.assignments), ("--num-samples", args.num_samples),
                                             ("--seed", args.seed), ("--mlflow-uri", args.mlflow_uri),
+                                            ("--searcher", args.searcher),
                                             ("--confirm-seeds", args.confirm_seeds is not None),
                                             ("--confirm-top-k", args.confirm_top_k)) if value]
         if ignored:
@@ -153,7 +158,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                      confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k)
+                      confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k, searcher=args.searcher)
 
 
 def _space_name(space: str | None) -> str | None:

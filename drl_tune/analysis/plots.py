@@ -7,6 +7,8 @@
   epochs marked and α drawn, beside joint training's curves for the same seed.
 * :func:`importance` and :func:`knobs` — what matters: Optuna's importance evaluators on a study rebuilt from
   the trials (per method, with that method's own keys), and accuracy against DRL's knobs.
+* :func:`drl_tune.analysis.budget.budget` — the budget curves: expected best validation accuracy after n trials
+  of each method (its own module).
 * :func:`comparison` — the confirmation's answer: mean and 95% interval per configuration, paired difference
   against joint.
 
@@ -457,9 +459,11 @@ def comparison(study: Study, metric: str = TEST_METRIC) -> Figure:
 def all_figures(study: Study, out_dir: Path | str) -> dict[str, list[Path]]:
     """Every figure that applies to this study, saved; name -> [png, svg]. A figure that cannot be drawn (no
     DRL trial, no answer yet) is skipped, not faked."""
+    from drl_tune.analysis.budget import budget
+
     out: dict[str, list[Path]] = {}
     makers = {"tradeoff": tradeoff, "dynamics": dynamics, "importance": importance, "knobs": knobs,
-              "comparison": comparison}
+              "budget": budget, "comparison": comparison}
     for name, make in makers.items():
         try:
             fig = make(study)

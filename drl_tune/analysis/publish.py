@@ -10,6 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from drl_tune.analysis.budget import budget_curves
 from drl_tune.analysis.load import StudyError, load_tune
 from drl_tune.study.tracking import install_review_view, metric_key
 
@@ -18,7 +19,8 @@ def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, stu
                   report: Path | None = None) -> str:
     """Put the study's results where a reviewer looks first: per-method search summary metrics on the parent run
     (``<method>/search_best_<metric>`` of the best trial by validation), the report and its figures as artifacts,
-    and the review view. Returns the review view's share key."""
+    and the review view; the budget curves as per-n metrics (``budget/<method>/expected_best_val_acc``, step n) and
+    ``budget/curves.csv``. Returns the review view's share key."""
     client = MlflowClient(tracking_uri)
     try:
         study = load_tune(study_dir)
@@ -39,6 +41,16 @@ def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, stu
                 metrics[f"{method}/search_best_{metric_key(key)}"] = float(best[key])
     # (the confirmation logs the answer's <method>/<metric>_mean and _ci95 and answer.json/csv itself)
     new = [Metric(k, v, now, 0) for k, v in metrics.items() if k not in existing]
+    # the budget curves: one metric per method with n as its step, so MLflow's chart of it *is* the curve
+    curves = budget_curves(study)
+    for row in curves.itertuples():
+        for name, value in ((f"budget/{row.method}/expected_best_val_acc", row.expected),
+                            (f"budget/{row.method}/expected_best_val_acc_sd", row.std)):
+            if name not in existing:
+                new.append(Metric(name, float(value), now, int(row.n)))
+    if not curves.empty and "budget/curves.csv" not in {a.path for a in client.list_artifacts(parent_run_id,
+                                                                                            "budget")}:
+        client.log_text(parent_run_id, curves.to_csv(index=False), "budget/curves.csv")
     for start in range(0, len(new), 500):
         client.log_batch(parent_run_id, metrics=new[start : start + 500])
     if report is not None and report.is_file():

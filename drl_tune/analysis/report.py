@@ -33,6 +33,10 @@ CAPTIONS = {
                   "Few trials make these estimates rough.",
     "knobs": "DRL's accuracy against its knobs (re-init strength α, diagnosis interval, number of clusters), one "
              "marker per DRL search trial; dashed: the best joint trial.",
+    "budget": "Budget curves (Dodge et al. 2019): the expected best validation accuracy after n search trials of "
+              "each method, drawn from its sampled trials, with a ± 1 s.d. band; dashed: the method's official "
+              "setting. Exact for random search; an approximation under TPE (the figure says which). Where the "
+              "curves cross, which method wins depends on the tuning budget.",
     "comparison": "The confirmation's answer: each configuration's mean and 95% t-interval over fresh seeds, and the "
                   "paired difference against the best joint configuration (same seeds).",
 }
@@ -105,6 +109,8 @@ def reproduce(study: Study) -> list[str]:
     cmd = ["python", "-m", "drl_tune.run", "--space", plan.get("space_path", plan.get("space_name", "SPACE")),
            "--name", f"{study.name}-again", "--storage", str(Path(folder).parent),
            "--num-samples", str(plan.get("num_samples", "")), "--seed", str(plan.get("seed", ""))]
+    if plan.get("searcher", "tpe") != "tpe":
+        cmd += ["--searcher", str(plan["searcher"])]
     cmd += [f"--set={k}={'null' if v is None else v}" for k, v in plan.get("overrides", {}).items()]
     lines = [" ".join(shlex.quote(c) for c in cmd if c)]
     lines.append(f"python -m drl_tune.report --path {shlex.quote(str(folder))}")

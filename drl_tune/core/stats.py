@@ -12,6 +12,8 @@ Pure functions on plain numbers (no pandas, no torch), shared by the confirmatio
 * :func:`paired_t_power`, :func:`min_detectable_difference`, :func:`seeds_needed`: what N seeds can detect, from
   the noncentral t distribution of the paired t statistic (the exact power of the test, not a normal
   approximation).
+* :func:`expected_max`: the expected best score of ``n`` trials drawn from a search's observed scores, with its
+  standard deviation (Dodge et al., EMNLP 2019, "Show Your Work": the budget curve).
 """
 
 from __future__ import annotations
@@ -180,3 +182,35 @@ def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.0
         else:
             low = mid + 1
     return low
+
+
+@dataclass(frozen=True)
+class ExpectedMax:
+    """The best of ``n`` draws from ``N`` observed scores: its expectation and standard deviation."""
+
+    n: int
+    mean: float
+    std: float
+
+
+def expected_max(values: Sequence[float], n: int) -> ExpectedMax:
+    """Expected maximum of ``n`` i.i.d. draws (with replacement) from the empirical distribution of ``values``.
+
+    With the N values sorted, v_(1) ≤ … ≤ v_(N), the best of n draws is v_(i) or below with probability (i/N)^n, so
+    E[max] = Σ_i v_(i) · ((i/N)^n − ((i−1)/N)^n) and E[max²] likewise (Dodge et al. 2019, eq. 1). Exact for the
+    observed values of an i.i.d. (random) search; for an adaptive searcher (TPE) the draws are not i.i.d. and this is
+    an approximation. Ties need no care: equal values simply share their probability mass."""
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        raise ValueError("expected_max needs at least one value")
+    if any(math.isnan(x) for x in xs):
+        raise ValueError("expected_max got NaN; leave out the trials that reported no score")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    size = len(xs)
+    mean = second = 0.0
+    for i, x in enumerate(xs, start=1):
+        weight = (i / size) ** n - ((i - 1) / size) ** n
+        mean += weight * x
+        second += weight * x * x
+    return ExpectedMax(n, mean, math.sqrt(max(0.0, second - mean * mean)))

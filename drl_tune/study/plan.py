@@ -21,6 +21,9 @@ from drl_tune.methods import REGISTRY
 from drl_tune.study.spaces import Param, SchedulerSpec, Space
 
 PLAN_FILE = "drl_tune_study.json"
+# how the plan names its sampler; the budget curve (drl_tune.analysis.budget) says the same on its figure
+SEARCHER_TEXT = {"tpe": "Optuna TPE (adaptive), seed {seed}",
+                 "random": "Optuna random sampling (i.i.d. draws), seed {seed}"}
 PLAN_FORMAT = "drl_tune.study/1"
 DEFAULT_STORAGE = Path("runs") / "studies"
 
@@ -58,6 +61,7 @@ class Plan:
     confirm_top_k: int = 1
     confirm_seeds: int = 0  # 0: no confirmation stage (also what plans saved before the stage existed mean)
     balanced_methods: list[str] = field(default_factory=list)  # round robin over these (equal trials each)
+    searcher: str = "tpe"  # Optuna sampler: tpe | random (plans written before the choice existed are tpe)
     parent_run_id: str = ""
     experiment_id: str = ""
     format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
@@ -127,7 +131,7 @@ class Plan:
                  f"  trials: {self.num_samples}, at most {self.max_concurrent} at a time; "
                  f"{self.cpus_per_trial:g} CPU + {self.gpus_per_trial:g} GPU per trial"
                  + ("" if self.gpus_explicit else " (GPU only if the cluster has GPUs)"),
-                 f"  objective: {self.mode} {self.metric}; Optuna TPE, seed {self.seed}"]
+                 f"  objective: {self.mode} {self.metric}; " + SEARCHER_TEXT[self.searcher].format(seed=self.seed)]
         sc = self.scheduler
         if sc.type == "asha":
             lines.append(f"  early stopping: ASHA on {sc.metric} (running best, immune to DRL's re-init dip), "
@@ -144,10 +148,18 @@ class Plan:
             lines.append("  confirmation: none (single-seed search results only)")
         lines.append("  searched:")
         lines += [f"    {p.key:<32} {p.describe()}" for p in self.search] or ["    (nothing: one configuration)"]
+        method = next((p for p in self.search if p.key == "method"), None)
+        shared = [p.key for p in self.search if p.method is None and p.key != "method"]
         if self.balanced_methods:
-            lines.append(f"  methods: {', '.join(self.balanced_methods)} in turn, "
-                         f"{self.num_samples // len(self.balanced_methods)} trials each "
+            lines.append(f"  equal budgets: {', '.join(self.balanced_methods)} in turn, "
+                         f"{self.num_samples // len(self.balanced_methods)} search trials each "
                          f"(study.equal_trials_per_method)")
+        elif method is not None:
+            lines.append("  UNEQUAL budgets: the sampler draws the method, so methods may get different numbers of "
+                         "trials (study.equal_trials_per_method: false)")
+        if method is not None and shared:
+            lines.append(f"  shared keys, one range for every method: {', '.join(shared)}")
+        if self.balanced_methods:
             lines += [f"  first {m} trial (official setting): " + ", ".join(f"{k}={v}" for k, v in point.items())
                       for m, point in zip(self.balanced_methods, self.points_to_evaluate, strict=True)]
         else:
@@ -188,7 +200,8 @@ def official_points(space: Space, search: dict[str, Param], values: dict[str, An
 def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: Path, mlflow_uri: str | None,
                num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
                cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-               confirm_seeds: int | None = None, confirm_top_k: int | None = None) -> Plan:
+               confirm_seeds: int | None = None, confirm_top_k: int | None = None,
+               searcher: str | None = None) -> Plan:
     """Resolve a space and the command line into a :class:`Plan` (validates the configuration)."""
     search = space.active_search(overrides)
     values = space.study_values(overrides)
@@ -203,14 +216,17 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
                  if k not in search and (k.split(".")[0] not in REGISTRY or k.split(".")[0] in methods)}
     points = official_points(space, search, {**values, "threads": flat["threads"]})
     balanced: list[str] = []
-    if space.study.equal_trials_per_method and "method" in search:
+    if space.equal_budgets and "method" in search:
         # one official point per method, the space's own method first: trials 0..M-1 in this order, so the
         # round robin over trial numbers must use the same order
         balanced = [str(p["method"]) for p in points]
         n = int(num_samples or space.study.num_samples)
         if n % len(balanced):
+            below, above = n - n % len(balanced), n - n % len(balanced) + len(balanced)
+            use = f"{below} or {above}" if below else str(above)
             raise ConfigError(f"--num-samples {n} must be a multiple of the {len(balanced)} methods of space "
-                              f"{space.name!r} (study.equal_trials_per_method gives each the same number of trials)")
+                              f"{space.name!r} ({', '.join(balanced)}), so each gets the same number of search "
+                              f"trials: use {use}, or run one method with --set method=NAME")
     max_t = space.scheduler.max_t
     if max_t is None:
         max_t = int(max(search["epochs"].samples())) if "epochs" in search else int(flat["epochs"])
@@ -234,5 +250,6 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
         confirm_top_k=int(space.confirm.top_k if confirm_top_k is None else confirm_top_k),
         confirm_seeds=int(space.confirm.seeds if confirm_seeds is None else confirm_seeds),
         balanced_methods=balanced,
+        searcher=str(searcher or space.study.searcher),
     )
     return plan

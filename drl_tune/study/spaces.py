@@ -11,8 +11,10 @@ A space file has these top-level blocks (all optional but ``dataset``):
   *conditional*: sampled only in trials whose ``method`` is that method;
 * ``scheduler``: ASHA early stopping (``type``, ``metric``, ``grace_period``, ``reduction_factor``);
 * ``study``: ``metric``, ``mode``, ``num_samples``, ``max_concurrent``, ``seed``, ``keep_checkpoints``,
-  ``max_failures``, ``overrides`` (config values for the study only, e.g. fewer epochs on a CPU) and
-  ``confirm: {top_k, seeds}`` (the confirmation stage after the search; ``seeds: 0`` skips it);
+  ``max_failures``, ``overrides`` (config values for the study only, e.g. fewer epochs on a CPU),
+  ``confirm: {top_k, seeds}`` (the confirmation stage after the search; ``seeds: 0`` skips it),
+  ``equal_trials_per_method`` (default: on whenever ``method`` is searched — every method gets the same number
+  of trials; ``false`` opts out) and ``searcher`` (``tpe`` or ``random``);
 * ``resources``: ``cpus_per_trial`` and ``gpus_per_trial`` (used only when the cluster has GPUs).
 
 Every error names the file, the key and what is allowed, before anything starts.
@@ -48,6 +50,7 @@ TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "s
 # ASHA compares trials at rungs on this metric. It must be a running best: DRL's re-initialisation dips
 # val/acc for an epoch or two, and a per-epoch metric would let ASHA stop a DRL trial in that dip.
 SCHEDULER_METRICS = ("val/acc_best",)
+SEARCHERS = ("tpe", "random")  # Optuna's TPESampler (seeded, multivariate) or RandomSampler (seeded)
 STUDY_METRICS = {"val/acc_best": "max", "test/acc_at_best_val": "max", "val/acc": "max", "val/macro_f1": "max",
                  "balance/gap": "min", "train/loss": "min"}
 
@@ -83,8 +86,11 @@ class StudySpec:
     keep_checkpoints: int = 2
     max_failures: int = 1
     # every method of search.method gets the same number of trials (round robin over trial numbers, each
-    # method's official setting first) instead of TPE choosing the method: a comparison study's fairness
-    equal_trials_per_method: bool = False
+    # method's official setting first) instead of the sampler choosing the method: a comparison's fairness.
+    # None (the default) = on whenever search.method is a choice of two or more methods; false opts out
+    equal_trials_per_method: bool | None = None
+    # the Optuna sampler: tpe (adaptive, the default) or random (i.i.d. draws: the budget curve is then exact)
+    searcher: str = "tpe"
     overrides: dict[str, Any] = field(default_factory=dict)
     confirm: dict[str, Any] = field(default_factory=dict)  # parsed into Space.confirm (a ConfirmSpec)
 
@@ -132,6 +138,15 @@ class Space:
         values.update(self.study.overrides)
         values.update(overrides or {})
         return values
+
+    @property
+    def equal_budgets(self) -> bool:
+        """Whether the methods of ``search.method`` take turns (the same number of trials each): the space's
+        ``study.equal_trials_per_method``, by default on whenever two or more methods are searched."""
+        method = self.search.get("method")
+        searched = isinstance(method, Choice) and len(method.values) >= 2
+        flag = self.study.equal_trials_per_method
+        return searched if flag is None else bool(flag)
 
     def active_search(self, overrides: dict[str, Any] | None = None) -> dict[str, Param]:
         """The searched keys left once ``--set`` fixed some: a fixed key is no longer searched, and fixing
@@ -241,14 +256,16 @@ def _check_study(space: Space) -> None:
                          f"got top_k={space.confirm.top_k}, seeds={space.confirm.seeds}")
     if st.max_failures < 0:
         raise SpaceError(f"{path}: 'study.max_failures' must be >= 0, got {st.max_failures}")
-    if st.equal_trials_per_method:
-        method = space.search.get("method")
-        if not isinstance(method, Choice) or len(method.values) < 2:
-            raise SpaceError(f"{path}: 'study.equal_trials_per_method' needs 'search.method' to be a choice of at "
-                             f"least two methods")
-        if st.num_samples % len(method.values):
-            raise SpaceError(f"{path}: 'study.num_samples' ({st.num_samples}) must be a multiple of the "
-                             f"{len(method.values)} methods for equal trials per method")
+    if st.searcher not in SEARCHERS:
+        raise SpaceError(f"{path}: 'study.searcher' must be one of {', '.join(SEARCHERS)}, got {st.searcher!r}")
+    method = space.search.get("method")
+    if st.equal_trials_per_method and (not isinstance(method, Choice) or len(method.values) < 2):
+        raise SpaceError(f"{path}: 'study.equal_trials_per_method' needs 'search.method' to be a choice of at "
+                         f"least two methods")
+    if space.equal_budgets and st.num_samples % len(method.values):
+        raise SpaceError(f"{path}: 'study.num_samples' ({st.num_samples}) must be a multiple of the "
+                         f"{len(method.values)} searched methods, so each gets the same number of trials "
+                         f"(or opt out with 'study.equal_trials_per_method: false')")
     if sc.type not in ("asha", "none"):
         raise SpaceError(f"{path}: 'scheduler.type' must be 'asha' or 'none', got {sc.type!r}")
     if sc.metric not in SCHEDULER_METRICS:
@@ -296,7 +313,7 @@ def _check_search(space: Space) -> None:
         if isinstance(param, Choice):  # typed by the config ("1e-3" from YAML becomes 0.001)
             space.search[key] = dataclasses.replace(param, values=tuple(typed))
     # the study's first trial(s): defaults + study.overrides — one per method with equal trials per method
-    firsts = sorted(methods) if space.study.equal_trials_per_method else [make_config(base).method]
+    firsts = sorted(methods) if space.equal_budgets else [make_config(base).method]
     for first in firsts:
         official = make_config({**base, "method": first}).to_flat()
         for key, param in space.search.items():

@@ -1,8 +1,8 @@
 """A resolved study plan (drl_tune/study/plan.py) -> a Ray Tune ``Tuner`` (OptunaSearch, ASHA, resume).
 
-Search: Optuna TPE (seeded) with a define-by-run function, because DRL's parameters only exist when
-``method=drl`` is drawn. The space's official setting is the first ``points_to_evaluate`` point, so every
-study contains the paper's configuration.
+Search: Optuna TPE (seeded; or random sampling, ``study.searcher``) with a define-by-run function, because DRL's
+parameters only exist when ``method=drl`` is drawn. The space's official setting is the first
+``points_to_evaluate`` point, so every study contains the paper's configuration.
 
 Early stopping: ASHA over epochs (one ``tune.report`` per epoch). It compares trials on
 ``val/acc_best`` — the best validation accuracy so far — never on ``val/acc``: DRL's soft re-initialisation
@@ -66,11 +66,21 @@ class DefineByRun:
         return out
 
 
+def make_sampler(searcher: str, seed: int) -> optuna.samplers.BaseSampler:
+    """``tpe``: multivariate+group TPE, which models the conditional (per-method) parameters jointly, as Optuna
+    recommends. ``random``: i.i.d. draws from the space, what the budget curve's closed form assumes (the enqueued
+    official settings are still the first trials; the curve leaves them out of its draws)."""
+    if searcher == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if searcher == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    raise ValueError(f"unknown searcher {searcher!r}; one of tpe, random")
+
+
 def make_searcher(plan: Plan) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says what matters
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # multivariate+group TPE models the conditional (per-method) parameters jointly, as Optuna recommends
-    sampler = optuna.samplers.TPESampler(seed=plan.seed, multivariate=True, group=True)
+    sampler = make_sampler(plan.searcher, plan.seed)
     space = DefineByRun(plan.search, plan.constants, tuple(plan.balanced_methods))
     search = OptunaSearch(space, metric=plan.metric, mode=plan.mode,
                           points_to_evaluate=plan.points_to_evaluate, sampler=sampler)

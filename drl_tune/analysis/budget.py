@@ -1,0 +1,132 @@
+"""Budget curves: how good would each method look after n search trials? (Dodge et al., EMNLP 2019, "Show Your Work")
+
+A method's advantage can depend on the tuning budget it got: at a small budget the method whose official setting
+happens to suit the data wins, at a larger one the method with more to gain from tuning may. The budget curve makes
+that visible: for each method, the expected best ``val/acc_best`` after n = 1 … N of its search trials
+(:func:`drl_tune.core.stats.expected_max`), with a band of ± one standard deviation of that best.
+
+What the curve assumes, and what the figure says:
+
+* **the draws.** The closed form is exact for i.i.d. draws: a study run with ``--searcher random``. Under TPE (the
+  default) later trials depend on earlier ones, and the curve treats them as if they were i.i.d. — an
+  approximation, labelled so on the figure.
+* **the official settings are not draws.** Each method's first trial is its official setting (enqueued, not
+  sampled); it is left out of the draws and drawn as its own dashed line ("tuning beats the default after n
+  trials").
+* **early stopping.** An ASHA-stopped trial counts with the ``val/acc_best`` it reached when stopped (a lower bound
+  of what it would have reached); errored trials, which reached nothing, are left out. The figure gives both counts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from drl_tune.analysis.load import SELECT_METRIC, Study
+from drl_tune.core.stats import expected_max
+
+CURVE_COLUMNS = ["method", "n", "expected", "std", "low", "high", "draws", "stopped", "errored", "official",
+                 "searcher"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
+        return (a is None or (isinstance(a, float) and math.isnan(a))) and b is None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return str(a) == str(b)
+
+
+def official_mask(study: Study, trials: pd.DataFrame) -> pd.Series:
+    """True for the trials whose searched values are a method's official setting (the plan's enqueued points)."""
+    points = study.plan.get("points_to_evaluate") or []
+    mask = pd.Series(False, index=trials.index)
+    for point in points:
+        keys = [k for k in point if k in trials.columns]
+        if "method" not in point or not keys:
+            continue
+        mask |= trials.apply(lambda row, p=point, ks=keys: all(_same(row[k], p[k]) for k in ks), axis=1)
+    return mask
+
+
+def searcher(study: Study) -> str:
+    """The study's sampler: ``tpe`` or ``random`` (plans written before the choice existed used TPE)."""
+    return str(study.plan.get("searcher") or "tpe")
+
+
+def budget_curves(study: Study, metric: str = SELECT_METRIC) -> pd.DataFrame:
+    """One row per (method, n): the expected best ``metric`` after n search trials of that method drawn from its
+    sampled (non-official) trials, its standard deviation, the band ``[low, high]`` (± 1 s.d., clipped to the
+    observed range), how many draws it rests on (``draws``; of them ``stopped`` by ASHA), how many ``errored``
+    trials were left out, the official setting's own score (``official``, NaN without one) and the ``searcher``."""
+    trials = study.trials[study.trials["stage"] == "search"]
+    if trials.empty or metric not in trials:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    official = official_mask(study, trials)
+    rows = []
+    for method, mine in trials.groupby("method"):
+        scored = mine[mine["status"].ne("error") & mine[metric].notna()]
+        draws = scored[~official.loc[scored.index]]
+        base = scored[official.loc[scored.index]][metric]
+        common = {"method": method, "draws": len(draws), "stopped": int((draws["status"] == "stopped").sum()),
+                  "errored": int((mine["status"] == "error").sum()),
+                  "official": float(base.max()) if len(base) else math.nan, "searcher": searcher(study)}
+        values = draws[metric].astype(float).tolist()
+        for n in range(1, len(values) + 1):
+            best = expected_max(values, n)
+            rows.append({**common, "n": n, "expected": best.mean, "std": best.std,
+                         "low": max(best.mean - best.std, min(values)), "high": min(best.mean + best.std, max(values))})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def assumption_note(curves: pd.DataFrame, study: Study) -> str:
+    """The sentence under the figure: which draws, which searcher, how early stopping and errors count."""
+    kind = searcher(study)
+    if kind == "random":
+        draws = "Random search: the trials are i.i.d. draws, so the curve is the exact expectation over them."
+    else:
+        draws = ("TPE is adaptive: its trials are not i.i.d. draws, so this curve is an approximation; run the study "
+                 "with --searcher random for an unbiased one.")
+    per = curves.drop_duplicates("method")
+    stopped = ", ".join(f"{r.method} {r.stopped}/{r.draws}" for r in per.itertuples())
+    errored = int(per["errored"].sum())
+    return (f"{draws} Official settings are not draws (dashed). ASHA-stopped trials count with the value they "
+            f"reached (stopped/draws: {stopped})" + (f"; {errored} errored trial(s) left out." if errored else "."))
+
+
+def budget(study: Study, metric: str = SELECT_METRIC) -> Figure:
+    """The budget-curve figure: per method, expected best ``metric`` against n search trials, ± 1 s.d. band, the
+    official setting as a dashed line; the sampling assumption written under it."""
+    curves = budget_curves(study, metric)
+    if curves.empty or curves["method"].nunique() == 0:
+        raise ValueError(f"study {study.name!r} has no scored search trials besides the official settings")
+    from drl_tune.analysis.plots import method_color
+
+    methods = sorted(curves["method"].unique())
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    for method in methods:
+        mine = curves[curves["method"] == method]
+        color = method_color(method, methods)
+        ax.plot(mine["n"], mine["expected"], "-o", color=color, ms=4, gid=f"budget-{method}",
+                label=f"{method}: expected best of n (from {int(mine['draws'].iloc[0])} sampled trials)")
+        ax.fill_between(mine["n"], mine["low"], mine["high"], color=color, alpha=0.18, gid=f"budget-band-{method}")
+        official = mine["official"].iloc[0]
+        if not math.isnan(official):
+            ax.axhline(official, color=color, ls="--", lw=1.2, gid=f"budget-official-{method}",
+                       label=f"{method}: official setting ({official:.3f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("n: search trials of the method (besides its official setting)")
+    ax.set_ylabel(f"expected best {metric} (band: ± 1 s.d.)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Study {study.name!r}: budget curves ({'random search' if searcher(study) == 'random' else 'TPE'})",
+                 fontsize=11)
+    fig.text(0.01, -0.02, assumption_note(curves, study), fontsize=8, wrap=True, va="top", ha="left",
+             gid="budget-note")
+    fig.tight_layout()
+    return fig
