@@ -8,6 +8,7 @@ with values chosen here, so every expected number is known in advance. The end-t
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -165,11 +166,46 @@ def test_report_cli_writes_self_contained_html(tmp_path, capsys):
     assert report_main(["--path", str(folder)]) == 0
     out = capsys.readouterr().out.strip()
     html = Path(out.split("report: ")[1]).read_text()
-    assert html.count("data:image/png;base64,") == 5  # trade-off, dynamics, importance, knobs, comparison
+    assert html.count("data:image/png;base64,") == 6  # trade-off, dynamics, importance, knobs, budget, comparison
+    assert "Budget curves (Dodge et al. 2019)" in html
     for tid in ("d1", "d2", "d3", "j1", "j2", "j3"):
         assert f"<td>{tid}</td>" in html
     assert "python -m drl_tune.run --space search_spaces/demo.yaml" in html and "0.620 [" in html
     assert "src=\"http" not in html and "src='http" not in html  # nothing fetched from elsewhere
+
+
+def test_budget_curves_from_the_sampled_trials_official_settings_apart(tmp_path):
+    """Each method's official setting (the plan's enqueued point) is drawn apart, not counted as a draw; an
+    ASHA-stopped trial counts with what it reached, an errored one not at all. Expected numbers by hand."""
+    from drl_tune.analysis.budget import budget, budget_curves
+
+    folder = make_study(tmp_path)
+    plan = json.loads((folder / "drl_tune_study.json").read_text())
+    plan["points_to_evaluate"] = [{"method": "drl", "lr": 0.01, "drl.alpha": 3.0}, {"method": "joint", "lr": 0.01}]
+    (folder / "drl_tune_study.json").write_text(json.dumps(plan))
+    study = load_tune(folder)
+    curves = budget_curves(study)
+    drl, joint = curves[curves["method"] == "drl"], curves[curves["method"] == "joint"]
+    # drl: d1 (alpha 3, lr 0.01) is the official setting, 0.55; the draws are d2 (0.6) and d3 (0.12, stopped)
+    assert drl["n"].tolist() == [1, 2] and drl["official"].iloc[0] == pytest.approx(0.55)
+    assert drl["draws"].iloc[0] == 2 and drl["stopped"].iloc[0] == 1 and drl["errored"].iloc[0] == 0
+    # n=1: the mean 0.36; n=2: max is 0.12 only when both draws are d3 (1/4) -> 0.12/4 + 0.6*3/4 = 0.48
+    assert drl["expected"].tolist() == pytest.approx([0.36, 0.48])
+    assert drl["std"].iloc[1] == pytest.approx(math.sqrt(0.25 * 0.12**2 + 0.75 * 0.6**2 - 0.48**2))
+    assert drl["low"].iloc[0] == pytest.approx(0.12) and drl["high"].iloc[0] == pytest.approx(0.6)  # clipped
+    # joint: j1 official (0.44), j2 the one draw (0.5), j3 errored and left out
+    assert joint["expected"].tolist() == pytest.approx([0.5]) and joint["errored"].iloc[0] == 1
+    fig = budget(study)
+    line = next(ln for ln in fig.axes[0].lines if ln.get_gid() == "budget-drl")
+    assert line.get_ydata().tolist() == pytest.approx([0.36, 0.48])
+    official = next(ln for ln in fig.axes[0].lines if ln.get_gid() == "budget-official-drl")
+    assert official.get_ydata()[0] == pytest.approx(0.55)
+    note = next(t for t in fig.texts if t.get_gid() == "budget-note").get_text()
+    assert "TPE is adaptive" in note and "--searcher random" in note and "drl 1/2" in note and "1 errored" in note
+    plan["searcher"] = "random"
+    (folder / "drl_tune_study.json").write_text(json.dumps(plan))
+    note = next(t for t in budget(load_tune(folder)).texts if t.get_gid() == "budget-note").get_text()
+    assert note.startswith("Random search: the trials are i.i.d. draws")
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "all_errored", "no_answer_server"])

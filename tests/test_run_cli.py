@@ -39,16 +39,17 @@ def run_bad(args, tmp_path, capsys):
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     storage = tmp_path / "studies"
-    code = main(["--space", "demo", "--dry-run", "--storage", str(storage), "--name", "x", "--num-samples", "3",
+    code = main(["--space", "demo", "--dry-run", "--storage", str(storage), "--name", "x", "--num-samples", "4",
                  "--cpus-per-trial", "2", "--gpus-per-trial", "0.5", "--seed", "7", "--set", "drl.max_reinits=1",
                  *TINY_SETS])
     out = capsys.readouterr().out
     assert code == 0
-    assert "trials: 3, at most 2 at a time; 2 CPU + 0.5 GPU per trial" in out
-    assert "Optuna TPE, seed 7" in out and "ASHA on val/acc_best" in out
+    assert "trials: 4, at most 2 at a time; 2 CPU + 0.5 GPU per trial" in out
+    assert "Optuna TPE (adaptive), seed 7" in out and "ASHA on val/acc_best" in out
+    assert "equal budgets: drl, joint in turn, 2 search trials each" in out
     assert "drl.alpha" in out and "(only when method=drl)" in out
-    assert "drl.max_reinits" not in out.split("searched:")[1].split("first trial")[0]  # --set fixed it
-    assert "first trial (official setting): method=drl" in out
+    assert "drl.max_reinits" not in out.split("searched:")[1].split("first drl trial")[0]  # --set fixed it
+    assert "first drl trial (official setting): method=drl" in out
     assert "nothing started" in out
     assert not storage.exists() and not ray.is_initialized()
 
@@ -106,5 +107,5 @@ def test_space_file_from_path_and_set(tmp_path, capsys):
     path.write_text(textwrap.dedent(GOOD))
     assert main(["--space", str(path), "--dry-run", "--set", "method=joint", *TINY_SETS]) == 0
     out = capsys.readouterr().out
-    assert "drl.alpha" not in out.split("searched:")[1].split("first trial")[0]
+    assert "drl.alpha" not in out.split("searched:")[1].split("first drl trial")[0]
     assert "first trial (official setting): lr=0.01" in out

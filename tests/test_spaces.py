@@ -207,11 +207,72 @@ def test_compare_space_gives_every_method_the_same_trials_and_its_official_setti
 
 def test_equal_trials_needs_a_multiple_of_the_methods(tmp_path):
     text = GOOD.replace("study: {num_samples: 6,", "study: {num_samples: 5, equal_trials_per_method: true,")
-    with pytest.raises(SpaceError, match="multiple of the 2 methods"):
+    with pytest.raises(SpaceError, match="multiple of the 2 searched methods"):
         load_space(str(write(tmp_path, text)))
     space = load_space("demo_compare")
     with pytest.raises(ConfigError, match="multiple of the 7 methods"):
         build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None, num_samples=10)
+
+
+def test_equal_budgets_are_the_default_whenever_method_is_searched(tmp_path, capsys):
+    """Every shipped space that searches the method gives each method the same number of search trials; a space
+    opts out with study.equal_trials_per_method: false, and the plan says which applies."""
+    for name in SHIPPED + ["avdigits"]:
+        space = load_space(name)
+        plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+        assert space.equal_budgets and sorted(plan.balanced_methods) == sorted(space.search["method"].values), name
+        assert plan.num_samples % len(plan.balanced_methods) == 0
+        text = plan.describe()
+        assert f"equal budgets: {', '.join(plan.balanced_methods)} in turn" in text, name
+        assert "shared keys, one range for every method: lr" in text, name
+    space = load_space(str(write(tmp_path, GOOD)))  # no study.equal_trials_per_method: on by default
+    plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+    assert plan.balanced_methods == ["drl", "joint"]
+    assert "shared keys, one range for every method: lr, batch_size, momentum" in plan.describe()
+    with pytest.raises(ConfigError, match=r"--num-samples 5 must be a multiple of the 2 methods .* use 4 or 6"):
+        build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None, num_samples=5)
+    fixed = build_plan(space, overrides={"method": "joint"}, name="t", storage=tmp_path, mlflow_uri=None,
+                       num_samples=5)  # one method: nothing to balance
+    assert fixed.balanced_methods == [] and "budgets:" not in fixed.describe() and "UNEQUAL" not in fixed.describe()
+    text = GOOD.replace("study: {num_samples: 6,", "study: {num_samples: 5, equal_trials_per_method: false,")
+    opted_out = load_space(str(write(tmp_path, text, "out.yaml")))
+    plan = build_plan(opted_out, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+    assert not opted_out.equal_budgets and plan.balanced_methods == []
+    assert "UNEQUAL budgets: the sampler draws the method" in plan.describe()
+    with pytest.raises(SpaceError, match=r"num_samples' \(5\) must be a multiple .*equal_trials_per_method: false"):
+        load_space(str(write(tmp_path, GOOD.replace("num_samples: 6", "num_samples: 5"), "odd.yaml")))
+
+
+def test_searcher_random_or_tpe(tmp_path):
+    from drl_tune.study.plan import Plan
+    from drl_tune.study.tune import make_sampler
+
+    space = load_space(str(write(tmp_path, GOOD)))
+    plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+    assert plan.searcher == "tpe" and "Optuna TPE (adaptive), seed 0" in plan.describe()
+    plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None, searcher="random")
+    assert "Optuna random sampling (i.i.d. draws), seed 0" in plan.describe()
+    assert Plan.from_json(plan.to_json()).searcher == "random"
+    old = json.loads(plan.to_json())
+    del old["searcher"]  # a plan written before the choice existed was TPE's
+    assert Plan.from_json(json.dumps(old)).searcher == "tpe"
+    assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
+    text = GOOD.replace("study: {num_samples: 6,", "study: {num_samples: 6, searcher: random,")
+    assert load_space(str(write(tmp_path, text, "r.yaml"))).study.searcher == "random"
+    with pytest.raises(SpaceError, match="'study.searcher' must be one of tpe, random, got 'grid'"):
+        load_space(str(write(tmp_path, GOOD.replace("study: {num_samples: 6,",
+                                                    "study: {num_samples: 6, searcher: grid,"), "g.yaml")))
+    # random draws with the round robin: equal trials per method, each drawing only its own keys
+    define = DefineByRun(plan.search, plan.constants, tuple(plan.balanced_methods))
+    study = optuna.create_study(sampler=make_sampler("random", 1), direction="maximize")
+    methods = []
+    for _ in range(10):
+        trial = study.ask()
+        methods.append(define(trial)["method"])
+        assert all(not k.startswith("drl.") or methods[-1] == "drl" for k in trial.params)
+        study.tell(trial, 0.5)
+    assert methods == ["drl", "joint"] * 5
 
 
 def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path):

@@ -208,3 +208,31 @@ def test_paired_t_power_matches_known_values_and_a_simulation():
     noisy = paired_difference([0.3, 0.7], [0.1, 0.5])
     assert 0 < noisy.std < 1e-12 and paired_t_power(0.01, noisy.std, 2) == 1.0
     assert 0 <= min_detectable_difference(noisy.std, 2) < 1e-9 and seeds_needed(0.01, noisy.std) == 2
+
+
+def test_expected_max_matches_brute_force_enumeration_of_every_draw():
+    """The budget curve's estimator (Dodge et al. 2019) against its definition: the mean (and s.d.) of max over all
+    N^n equally likely ordered draws with replacement, enumerated here; values with a tie and unsorted on purpose."""
+    import itertools
+
+    from drl_tune.core.stats import expected_max
+
+    values = [0.52, 0.61, 0.40, 0.61, 0.75]
+    for n in range(1, 5):
+        maxima = [max(draw) for draw in itertools.product(values, repeat=n)]
+        assert len(maxima) == len(values) ** n
+        got = expected_max(values, n)
+        assert got.mean == pytest.approx(float(np.mean(maxima)), abs=1e-12)
+        assert got.std == pytest.approx(float(np.std(maxima)), abs=1e-12)
+    # by hand: two values 0 and 1, two draws: max is 0 only for (0, 0) -> E = 3/4, Var = 3/4 - 9/16 = 3/16
+    two = expected_max([1.0, 0.0], 2)
+    assert two.mean == pytest.approx(0.75) and two.std == pytest.approx(math.sqrt(3 / 16))
+    # one draw is the plain mean; many draws approach the largest value; the curve never falls
+    assert expected_max(values, 1).mean == pytest.approx(sum(values) / len(values))
+    assert expected_max(values, 200).mean == pytest.approx(0.75, abs=1e-9)
+    curve = [expected_max(values, n).mean for n in range(1, 10)]
+    assert all(b >= a for a, b in zip(curve, curve[1:], strict=False))
+    with pytest.raises(ValueError, match="NaN"):
+        expected_max([0.5, math.nan], 2)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        expected_max(values, 0)

@@ -312,8 +312,10 @@ def _check_search(space: Space) -> None:
             typed.append(flat[key])
         if isinstance(param, Choice):  # typed by the config ("1e-3" from YAML becomes 0.001)
             space.search[key] = dataclasses.replace(param, values=tuple(typed))
-    # the study's first trial(s): defaults + study.overrides — one per method with equal trials per method
-    firsts = sorted(methods) if space.equal_budgets else [make_config(base).method]
+    # the study's first trial(s): defaults + study.overrides. A space that asks for equal trials per method itself
+    # (a comparison space) promises each method's official setting as that method's first trial: all must lie
+    # inside; otherwise another method's key outside its range is left to the sampler (plan.official_points)
+    firsts = sorted(methods) if space.study.equal_trials_per_method else [make_config(base).method]
     for first in firsts:
         official = make_config({**base, "method": first}).to_flat()
         for key, param in space.search.items():
