@@ -83,7 +83,8 @@ def test_run_wrote_the_report_and_the_mlflow_review(study):
     report = folder / "report" / "report.html"
     assert f"report:  {report}" in out
     html = report.read_text()
-    assert html.count("data:image/png;base64,") == 5  # with the confirmation's answer: the comparison too
+    assert html.count("data:image/png;base64,") == 6  # with the confirmation's answer: the comparison too
+    assert "id='fig-budget'" in html and "TPE" in html
     assert "Paired difference against joint #1" in html
     assert all(f"<td>{t}</td>" in html for t in load_tune(folder).trials["trial_id"])
     url = f"http://127.0.0.1:5000/#/experiments/{plan.experiment_id}/runs?workflowType=machine_learning" \
@@ -112,6 +113,22 @@ def test_run_wrote_the_report_and_the_mlflow_review(study):
     assert sorted(r.data.tags["drl_tune.stage"] for r in children) == ["confirm"] * 4 + ["search"] * 4
     for method in s.methods:  # the confirmation's summary, logged by the confirmation stage
         assert f"{method}/test_acc_at_best_val_mean" in parent.data.metrics
+    # the budget curves, one metric per method with n as its step (equal budgets: 2 trials each, the official
+    # setting apart, so one draw: its expected best is that trial's own val/acc_best)
+    from drl_tune.analysis.budget import official_mask
+
+    search = s.trials[s.trials["stage"] == "search"]
+    assert search.groupby("method").size().to_dict() == {"drl": 2, "joint": 2}
+    official = official_mask(s, search)
+    assert search[official].groupby("method").size().to_dict() == {"drl": 1, "joint": 1}
+    for method in s.methods:
+        history = client.get_metric_history(plan.parent_run_id, f"budget/{method}/expected_best_val_acc")
+        drawn = search[(search["method"] == method) & ~official]
+        assert [m.step for m in history] == [1] and len(drawn) == 1
+        assert history[0].value == pytest.approx(drawn["val/acc_best"].iloc[0])
+    assert "budget/curves.csv" in {a.path for a in client.list_artifacts(plan.parent_run_id, "budget")}
+    assert "report/figures/budget.png" in {a.path for a in client.list_artifacts(plan.parent_run_id,
+                                                                                 "report/figures")}
 
 
 def test_report_cli_from_mlflow(study, tmp_path, capsys):
@@ -136,7 +153,7 @@ def test_notebooks_execute_headless(study, tmp_path, name):
                             resources={"metadata": {"path": str(ROOT)}}).execute()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     expected = {"tradeoffs": ["tradeoff", "importance", "knobs"], "drl_dynamics": ["dynamics"],
-                "method_comparison": ["comparison"]}[name]
+                "method_comparison": ["comparison", "budget"]}[name]
     assert len(images) == len(expected)
     for fig in expected:
         assert (tmp_path / f"{fig}.png").stat().st_size > 10_000 and (tmp_path / f"{fig}.svg").is_file()

@@ -236,3 +236,22 @@ def test_expected_max_matches_brute_force_enumeration_of_every_draw():
         expected_max([0.5, math.nan], 2)
     with pytest.raises(ValueError, match="n must be >= 1"):
         expected_max(values, 0)
+
+
+def test_answer_table_shows_the_shared_keys_first():
+    """The confirmed configurations' differing keys: a shared key such as lr (what equal budgets tune for every
+    method) is never cut off by the methods' own keys, which sort before it alphabetically."""
+    from drl_tune.study.answer import answer_tables
+
+    stat = {"mean": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+    drl_config = {"drl.alpha": 0.9, "drl.diagnosis_interval": 6, "drl.max_reinits": 2, "drl.n_clusters": 12,
+                  "drl.kmeans_n_init": 1, "lr": 0.021}
+    answer = {"metrics": ["val/acc_best"], "seeds": [1, 2], "reference": None, "paired": [], "headline": [],
+              "configs": [{"method": "drl", "rank": 1, "source_trial": "a", "config": drl_config, "seeds": [1, 2],
+                           "failed_seeds": [], "stats": {"val/acc_best": stat}},
+                          {"method": "joint", "rank": 1, "source_trial": "b", "config": {"lr": 0.042},
+                           "seeds": [1, 2], "failed_seeds": [], "stats": {"val/acc_best": stat}}]}
+    header = answer_tables(answer).splitlines()[1].split()
+    assert header[4:10] == ["lr", "drl.alpha", "drl.diagnosis_interval", "drl.kmeans_n_init", "drl.max_reinits",
+                           "drl.n_clusters"]
+    assert "0.042" in answer_tables(answer).splitlines()[4]

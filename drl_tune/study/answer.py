@@ -84,7 +84,11 @@ def _ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
 def answer_tables(answer: dict[str, Any]) -> str:
     """The answer as text: per configuration mean [95% CI]; then the paired differences; then sentences."""
     metrics = answer["metrics"]
-    keys = sorted({k for c in answer["configs"] for k in c["config"]})[:4]
+    # the keys that differ between the confirmed configurations: shared ones (lr, ...) first — they are what an
+    # equal-budget comparison tuned for every method — then the methods' own, at most six columns
+    methods = {c["method"] for c in answer["configs"]}
+    keys = sorted({k for c in answer["configs"] for k in c["config"]},
+                  key=lambda k: (k.split(".")[0] in methods, k))[:6]
     headers = ["method", "rank", "from trial", *keys, "seeds", *[metric_label(m) for m in metrics]]
     rows = [[c["method"], c["rank"], c["source_trial"], *[c["config"].get(k) for k in keys],
              f"{len(c['seeds'])}" + (f" ({len(c['failed_seeds'])} failed)" if c["failed_seeds"] else ""),
