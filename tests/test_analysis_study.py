@@ -113,19 +113,21 @@ def test_run_wrote_the_report_and_the_mlflow_review(study):
     assert sorted(r.data.tags["drl_tune.stage"] for r in children) == ["confirm"] * 4 + ["search"] * 4
     for method in s.methods:  # the confirmation's summary, logged by the confirmation stage
         assert f"{method}/test_acc_at_best_val_mean" in parent.data.metrics
-    # the budget curves, one metric per method with n as its step (equal budgets: 2 trials each, the official
-    # setting apart, so one draw: its expected best is that trial's own val/acc_best)
+    # the budget curves, one metric per method with n as its step. Equal budgets: 2 trials each, the official
+    # setting apart; DRL's second trial is one draw (its expected best is that trial's own val/acc_best); joint has
+    # no searched key here (lr is fixed), so both its trials run its official setting and it has no curve
     from drl_tune.analysis.budget import official_mask
 
+    assert "note: joint has no searched key, so its 2 trials all run its official setting" in out
     search = s.trials[s.trials["stage"] == "search"]
     assert search.groupby("method").size().to_dict() == {"drl": 2, "joint": 2}
     official = official_mask(s, search)
-    assert search[official].groupby("method").size().to_dict() == {"drl": 1, "joint": 1}
-    for method in s.methods:
-        history = client.get_metric_history(plan.parent_run_id, f"budget/{method}/expected_best_val_acc")
-        drawn = search[(search["method"] == method) & ~official]
-        assert [m.step for m in history] == [1] and len(drawn) == 1
-        assert history[0].value == pytest.approx(drawn["val/acc_best"].iloc[0])
+    assert search[official].groupby("method").size().to_dict() == {"drl": 1, "joint": 2}
+    history = client.get_metric_history(plan.parent_run_id, "budget/drl/expected_best_val_acc")
+    drawn = search[(search["method"] == "drl") & ~official]
+    assert [m.step for m in history] == [1] and len(drawn) == 1
+    assert history[0].value == pytest.approx(drawn["val/acc_best"].iloc[0])
+    assert not client.get_metric_history(plan.parent_run_id, "budget/joint/expected_best_val_acc")
     assert "budget/curves.csv" in {a.path for a in client.list_artifacts(plan.parent_run_id, "budget")}
     assert "report/figures/budget.png" in {a.path for a in client.list_artifacts(plan.parent_run_id,
                                                                                  "report/figures")}

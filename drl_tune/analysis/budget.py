@@ -59,23 +59,37 @@ def searcher(study: Study) -> str:
     return str(study.plan.get("searcher") or "tpe")
 
 
+def _search_trials(study: Study, metric: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The scored search trials (not errored, with ``metric``) and which of them are official settings."""
+    trials = study.trials[study.trials["stage"] == "search"]
+    if trials.empty or metric not in trials:
+        return trials.iloc[0:0], pd.Series(dtype=bool)
+    scored = trials[trials["status"].ne("error") & trials[metric].notna()]
+    return scored, official_mask(study, scored)
+
+
+def official_scores(study: Study, metric: str = SELECT_METRIC) -> dict[str, float]:
+    """Each method's official-setting score (the best, if the setting ran more than once: a method with no searched
+    keys of its own runs nothing else, e.g. joint training when only DRL's keys are searched)."""
+    scored, official = _search_trials(study, metric)
+    return {str(m): float(g[metric].max()) for m, g in scored[official].groupby("method")} if len(scored) else {}
+
+
 def budget_curves(study: Study, metric: str = SELECT_METRIC) -> pd.DataFrame:
     """One row per (method, n): the expected best ``metric`` after n search trials of that method drawn from its
     sampled (non-official) trials, its standard deviation, the band ``[low, high]`` (± 1 s.d., clipped to the
     observed range), how many draws it rests on (``draws``; of them ``stopped`` by ASHA), how many ``errored``
     trials were left out, the official setting's own score (``official``, NaN without one) and the ``searcher``."""
     trials = study.trials[study.trials["stage"] == "search"]
-    if trials.empty or metric not in trials:
-        return pd.DataFrame(columns=CURVE_COLUMNS)
-    official = official_mask(study, trials)
+    scored, official = _search_trials(study, metric)
+    officials = official_scores(study, metric)
     rows = []
-    for method, mine in trials.groupby("method"):
-        scored = mine[mine["status"].ne("error") & mine[metric].notna()]
-        draws = scored[~official.loc[scored.index]]
-        base = scored[official.loc[scored.index]][metric]
+    for method, mine in scored.groupby("method"):
+        draws = mine[~official.loc[mine.index]]
+        errored = trials[(trials["method"] == method) & (trials["status"] == "error")]
         common = {"method": method, "draws": len(draws), "stopped": int((draws["status"] == "stopped").sum()),
-                  "errored": int((mine["status"] == "error").sum()),
-                  "official": float(base.max()) if len(base) else math.nan, "searcher": searcher(study)}
+                  "errored": len(errored), "official": officials.get(str(method), math.nan),
+                  "searcher": searcher(study)}
         values = draws[metric].astype(float).tolist()
         for n in range(1, len(values) + 1):
             best = expected_max(values, n)
@@ -103,22 +117,26 @@ def budget(study: Study, metric: str = SELECT_METRIC) -> Figure:
     """The budget-curve figure: per method, expected best ``metric`` against n search trials, ± 1 s.d. band, the
     official setting as a dashed line; the sampling assumption written under it."""
     curves = budget_curves(study, metric)
-    if curves.empty or curves["method"].nunique() == 0:
+    if curves.empty:
         raise ValueError(f"study {study.name!r} has no scored search trials besides the official settings")
     from drl_tune.analysis.plots import method_color
 
-    methods = sorted(curves["method"].unique())
+    officials = official_scores(study, metric)
+    methods = sorted(set(curves["method"]) | set(officials))
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     for method in methods:
         mine = curves[curves["method"] == method]
         color = method_color(method, methods)
-        ax.plot(mine["n"], mine["expected"], "-o", color=color, ms=4, gid=f"budget-{method}",
-                label=f"{method}: expected best of n (from {int(mine['draws'].iloc[0])} sampled trials)")
-        ax.fill_between(mine["n"], mine["low"], mine["high"], color=color, alpha=0.18, gid=f"budget-band-{method}")
-        official = mine["official"].iloc[0]
+        if len(mine):
+            ax.plot(mine["n"], mine["expected"], "-o", color=color, ms=4, gid=f"budget-{method}",
+                    label=f"{method}: expected best of n (from {int(mine['draws'].iloc[0])} sampled trials)")
+            ax.fill_between(mine["n"], mine["low"], mine["high"], color=color, alpha=0.18,
+                            gid=f"budget-band-{method}")
+        official = officials.get(method, math.nan)
         if not math.isnan(official):
             ax.axhline(official, color=color, ls="--", lw=1.2, gid=f"budget-official-{method}",
-                       label=f"{method}: official setting ({official:.3f})")
+                       label=f"{method}: official setting ({official:.3f})"
+                             + ("" if len(mine) else ", nothing else searched"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("n: search trials of the method (besides its official setting)")
     ax.set_ylabel(f"expected best {metric} (band: ± 1 s.d.)")

@@ -159,6 +159,10 @@ class Plan:
                          "trials (study.equal_trials_per_method: false)")
         if method is not None and shared:
             lines.append(f"  shared keys, one range for every method: {', '.join(shared)}")
+        for name in self.balanced_methods:
+            if not shared and not any(p.method == name for p in self.search):
+                lines.append(f"  note: {name} has no searched key, so its "
+                             f"{self.num_samples // len(self.balanced_methods)} trials all run its official setting")
         if self.balanced_methods:
             lines += [f"  first {m} trial (official setting): " + ", ".join(f"{k}={v}" for k, v in point.items())
                       for m, point in zip(self.balanced_methods, self.points_to_evaluate, strict=True)]
