@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from drl_tune.core.domains import DOMAIN, bounded, check
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods import REGISTRY
 
@@ -21,33 +22,25 @@ from drl_tune.methods import REGISTRY
 class SyntheticConfig:
     """Knobs of the embedded synthetic imbalanced audio-visual dataset (see data/synthetic.py)."""
 
-    n_train: int = 1000
-    n_val: int = 500
-    n_test: int = 500
-    n_classes: int = 6
-    seed: int = 0
+    n_train: int = bounded(1000, ge=1)
+    n_val: int = bounded(500, ge=1)
+    n_test: int = bounded(500, ge=1)
+    n_classes: int = bounded(6, ge=2)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
     # audio: class tones under noise, plus a per-clip identity cue that lets the audio encoder memorise
     # the training set (the role speaker/scene identity plays in real corpora)
     audio_snr_db: float = 0.0
-    audio_shortcut: float = 0.6
-    audio_confusion: float = 0.25
+    audio_shortcut: float = bounded(0.6, ge=0, le=1)
+    audio_confusion: float = bounded(0.25, ge=0, le=1)
     # visual: one shape per class, random colours, pixel noise
-    visual_noise: float = 0.12
-    visual_confusion: float = 0.10
-    frames: int = 2
-    image_size: int = 32
+    visual_noise: float = bounded(0.12, ge=0)
+    visual_confusion: float = bounded(0.10, ge=0, le=1)
+    frames: int = bounded(2, ge=1)
+    image_size: int = bounded(32, ge=8)
     # a modality that carries no label information at all ("scarcely informative"), if set
     noise_only: str = ""
 
-    def __post_init__(self) -> None:
-        for key in ("n_train", "n_val", "n_test"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.synthetic.{key} must be >= 1, got {getattr(self, key)}")
-        if self.n_classes < 2:
-            raise ConfigError(f"data.synthetic.n_classes must be >= 2, got {self.n_classes}")
-        for key in ("audio_confusion", "visual_confusion", "audio_shortcut"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ConfigError(f"data.synthetic.{key} must be in [0, 1], got {getattr(self, key)}")
+    def __post_init__(self) -> None:  # the numbers' domains are declared on the fields (core/domains.py)
         if self.noise_only not in ("", "audio", "visual"):
             raise ConfigError(f"data.synthetic.noise_only must be '', 'audio' or 'visual', got {self.noise_only!r}")
 
@@ -60,36 +53,26 @@ class AVDigitsConfig:
     """Knobs of the AV-digits set (data/avdigits.py): real handwritten digits paired with digits spoken by
     eSpeak NG voices. Speakers are per language and never shared between splits."""
 
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
     n_images: int = 0  # 0 = all 1797 images of sklearn's digits; fewer (stratified) for quick tests
     # eSpeak NG voices: every language's own word for each digit, several English accents
     languages: list[str] = field(default_factory=lambda: list(AVDIGITS_LANGUAGES))
-    speakers_train: int = 4  # per language
-    speakers_val: int = 2
-    speakers_test: int = 2
+    speakers_train: int = bounded(4, ge=1)  # per language
+    speakers_val: int = bounded(2, ge=1)
+    speakers_test: int = bounded(2, ge=1)
     # difficulty, chosen from the two uni-modal runs alone (docs/datasets.md, "AV-digits"): white noise under the
     # speech (dB below its power), Gaussian pixel noise on the digit (0-1 scale)
     audio_snr_db: float = 10.0
-    visual_noise: float = 0.6
-    visual_shift: float = 0.15  # largest random translation, as a fraction of the frame
-    frames: int = 2
-    image_size: int = 32
+    visual_noise: float = bounded(0.6, ge=0)
+    visual_shift: float = bounded(0.15, ge=0, lt=0.5)  # largest random translation, as a fraction of the frame
+    frames: int = bounded(2, ge=1)
+    image_size: int = bounded(32, ge=8)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # the numbers' domains are declared on the fields (core/domains.py)
         if self.n_images < 0 or 0 < self.n_images < 60:
             raise ConfigError(f"data.avdigits.n_images must be 0 (all) or >= 60, got {self.n_images}")
         if not self.languages:
             raise ConfigError("data.avdigits.languages must name at least one eSpeak NG language (e.g. en-us)")
-        for key in ("speakers_train", "speakers_val", "speakers_test"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.avdigits.{key} must be >= 1, got {getattr(self, key)}")
-        if self.visual_noise < 0:
-            raise ConfigError(f"data.avdigits.visual_noise must be >= 0, got {self.visual_noise}")
-        if not 0.0 <= self.visual_shift < 0.5:
-            raise ConfigError(f"data.avdigits.visual_shift must be in [0, 0.5), got {self.visual_shift}")
-        if self.frames < 1 or self.image_size < 8:
-            raise ConfigError(f"data.avdigits: frames must be >= 1 and image_size >= 8, got {self.frames}, "
-                              f"{self.image_size}")
 
 
 @dataclass
@@ -110,11 +93,7 @@ class DataConfig:
 class ModelConfig:
     """``width`` is ResNet18's base channel count (64 in the paper); smaller is quicker on a CPU."""
 
-    width: int = 64
-
-    def __post_init__(self) -> None:
-        if self.width < 1:
-            raise ConfigError(f"model.width must be >= 1, got {self.width}")
+    width: int = bounded(64, ge=1)
 
 
 @dataclass
@@ -122,12 +101,8 @@ class EvalConfig:
     """How uni-modal accuracy is measured: a linear probe on each frozen encoder's pooled features,
     fitted on (at most ``probe_samples``) training samples and scored on the validation split."""
 
-    probe_samples: int = 2000
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        if self.probe_samples < 10:
-            raise ConfigError(f"eval.probe_samples must be >= 10, got {self.probe_samples}")
+    probe_samples: int = bounded(2000, ge=10)
+    batch_size: int = bounded(256, ge=1)
 
 
 @dataclass
@@ -149,29 +124,23 @@ class TrainConfig:
     keyed by its registry name (``drl.alpha`` ...)."""
 
     method: str = "joint"
-    epochs: int = 90
-    lr: float = 2e-3
+    epochs: int = bounded(90, ge=1)
+    lr: float = bounded(2e-3, gt=0)
     optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 64
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(1e-4, ge=0)
+    batch_size: int = bounded(64, ge=2)
     fusion: str = "concat"
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit
     device: str = "auto"
-    threads: int = 0
+    threads: int = bounded(0, ge=0, le=1024)  # 0 = torch's default
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     method_params: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
+    def __post_init__(self) -> None:  # the numbers' domains are declared on the fields (core/domains.py)
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -274,7 +243,8 @@ def _convert(value: Any, typ: Any, key: str) -> Any:
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys with the allowed ones."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    domains = {f.name: f.metadata.get(DOMAIN) for f in dataclasses.fields(cls)}
+    names = set(domains)
     unknown = sorted(set(values) - names)
     if unknown:
         allowed = ", ".join(sorted(prefix + n for n in names if n != "method_params"))
@@ -287,7 +257,10 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
                 raise ConfigError(f"{prefix + name} is a block of keys, got the value {value!r}")
             kwargs[name] = build(typ, value, prefix + name + ".")
         else:
-            kwargs[name] = _convert(value, typ, prefix + name)
+            converted = _convert(value, typ, prefix + name)
+            for item in converted if isinstance(converted, list) else [converted]:
+                check(item, domains[name], prefix + name)  # finite, and inside the field's declared domain
+            kwargs[name] = converted
     return cls(**kwargs)
 
 
