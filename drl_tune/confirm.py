@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from drl_tune.core.config import ConfigError
-from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int
+from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int, _seconds
 from drl_tune.study.confirmation import (
     ANSWER_JSON,
     CONFIRM_DIR,
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="finish an interrupted confirmation")
     p.add_argument("--answer", action="store_true", help="print the saved answer; run nothing")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    p.add_argument("--progress-interval", type=_seconds, default=15.0, help="seconds between progress tables")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)

@@ -21,18 +21,18 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from drl_tune.core.config import ConfigError, make_config, parse_assignments
 from drl_tune.core.config_keys import help_text
+from drl_tune.core.domains import Domain, flag, flag_type
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import check_before_start
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.study.safety import redact
-from drl_tune.study.spaces import SEARCHERS, load_space
+from drl_tune.study.spaces import SEARCHERS, ConfirmSpec, ResourcesSpec, StudySpec, load_space
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -43,30 +43,11 @@ class UsageError(ConfigError):
     """Bad command-line input (reported like a config error: one message, exit code 2)."""
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum`` (a clear message otherwise)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_count = _int_at_least(0)
+# every numeric flag parses through the domain its value has in the space file (core/domains.py): one sentence,
+# naming the flag, the value and what is allowed, before anything starts
+_positive_int = flag_type(StudySpec, "num_samples", integer=True)  # also --top-k of drl_tune.confirm
+_count = flag_type(ConfirmSpec, "seeds", integer=True)  # >= 0; also --seeds of drl_tune.confirm
+_seconds = flag(Domain(ge=0))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,28 +56,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--space", help="search space name (search_spaces/NAME.yaml) or path to a .yaml file")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial (a searched key stops being searched); repeatable")
-    p.add_argument("--num-samples", type=_positive_int, help="number of trials (default: the space's study block)")
-    p.add_argument("--max-concurrent", type=_positive_int, help="trials running at once (default: the space's)")
-    p.add_argument("--confirm-seeds", type=_count,
+    p.add_argument("--num-samples", type=flag_type(StudySpec, "num_samples", integer=True),
+                   help="number of trials (default: the space's study block)")
+    p.add_argument("--max-concurrent", type=flag_type(StudySpec, "max_concurrent", integer=True),
+                   help="trials running at once (default: the space's)")
+    p.add_argument("--confirm-seeds", type=flag_type(ConfirmSpec, "seeds", integer=True),
                    help="fresh seeds per confirmed configuration after the search (default: the space's "
                         "study.confirm.seeds, 5); 0 skips the confirmation")
-    p.add_argument("--confirm-top-k", type=_positive_int,
+    p.add_argument("--confirm-top-k", type=flag_type(ConfirmSpec, "top_k", integer=True),
                    help="configurations per method to confirm (default: the space's study.confirm.top_k, 1)")
-    p.add_argument("--cpus-per-trial", type=_fraction, help="CPUs reserved per trial (also its torch threads)")
-    p.add_argument("--gpus-per-trial", type=_fraction,
+    p.add_argument("--cpus-per-trial", type=flag_type(ResourcesSpec, "cpus_per_trial"),
+                   help="CPUs reserved per trial (also its torch threads)")
+    p.add_argument("--gpus-per-trial", type=flag_type(ResourcesSpec, "gpus_per_trial"),
                    help="GPUs per trial, fractions allowed (default: the space's value when the cluster has "
                         "GPUs, else 0)")
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help=f"results folder (default: {DEFAULT_STORAGE})")
     p.add_argument("--name", help="study name = folder under --storage (default: SPACE-YYYYmmdd-HHMMSS)")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite database inside the study folder)")
-    p.add_argument("--seed", type=int, help="Optuna sampler seed (default: the space's study.seed)")
+    p.add_argument("--seed", type=flag_type(StudySpec, "seed", integer=True),
+                   help="Optuna sampler seed (default: the space's study.seed)")
     p.add_argument("--searcher", choices=SEARCHERS,
                    help="Optuna sampler: tpe (adaptive) or random (i.i.d. draws: an unbiased budget curve); "
                         "default: the space's study.searcher, tpe")
     p.add_argument("--resume", action="store_true", help="finish the interrupted study --name (default: the latest)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
-    p.add_argument("--progress-interval", type=float, default=15.0, help="seconds between progress tables")
+    p.add_argument("--progress-interval", type=_seconds, default=15.0, help="seconds between progress tables")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (drl_tune.report)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show the libraries' informational start-up lines (MLflow, Ray notices)")

@@ -112,7 +112,7 @@ CASES = [
     Case("num-samples-zero", [*SPACE, "--num-samples", "0"], ["--num-samples", ">= 1"], space_file(GOOD_SPACE)),
     Case("num-samples-not-a-number", [*SPACE, "--num-samples", "many"], ["--num-samples", "many"],
          space_file(GOOD_SPACE)),
-    Case("cpus-negative", [*SPACE, "--cpus-per-trial", "-1"], ["--cpus-per-trial", ">= 0"], space_file(GOOD_SPACE)),
+    Case("cpus-negative", [*SPACE, "--cpus-per-trial", "-1"], ["--cpus-per-trial", "must be a finite number > 0, got -1"], space_file(GOOD_SPACE)),
     Case("name-with-slash", [*SPACE, "--name", "../escape"], ["--name", "plain folder name"], space_file(GOOD_SPACE)),
     Case("no-space", ["--storage", "{tmp}/studies"], ["--space is required"]),
     Case("space-missing", ["--space", "{tmp}/nowhere.yaml"], ["nowhere.yaml", "does not exist"]),

@@ -44,8 +44,10 @@ def test_data_and_diagnosis_benches_run_at_tiny_sizes(tmp_path):
 
 
 def test_bad_arguments_stop_with_one_line(capsys):
-    assert main(["data", "--batch-size", "1"]) == 2
-    assert "--batch-size >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # the flag's domain is checked where argparse parses it
+        main(["data", "--batch-size", "1"])
+    assert stop.value.code == 2
+    assert "argument --batch-size: must be an integer >= 2, got 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["nonsense"])
 

@@ -154,8 +154,8 @@ def test_run_rejects_bad_confirm_flags(bad, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("block, message", [
-    ("{top_k: 0, seeds: 2}", "top_k >= 1"),
-    ("{top_k: 1, seeds: -2}", "seeds >= 0"),
+    ("{top_k: 0, seeds: 2}", "'study.confirm.top_k' must be an integer >= 1, got 0"),
+    ("{top_k: 1, seeds: -2}", "'study.confirm.seeds' must be an integer >= 0, got -2"),
     ("{seeds: 2.5}", "must be an integer"),
     ("{seed: 2}", "unknown key 'study.confirm.seed'"),
     ("[1, 2]", "must be a mapping"),

@@ -211,8 +211,8 @@ def test_torch_kmeans_backend_through_drl():
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("drl.kmeans_seed", "random", "drl.kmeans_seed must be 'official'"),
-    ("drl.kmeans_n_init", "0", "drl.kmeans_n_init must be >= 1"),
-    ("drl.stability_restarts", "-1", "drl.stability_restarts must be >= 0"),
+    ("drl.kmeans_n_init", "0", "drl.kmeans_n_init must be an integer >= 1, got 0"),
+    ("drl.stability_restarts", "-1", "drl.stability_restarts must be an integer >= 0, got -1"),
     ("drl.kmeans_backend", "faiss", "drl.kmeans_backend must be one of sklearn, torch"),
 ])
 def test_kmeans_knobs_reject_bad_values(key, value, message):

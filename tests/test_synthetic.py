@@ -112,10 +112,10 @@ def test_cache_round_trip_and_one_folder_per_config(tmp_path):
 @pytest.mark.parametrize(
     "key, value, words",
     [
-        ("n_train", 0, "n_train must be >= 1"),
-        ("n_classes", 1, "n_classes must be >= 2"),
-        ("audio_confusion", 1.5, "audio_confusion must be in [0, 1]"),
-        ("audio_shortcut", -0.1, "audio_shortcut must be in [0, 1]"),
+        ("n_train", 0, "n_train must be an integer >= 1, got 0"),
+        ("n_classes", 1, "n_classes must be an integer >= 2, got 1"),
+        ("audio_confusion", 1.5, "audio_confusion must be a number in [0, 1], got 1.5"),
+        ("audio_shortcut", -0.1, "audio_shortcut must be a number in [0, 1], got -0.1"),
         ("noise_only", "speech", "noise_only must be"),
     ],
 )

@@ -27,6 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from drl_tune.analysis.colors import method_color
 from drl_tune.analysis.load import SELECT_METRIC, Study
 from drl_tune.core.stats import expected_max
 
@@ -119,8 +120,6 @@ def budget(study: Study, metric: str = SELECT_METRIC) -> Figure:
     curves = budget_curves(study, metric)
     if curves.empty:
         raise ValueError(f"study {study.name!r} has no scored search trials besides the official settings")
-    from drl_tune.analysis.plots import method_color
-
     officials = official_scores(study, metric)
     methods = sorted(set(curves["method"]) | set(officials))
     fig, ax = plt.subplots(figsize=(8.5, 5.2))

@@ -29,24 +29,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from drl_tune.analysis.budget import budget as budget_figure
+from drl_tune.analysis.colors import EXTRA_COLORS, METHOD_COLORS, method_color  # noqa: F401 (plots.* names)
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
 from drl_tune.core.io import atomic_write_with
 from drl_tune.core.stats import pareto_front
 
-# one fixed colour per registered method, so every figure (and every study) agrees
-METHOD_COLORS = {"joint": "#7f7f7f", "drl": "#d62728", "ogm_ge": "#1f77b4", "opm": "#2ca02c", "mmpareto": "#9467bd",
-                 "inforeg": "#ff7f0e", "valuation": "#8c564b"}
-EXTRA_COLORS = ["#17becf", "#bcbd22", "#e377c2", "#000000"]
 DRL_KNOBS = ["drl.alpha", "drl.diagnosis_interval", "drl.n_clusters"]
 LABELS = {"balance/gap": "balance gap |probe acc difference| at best-val epoch (lower = more balanced)",
           TEST_METRIC: "test accuracy at best-val epoch", SELECT_METRIC: "best validation accuracy"}
-
-
-def method_color(method: str, methods: list[str] | None = None) -> str:
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    others = sorted(m for m in (methods or [method]) if m not in METHOD_COLORS)
-    return EXTRA_COLORS[others.index(method) % len(EXTRA_COLORS)] if method in others else EXTRA_COLORS[0]
 
 
 def save(fig: Figure, out_dir: Path | str, name: str) -> list[Path]:
@@ -459,11 +450,9 @@ def comparison(study: Study, metric: str = TEST_METRIC) -> Figure:
 def all_figures(study: Study, out_dir: Path | str) -> dict[str, list[Path]]:
     """Every figure that applies to this study, saved; name -> [png, svg]. A figure that cannot be drawn (no
     DRL trial, no answer yet) is skipped, not faked."""
-    from drl_tune.analysis.budget import budget
-
     out: dict[str, list[Path]] = {}
     makers = {"tradeoff": tradeoff, "dynamics": dynamics, "importance": importance, "knobs": knobs,
-              "budget": budget, "comparison": comparison}
+              "budget": budget_figure, "comparison": comparison}
     for name, make in makers.items():
         try:
             fig = make(study)

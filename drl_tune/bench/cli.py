@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from drl_tune.bench.reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
 from drl_tune.core.config import TrainConfig, make_config, parse_assignments
+from drl_tune.core.domains import Domain, flag
 from drl_tune.core.io import atomic_write_text
 
 BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
@@ -428,25 +429,33 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+# the flags' domains (core/domains.py, as every command's): a bad number is one argparse line, not a traceback
+ONE_OR_MORE = flag(Domain(ge=1), integer=True)
+WORKERS = flag(Domain(ge=0, le=256), integer=True)
+BATCH = flag(Domain(ge=2), integer=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bench", choices=[*BENCHES, "all", "gpu"])
     p.add_argument("--json", type=Path, help="write every figure here (summary keys: data.ratio, epoch.ratio, ...)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test; the figures mean nothing)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers / torch threads (2)")
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs per pipeline, data and epoch (2)")
-    p.add_argument("--clips", type=int, default=512, help="data: generated CREMA-D clips (512)")
-    p.add_argument("--limit", type=int, default=64, help="epoch: CREMA-D-sized training clips (64; 5954 on a GPU)")
-    p.add_argument("--batch-size", type=int, default=16, help="epoch: CREMA-D-size batch (16; 64 = official)")
+    p.add_argument("--workers", type=WORKERS, default=2, help="DataLoader workers / torch threads (2)")
+    p.add_argument("--epochs", type=ONE_OR_MORE, default=2, help="timed epochs per pipeline, data and epoch (2)")
+    p.add_argument("--clips", type=ONE_OR_MORE, default=512, help="data: generated CREMA-D clips (512)")
+    p.add_argument("--limit", type=ONE_OR_MORE, default=64,
+                   help="epoch: CREMA-D-sized training clips (64; 5954 on a GPU)")
+    p.add_argument("--batch-size", type=BATCH, default=16, help="epoch: CREMA-D-size batch (16; 64 = official)")
     p.add_argument("--augment", action="store_true",
                    help="epoch: crop + flip (the official DRL CREMA-D script trains without)")
     p.add_argument("--diagnosis-sizes", type=_ints, default=[1000, 5000, 20000], help="diagnosis: N (1000,5000,20000)")
-    p.add_argument("--epoch-batches", type=int, default=2, help="diagnosis: batches timed for the epoch estimate")
-    p.add_argument("--overhead-epochs", type=int, default=5, help="overhead: demo epochs (5)")
-    p.add_argument("--num-samples", type=int, default=4, help="study: trials per study (4)")
+    p.add_argument("--epoch-batches", type=ONE_OR_MORE, default=2,
+                   help="diagnosis: batches timed for the epoch estimate")
+    p.add_argument("--overhead-epochs", type=ONE_OR_MORE, default=5, help="overhead: demo epochs (5)")
+    p.add_argument("--num-samples", type=ONE_OR_MORE, default=4, help="study: trials per study (4)")
     p.add_argument("--concurrency", type=_ints, default=[1, 2], help="study: --max-concurrent values (1,2)")
-    p.add_argument("--budget-s", type=float, default=400.0,
+    p.add_argument("--budget-s", type=flag(Domain(gt=0)), default=400.0,
                    help="gpu: skip the steps that would end past this many seconds (400)")
     p.add_argument("--steps", help="gpu: only these steps, comma-separated (python -m drl_tune.bench.gpu --help)")
     args = p.parse_args(argv)
@@ -455,11 +464,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return gpu_main([*(["--json", str(args.json)] if args.json else []), *(["--tiny"] if args.tiny else []),
                          "--budget-s", str(args.budget_s), *(["--steps", args.steps] if args.steps else [])])
-    if min(args.epochs, args.clips, args.limit, args.overhead_epochs, args.num_samples) < 1 or args.batch_size < 2 \
-            or args.workers < 0:
-        print("error: --epochs, --clips, --limit, --overhead-epochs, --num-samples must be >= 1, --batch-size >= 2, "
-              "--workers >= 0", file=sys.stderr)
-        return 2
     benches = list(BENCHES) if args.bench == "all" else [args.bench]
     try:
         result = run(benches, args)

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from drl_tune.core.domains import DOMAIN, bounded, check
+from drl_tune.core.domains import DOMAIN, bounded, check, check_fields
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods import REGISTRY
 
@@ -40,7 +40,8 @@ class SyntheticConfig:
     # a modality that carries no label information at all ("scarcely informative"), if set
     noise_only: str = ""
 
-    def __post_init__(self) -> None:  # the numbers' domains are declared on the fields (core/domains.py)
+    def __post_init__(self) -> None:
+        check_fields(self, "data.synthetic.")  # the numbers' domains are declared on the fields (core/domains.py)
         if self.noise_only not in ("", "audio", "visual"):
             raise ConfigError(f"data.synthetic.noise_only must be '', 'audio' or 'visual', got {self.noise_only!r}")
 
@@ -68,7 +69,8 @@ class AVDigitsConfig:
     frames: int = bounded(2, ge=1)
     image_size: int = bounded(32, ge=8)
 
-    def __post_init__(self) -> None:  # the numbers' domains are declared on the fields (core/domains.py)
+    def __post_init__(self) -> None:
+        check_fields(self, "data.avdigits.")  # the numbers' domains are declared on the fields (core/domains.py)
         if self.n_images < 0 or 0 < self.n_images < 60:
             raise ConfigError(f"data.avdigits.n_images must be 0 (all) or >= 60, got {self.n_images}")
         if not self.languages:
@@ -95,6 +97,9 @@ class ModelConfig:
 
     width: int = bounded(64, ge=1)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "model.")
+
 
 @dataclass
 class EvalConfig:
@@ -103,6 +108,9 @@ class EvalConfig:
 
     probe_samples: int = bounded(2000, ge=10)
     batch_size: int = bounded(256, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "eval.")
 
 
 @dataclass
@@ -140,7 +148,8 @@ class TrainConfig:
     perf: PerfConfig = field(default_factory=PerfConfig)
     method_params: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:  # the numbers' domains are declared on the fields (core/domains.py)
+    def __post_init__(self) -> None:
+        check_fields(self)  # the numbers' domains are declared on the fields (core/domains.py)
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -103,7 +103,11 @@ def check_fields(obj: Any, prefix: str = "") -> None:
 def flag_type(cls: type, name: str, integer: bool = False) -> Callable[[str], float | int]:
     """An argparse ``type`` for a flag that sets field ``name`` of ``cls``: parses the number and checks the field's
     domain, so the flag and the space file say the same thing."""
-    domain = domain_of(cls, name) or FINITE
+    return flag(domain_of(cls, name) or FINITE, integer)
+
+
+def flag(domain: Domain, integer: bool = False) -> Callable[[str], float | int]:
+    """An argparse ``type``: a number (an integer with ``integer``) inside ``domain``; the message says which."""
 
     def parse(text: str) -> float | int:
         try:

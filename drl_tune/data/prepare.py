@@ -22,12 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from drl_tune.core.domains import Domain, flag
 from drl_tune.core.paths import default_root
 from drl_tune.data import cremad, kinetics_sounds, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
 from drl_tune.data.sources import Item, PrepareError, PreparePlan
 
 PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101}
+# the flags' domains (core/domains.py, as every command's): a bad number is one argparse line, not a traceback
+SIZE = flag(Domain(ge=8), integer=True)
+MELS = flag(Domain(ge=1), integer=True)
+SEED = flag(Domain(ge=0, le=2**32 - 1), integer=True)
+WORKERS = flag(Domain(ge=0, le=256), integer=True)
 
 
 def default_out(name: str) -> Path:
@@ -102,10 +108,10 @@ def parser() -> argparse.ArgumentParser:
                        f"$DRL_TUNE_DATA/{name}, where the loader looks)")
         p.add_argument("--skip-missing", action="store_true",
                        help="leave out clips whose files are missing (default: stop) and report how many")
-        p.add_argument("--size", type=int, default=224, help="frame side at the training resolution (224)")
-        p.add_argument("--n-mels", type=int, default=128, help="mel bins (128)")
-        p.add_argument("--seed", type=int, default=0, help="seed of generated splits (0)")
-        p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+        p.add_argument("--size", type=SIZE, default=224, help="frame side at the training resolution (224)")
+        p.add_argument("--n-mels", type=MELS, default=128, help="mel bins (128)")
+        p.add_argument("--seed", type=SEED, default=0, help="seed of generated splits (0)")
+        p.add_argument("--workers", type=WORKERS, default=min(8, os.cpu_count() or 1),
                        help="decoding processes (default: CPUs, at most 8; 0 = in this process)")
         p.add_argument("--force", action="store_true", help="replace an existing cache at --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -117,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out) if args.out is not None else default_out(args.dataset)
     try:
-        if args.size < 8:
-            raise PrepareError(f"--size must be >= 8, got {args.size}")
         plan = PREPARERS[args.dataset].make_plan(args)
         sizes = ", ".join(f"{split} {len(items)}" for split, items in plan.splits.items())
         print(f"{args.dataset}: {len(plan.classes)} classes, {sizes}", file=sys.stderr)

@@ -17,7 +17,6 @@ measure how much α depends on the start (``diag/alpha_std_<m>`` …); they neve
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from drl_tune.core.diagnosis import BACKENDS, diagnose
+from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
@@ -40,37 +40,24 @@ class DRLParams:
     """``alpha`` (the config key ``drl.alpha``) is λ of the paper (``move_lambda`` in the official code), not the
     re-init strength α = tanh(λ·gap) that it yields (diagnosis.py says which name is which)."""
 
-    alpha: float = 3.0
-    diagnosis_interval: int = 20
-    max_reinits: int = 3
-    n_clusters: int | None = None  # None = number of classes (the official choice)
+    alpha: float = bounded(3.0, ge=0)
+    diagnosis_interval: int = bounded(20, ge=1)
+    max_reinits: int = bounded(3, ge=0)
+    n_clusters: int | None = bounded(None, ge=2)  # None = number of classes (the official choice)
     blend_bn_stats: bool = False  # also move BN running mean/var towards their initial values
     reset_momentum: bool = False  # also clear the optimizer's momentum of the re-initialised encoder
     kmeans_seed: str = "official"  # "official": random_state=0 in every run (code/ours.py); "trial": the run's seed
-    kmeans_n_init: int = 1  # k-means starts per clustering; 1 = the official KMeans() under sklearn >= 1.4
-    stability_restarts: int = STABILITY_RESTARTS  # extra k-means starts that measure α's spread; 0 = off
+    kmeans_n_init: int = bounded(1, ge=1)  # k-means starts per clustering; 1 = the official KMeans() (sklearn >= 1.4)
+    stability_restarts: int = bounded(STABILITY_RESTARTS, ge=0)  # extra k-means starts measuring α's spread; 0 = off
     kmeans_backend: str = "sklearn"  # "torch": the same k-means on the features' device (diagnosis.torch_kmeans)
 
     def __post_init__(self) -> None:
-        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
-            raise ConfigError(f"drl.alpha must be a finite number >= 0, got {self.alpha}")
-        if self.diagnosis_interval < 1:
-            raise ConfigError(f"drl.diagnosis_interval must be >= 1, got {self.diagnosis_interval}")
-        if self.max_reinits < 0:
-            raise ConfigError(f"drl.max_reinits must be >= 0, got {self.max_reinits}")
-        if self.n_clusters is not None and self.n_clusters < 2:
-            raise ConfigError(
-                f"drl.n_clusters must be >= 2 (or null for the number of classes), got {self.n_clusters}"
-            )
+        check_fields(self, "drl.")  # the numbers' domains are declared on the fields (core/domains.py)
         if self.kmeans_seed not in KMEANS_SEEDS:
             raise ConfigError(
                 f"drl.kmeans_seed must be 'official' (k-means random_state=0, as the paper's code) or 'trial' "
                 f"(the run's seed), got {self.kmeans_seed!r}"
             )
-        if self.kmeans_n_init < 1:
-            raise ConfigError(f"drl.kmeans_n_init must be >= 1 (1 = the official code), got {self.kmeans_n_init}")
-        if self.stability_restarts < 0:
-            raise ConfigError(f"drl.stability_restarts must be >= 0 (0 = off), got {self.stability_restarts}")
         if self.kmeans_backend not in BACKENDS:
             raise ConfigError(
                 f"drl.kmeans_backend must be one of {', '.join(BACKENDS)}, got {self.kmeans_backend!r}"

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, HeadScoredMethod, batch_scores, unimodal_logits
 from drl_tune.models import ModelOutput, MultimodalClassifier
@@ -42,19 +43,14 @@ from drl_tune.models import ModelOutput, MultimodalClassifier
 
 @dataclass
 class InfoRegParams:
-    threshold: float = 0.05  # K: the prime learning window is k > K
-    beta_first: float = 0.95  # β scale of the first modality ("audio" in the official code)
-    beta_second: float = 0.1  # β scale of the second modality ("visual")
-    window: int = 10  # trace window (the official ten-epoch means)
+    threshold: float = bounded(0.05, ge=0)  # K: the prime learning window is k > K
+    beta_first: float = bounded(0.95, ge=0)  # β scale of the first modality ("audio" in the official code)
+    beta_second: float = bounded(0.1, ge=0)  # β scale of the second modality ("visual")
+    window: int = bounded(10, ge=1)  # trace window (the official ten-epoch means)
     trace_modality: str = ""  # whose encoder's trace gives k; "" = the first modality (audio)
 
     def __post_init__(self) -> None:
-        for key in ("threshold", "beta_first", "beta_second"):
-            value = getattr(self, key)
-            if not (value >= 0 and math.isfinite(value)):
-                raise ConfigError(f"inforeg.{key} must be a finite number >= 0, got {value}")
-        if self.window < 1:
-            raise ConfigError(f"inforeg.window must be >= 1, got {self.window}")
+        check_fields(self, "inforeg.")  # the numbers' domains are declared on the fields (core/domains.py)
 
 
 def window_k(trace: list[float], window: int = 10) -> float:

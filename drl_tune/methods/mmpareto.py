@@ -26,25 +26,23 @@ always 1 and the min-norm branch never acts; here each loss's gradient is taken 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.errors import ConfigError
+from drl_tune.core.domains import bounded, check_fields
 from drl_tune.methods.base import Batch, EpochContext, Method, require_two_modalities
 from drl_tune.models import MultimodalClassifier
 
 
 @dataclass
 class MMParetoParams:
-    gamma: float = 1.5  # the official γ that scales the encoders' recombined gradients
+    gamma: float = bounded(1.5, gt=0)  # the official γ that scales the encoders' recombined gradients
 
     def __post_init__(self) -> None:
-        if not (self.gamma > 0 and math.isfinite(self.gamma)):
-            raise ConfigError(f"mmpareto.gamma must be a finite number > 0, got {self.gamma}")
+        check_fields(self, "mmpareto.")  # the numbers' domains are declared on the fields (core/domains.py)
 
 
 def min_norm_two(v1v1: float, v1v2: float, v2v2: float) -> float:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, HeadScoredMethod
 from drl_tune.models import ModelOutput, MultimodalClassifier
@@ -44,15 +45,14 @@ from drl_tune.models import ModelOutput, MultimodalClassifier
 class OGMGEParams:
     """``alpha``: α of Eq. 10 (the OGM-GE README's example 0.1); modulation active for starts ≤ epoch ≤ ends."""
 
-    alpha: float = 0.1
-    modulation_starts: int = 0
-    modulation_ends: int = 50
+    alpha: float = bounded(0.1, gt=0)
+    modulation_starts: int = bounded(0, ge=0)
+    modulation_ends: int = bounded(50, ge=0)
     ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false = plain OGM
 
     def __post_init__(self) -> None:
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ConfigError(f"ogm_ge.alpha must be a finite number > 0, got {self.alpha}")
-        if self.modulation_starts < 0 or self.modulation_ends < self.modulation_starts:
+        check_fields(self, "ogm_ge.")  # the numbers' domains are declared on the fields (core/domains.py)
+        if self.modulation_ends < self.modulation_starts:  # each number's own domain is declared on its field
             raise ConfigError(
                 f"ogm_ge.modulation_starts/ogm_ge.modulation_ends need 0 <= starts <= ends, got "
                 f"{self.modulation_starts} and {self.modulation_ends}"

@@ -37,12 +37,12 @@ layer with its own full bias), not a departure.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import Batch, EpochContext, HeadScoredMethod, batch_score_tensors, unimodal_logits
 from drl_tune.models import MultimodalClassifier
@@ -50,23 +50,16 @@ from drl_tune.models import MultimodalClassifier
 
 @dataclass
 class OPMParams:
-    q_base: float = 0.5
-    lam: float = 0.5  # λ
-    p_exe: float = 0.7  # probability that a batch is modulated at all
-    warmup_epochs: int = 5  # no dropping while epoch <= warmup_epochs
+    q_base: float = bounded(0.5, ge=0, le=1)
+    lam: float = bounded(0.5, ge=0)  # λ
+    p_exe: float = bounded(0.7, ge=0, le=1)  # probability that a batch is modulated at all
+    warmup_epochs: int = bounded(5, ge=-1)  # no dropping while epoch <= warmup_epochs (-1: drop from epoch 0)
     theta_grad: str = "official"  # official: θ's gradient as the authors' code (see the module); none: θ constant
 
     def __post_init__(self) -> None:
+        check_fields(self, "opm.")  # the numbers' domains are declared on the fields (core/domains.py)
         if self.theta_grad not in THETA_GRADS:
             raise ConfigError(f"opm.theta_grad must be one of {', '.join(THETA_GRADS)}, got {self.theta_grad!r}")
-        for key in ("q_base", "p_exe"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"opm.{key} must be in [0, 1], got {value}")
-        if not (self.lam >= 0 and math.isfinite(self.lam)):
-            raise ConfigError(f"opm.lam must be a finite number >= 0, got {self.lam}")
-        if self.warmup_epochs < -1:
-            raise ConfigError(f"opm.warmup_epochs must be >= -1 (-1: drop from epoch 0), got {self.warmup_epochs}")
 
 
 def drop_probabilities(score_1: Any, score_2: Any, q_base: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

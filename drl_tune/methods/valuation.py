@@ -31,13 +31,13 @@ then divides by it (``part_cona /= num``), a division by zero when N·part_ratio
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method, require_two_modalities
 from drl_tune.models import MultimodalClassifier
@@ -46,19 +46,14 @@ from drl_tune.models import MultimodalClassifier
 @dataclass
 class ValuationParams:
     level: str = "sample"  # "sample" or "modality"
-    warmup: int = 5  # the re-sampled set is rebuilt from epoch warmup - 1 on (used from epoch warmup)
-    part_ratio: float = 0.2  # modality level: share of the training set averaged for φ
-    alpha: float = 1.0  # modality level: scales the number of re-sampled copies
+    warmup: int = bounded(5, ge=1)  # the re-sampled set is rebuilt from epoch warmup - 1 on (used from epoch warmup)
+    part_ratio: float = bounded(0.2, gt=0, le=1)  # modality level: share of the training set averaged for φ
+    alpha: float = bounded(1.0, ge=0)  # modality level: scales the number of re-sampled copies
 
     def __post_init__(self) -> None:
+        check_fields(self, "valuation.")  # the numbers' domains are declared on the fields (core/domains.py)
         if self.level not in ("sample", "modality"):
             raise ConfigError(f"valuation.level must be 'sample' or 'modality', got {self.level!r}")
-        if self.warmup < 1:
-            raise ConfigError(f"valuation.warmup must be >= 1, got {self.warmup}")
-        if not 0.0 < self.part_ratio <= 1.0:
-            raise ConfigError(f"valuation.part_ratio must be in (0, 1], got {self.part_ratio}")
-        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
-            raise ConfigError(f"valuation.alpha must be a finite number >= 0, got {self.alpha}")
 
 
 def shapley_values(

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from drl_tune.core.config import TrainConfig, make_config
+from drl_tune.core.domains import DOMAIN, bounded, check
 from drl_tune.core.errors import ConfigError
 from drl_tune.methods import REGISTRY
 from drl_tune.study.params import (  # noqa: F401  (pickled studies name them drl_tune.spaces.*)
@@ -61,9 +62,9 @@ class SchedulerSpec:
 
     type: str = "asha"
     metric: str = "val/acc_best"
-    grace_period: int = 3
-    reduction_factor: float = 2.0
-    max_t: int | None = None  # None: the trial's epochs
+    grace_period: int = bounded(3, ge=1)
+    reduction_factor: float = bounded(2.0, gt=1)
+    max_t: int | None = bounded(None, ge=1)  # None: the trial's epochs
 
 
 @dataclass
@@ -72,19 +73,19 @@ class ConfirmSpec:
     fresh seeds (0 skips it). Five seeds by default: at three, a paired 95% interval is 4.3 standard errors
     wide (t(0.975, 2) = 4.30), at five 2.8."""
 
-    top_k: int = 1
-    seeds: int = 5
+    top_k: int = bounded(1, ge=1)
+    seeds: int = bounded(5, ge=0)  # 0 skips the confirmation
 
 
 @dataclass
 class StudySpec:
     metric: str = "val/acc_best"
     mode: str = "max"
-    num_samples: int = 16
-    max_concurrent: int = 2
-    seed: int = 0
-    keep_checkpoints: int = 2
-    max_failures: int = 1
+    num_samples: int = bounded(16, ge=1)
+    max_concurrent: int = bounded(2, ge=1)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)  # Optuna's samplers take a 32-bit seed
+    keep_checkpoints: int = bounded(2, ge=1)
+    max_failures: int = bounded(1, ge=0)
     # every method of search.method gets the same number of trials (round robin over trial numbers, each
     # method's official setting first) instead of the sampler choosing the method: a comparison's fairness.
     # None (the default) = on whenever search.method is a choice of two or more methods; false opts out
@@ -97,8 +98,8 @@ class StudySpec:
 
 @dataclass
 class ResourcesSpec:
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 1.0  # per trial *when the cluster has GPUs*; CPU-only clusters use 0
+    cpus_per_trial: float = bounded(1.0, gt=0)  # Ray cannot place a trial that asks for nothing
+    gpus_per_trial: float = bounded(1.0, gpu_share=True)  # per trial *when the cluster has GPUs*; CPU-only: 0
 
 
 @dataclass
@@ -215,7 +216,15 @@ def _typed(cls: type, raw: dict[str, Any], block: str, path: Path) -> Any:
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise SpaceError(f"{path}: unknown key '{block}.{unknown[0]}'; allowed: {', '.join(hints)}")
-    return cls(**{key: _typed_value(value, hints[key], f"{path}: '{block}.{key}'") for key, value in raw.items()})
+    domains = {f.name: f.metadata.get(DOMAIN) for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        values[key] = _typed_value(value, hints[key], f"{path}: '{block}.{key}'")
+        try:  # finite, and inside the domain the field declares (the same check as --set and the flags)
+            check(values[key], domains[key], f"'{block}.{key}'")
+        except ConfigError as err:
+            raise SpaceError(f"{path}: {err}") from None
+    return cls(**values)
 
 
 def _typed_value(value: Any, typ: Any, where: str) -> Any:
@@ -243,19 +252,11 @@ def _typed_value(value: Any, typ: Any, where: str) -> Any:
 
 
 def _check_study(space: Space) -> None:
-    path, st, sc, rs = space.path, space.study, space.scheduler, space.resources
+    path, st, sc = space.path, space.study, space.scheduler
     if st.metric not in STUDY_METRICS:
         raise SpaceError(f"{path}: 'study.metric' {st.metric!r} is not allowed; one of: {', '.join(STUDY_METRICS)}")
     if st.mode not in ("min", "max"):
         raise SpaceError(f"{path}: 'study.mode' must be 'min' or 'max', got {st.mode!r}")
-    for key in ("num_samples", "max_concurrent", "keep_checkpoints"):
-        if getattr(st, key) < 1:
-            raise SpaceError(f"{path}: 'study.{key}' must be >= 1, got {getattr(st, key)}")
-    if space.confirm.top_k < 1 or space.confirm.seeds < 0:
-        raise SpaceError(f"{path}: 'study.confirm' needs top_k >= 1 and seeds >= 0 (0 skips the confirmation), "
-                         f"got top_k={space.confirm.top_k}, seeds={space.confirm.seeds}")
-    if st.max_failures < 0:
-        raise SpaceError(f"{path}: 'study.max_failures' must be >= 0, got {st.max_failures}")
     if st.searcher not in SEARCHERS:
         raise SpaceError(f"{path}: 'study.searcher' must be one of {', '.join(SEARCHERS)}, got {st.searcher!r}")
     method = space.search.get("method")
@@ -273,10 +274,6 @@ def _check_study(space: Space) -> None:
             f"{path}: 'scheduler.metric' {sc.metric!r} is not allowed; use one of {', '.join(SCHEDULER_METRICS)} "
             f"(a running best: a per-epoch metric would let ASHA stop DRL trials in the dip after a re-init)"
         )
-    if sc.grace_period < 1 or sc.reduction_factor <= 1 or (sc.max_t is not None and sc.max_t < 1):
-        raise SpaceError(f"{path}: 'scheduler' needs grace_period >= 1, reduction_factor > 1 and max_t >= 1")
-    if rs.cpus_per_trial <= 0 or rs.gpus_per_trial < 0:
-        raise SpaceError(f"{path}: 'resources' needs cpus_per_trial > 0 and gpus_per_trial >= 0")
 
 
 def _check_search(space: Space) -> None:

@@ -1,0 +1,15 @@
+"""One fixed colour per registered method, so every figure (and every study) agrees; a module of its own so that
+every figure module can use it without importing the others."""
+
+from __future__ import annotations
+
+METHOD_COLORS = {"joint": "#7f7f7f", "drl": "#d62728", "ogm_ge": "#1f77b4", "opm": "#2ca02c", "mmpareto": "#9467bd",
+                 "inforeg": "#ff7f0e", "valuation": "#8c564b"}
+EXTRA_COLORS = ["#17becf", "#bcbd22", "#e377c2", "#000000"]
+
+
+def method_color(method: str, methods: list[str] | None = None) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    others = sorted(m for m in (methods or [method]) if m not in METHOD_COLORS)
+    return EXTRA_COLORS[others.index(method) % len(EXTRA_COLORS)] if method in others else EXTRA_COLORS[0]
