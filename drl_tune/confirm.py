@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 from drl_tune.core.config import ConfigError
+from drl_tune.core.guard import guarded
+from drl_tune.core.paths import PathError, check_writable
 from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int, _seconds
 from drl_tune.study.confirmation import (
     ANSWER_JSON,
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"study {args.name!r} has no answer yet ({answer_file}); confirm it first")
             print(answer_tables(json.loads(answer_file.read_text())))
             return 0
+        check_writable(plan.study_dir, "the study folder")  # the confirmation writes its trials and answer there
         started = (folder / CONFIRM_FILE).is_file()
         if started and not args.resume:
             raise UsageError(f"study {args.name!r} already has a confirmation in {folder}; finish it with --resume "
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--methods: {', '.join(sorted(set(methods) - set(known)))} did not run in study "
                                  f"{args.name!r}; it ran {', '.join(known)}")
             plan_confirmation(records, top_k, seeds, methods)
-    except (ConfigError, ConfirmError) as err:
+    except (ConfigError, ConfirmError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         tracker.client.log_text(plan.parent_run_id, text, "answer.txt")
         print(f"\nanswer of study {plan.name!r}:\n{text}\n\nanswer: {plan.study_dir / ANSWER_JSON}", flush=True)
         return 0
-    except (ConfigError, ConfirmError) as err:
+    except (ConfigError, ConfirmError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:

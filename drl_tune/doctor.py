@@ -35,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from drl_tune.core.guard import guarded
 from drl_tune.core.paths import default_root
 
 EXIT_BROKEN = 2
@@ -378,9 +379,11 @@ def diagnose() -> tuple[list[str], list[str], list[str]]:
     return (lines, *_merge(errors, warnings, failed))
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.doctor", description=__doc__.split("\n\n")[0])
     p.add_argument("--probe", help=argparse.SUPPRESS)  # internal: the fresh interpreter's side
+    p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = p.parse_args(argv)
     if args.probe:
         return _child([n for n in args.probe.split(",") if n in PROBES])

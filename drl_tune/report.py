@@ -12,6 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from drl_tune.core.guard import guarded
+from drl_tune.core.paths import PathError, check_writable
+
 EXIT_BAD_INPUT = 2
 
 
@@ -22,9 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--path", type=Path, help="the study folder itself (instead of --name/--storage)")
     p.add_argument("--mlflow-uri", help="read the study from this MLflow tracking URI instead of its folder")
     p.add_argument("--out", type=Path, help="output folder (default: STUDY/report)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     return p.parse_args(argv)
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from drl_tune.analysis.load import StudyError, load_mlflow, resolve_study_dir
@@ -37,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             study = load_mlflow(args.mlflow_uri, args.name)
             folder = study.study_dir
             out = args.out or (folder / "report" if folder else Path(f"{study.name}-report"))
+            check_writable(out, "--out")
             path = write_report(folder or out, out=out, study=study)
         else:
             folder = resolve_study_dir(args.name, args.storage, args.path)
+            check_writable(args.out or folder / "report", "--out" if args.out else "the report folder")
             path = write_report(folder, out=args.out)
-    except StudyError as err:
+    except (StudyError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"report: {path.resolve()}")

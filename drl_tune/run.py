@@ -27,6 +27,8 @@ from typing import Any
 from drl_tune.core.config import ConfigError, make_config, parse_assignments
 from drl_tune.core.config_keys import help_text
 from drl_tune.core.domains import Domain, flag, flag_type
+from drl_tune.core.guard import guarded
+from drl_tune.core.paths import check_writable
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import check_before_start
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
@@ -144,6 +146,17 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k, searcher=args.searcher)
+
+
+def check_output_paths(plan: Plan, args: argparse.Namespace) -> None:
+    """Every folder the study will write — the study folder under ``--storage`` and the folder of an
+    ``--mlflow-uri sqlite:///…`` database — can be created and written, with free space, before anything starts."""
+    check_writable(plan.study_dir if args.resume else args.storage, "--resume study folder" if args.resume
+                   else "--storage")
+    if plan.mlflow_uri.startswith("sqlite:///") and not args.resume:
+        database = Path(plan.mlflow_uri.removeprefix("sqlite:///"))
+        if database.parent != plan.study_dir:
+            check_writable(database.parent, "--mlflow-uri folder")
 
 
 def _space_name(space: str | None) -> str | None:
@@ -372,6 +385,7 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # in case it already was
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries(args.verbose)
@@ -380,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.address:
             check_address(args.address)  # seconds, before the dataset check: Ray would retry for minutes
         plan = plan_from_args(args)
+        check_output_paths(plan, args)
         if not args.dry_run and not check_before_start():  # a torch family that does not load: one line
             return EXIT_BAD_INPUT
         check_dataset(plan, generate=not args.dry_run)

@@ -17,7 +17,9 @@ from pathlib import Path
 from drl_tune.core.config import ConfigError, parse_assignments
 from drl_tune.core.config_keys import help_text
 from drl_tune.core.engine import Engine
+from drl_tune.core.guard import guarded
 from drl_tune.core.io import atomic_write_json
+from drl_tune.core.paths import check_writable
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import EXIT_BROKEN, check_before_start
 from drl_tune.study.spaces import load_space
@@ -46,9 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train-<method>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     return p.parse_args(argv)
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not check_before_start():  # a torch family that does not load: one line, not a traceback
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space)
         config = space.config(parse_assignments(args.assignments))
         out = args.out or Path("runs") / f"train-{config.method}-s{config.seed}"
+        check_writable(out, "--out")  # before the dataset is loaded or anything is written
         checkpoint = out / "checkpoint.pt"
         if args.resume and not checkpoint.is_file():
             raise ConfigError(f"--resume: no checkpoint at {checkpoint}")

@@ -94,7 +94,8 @@ BAD = [
     ("dataset: {name: synthetic}\nscheduler: {metric: val/acc}", "'scheduler.metric' 'val/acc' is not allowed"),
     ("dataset: {name: synthetic}\nstudy: {num_samples: 0}", "'study.num_samples' must be an integer >= 1, got 0"),
     ("dataset: {name: synthetic}\nstudy: {trials: 3}", "unknown key 'study.trials'; allowed: metric"),
-    ("dataset: {name: synthetic}\nstudy: {overrides: {epochs: 0}}", "'study.overrides': epochs must be an integer >= 1, got 0"),
+    ("dataset: {name: synthetic}\nstudy: {overrides: {epochs: 0}}",
+     "'study.overrides': epochs must be an integer >= 1, got 0"),
     ("dataset: {name: synthetic}\nresources: {cpus_per_trial: two}", "'resources.cpus_per_trial' must be a number"),
 ]
 

@@ -49,7 +49,9 @@ from torch.utils.data import DataLoader
 from drl_tune.bench.reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
 from drl_tune.core.config import TrainConfig, make_config, parse_assignments
 from drl_tune.core.domains import Domain, flag
+from drl_tune.core.guard import guarded
 from drl_tune.core.io import atomic_write_text
+from drl_tune.core.paths import PathError, check_writable
 
 BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
 Log = Callable[[str], None]
@@ -435,6 +437,7 @@ WORKERS = flag(Domain(ge=0, le=256), integer=True)
 BATCH = flag(Domain(ge=2), integer=True)
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -458,7 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=flag(Domain(gt=0)), default=400.0,
                    help="gpu: skip the steps that would end past this many seconds (400)")
     p.add_argument("--steps", help="gpu: only these steps, comma-separated (python -m drl_tune.bench.gpu --help)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = p.parse_args(argv)
+    if args.json:
+        try:
+            check_writable(args.json.parent, "--json folder")
+        except PathError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.bench == "gpu":  # its own module: it must run where Ray, MLflow and Optuna are not installed
         from drl_tune.bench.gpu import main as gpu_main
 

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from drl_tune.core.domains import Domain, flag
-from drl_tune.core.paths import default_root
+from drl_tune.core.guard import guarded
+from drl_tune.core.paths import PathError, check_writable, default_root
 from drl_tune.data import cremad, kinetics_sounds, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
 from drl_tune.data.sources import Item, PrepareError, PreparePlan
@@ -115,14 +116,17 @@ def parser() -> argparse.ArgumentParser:
                        help="decoding processes (default: CPUs, at most 8; 0 = in this process)")
         p.add_argument("--force", action="store_true", help="replace an existing cache at --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
         module.add_arguments(p)
     return main
 
 
+@guarded
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out) if args.out is not None else default_out(args.dataset)
     try:
+        check_writable(out, "--out")
         plan = PREPARERS[args.dataset].make_plan(args)
         sizes = ", ".join(f"{split} {len(items)}" for split, items in plan.splits.items())
         print(f"{args.dataset}: {len(plan.classes)} classes, {sizes}", file=sys.stderr)
@@ -132,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{next(iter(plan.skipped.values()))[0]}", file=sys.stderr)
         build_cache(plan, out, workers=args.workers, progress=not args.quiet, force=args.force)
         data = load_cache(out)  # prove it loads
-    except (CacheError, OSError) as err:
+    except (CacheError, OSError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
