@@ -33,7 +33,7 @@ def test_the_docs_table_is_the_generated_one():
     assert config_keys.markdown_table() in PAGE.read_text(), (
         "docs/configuration.md's table differs from drl_tune/core/config_keys.py; paste the output of "
         "python -m drl_tune.core.config_keys --markdown")
-    assert "| `drl.alpha` | 3 | λ of the paper" in config_keys.markdown_table()
+    assert "| `drl.alpha` | 3 | >= 0 | λ of the paper" in config_keys.markdown_table()  # with its domain
 
 
 @pytest.mark.parametrize("parse", [train.parse_args, run.parse_args], ids=["train", "run"])

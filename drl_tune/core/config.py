@@ -257,7 +257,11 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         allowed = ", ".join(sorted(prefix + n for n in names if n != "method_params"))
-        raise ConfigError(f"unknown key {prefix + unknown[0]!r}; allowed here: {allowed}")
+        key, value = prefix + unknown[0], values[unknown[0]]
+        while isinstance(value, dict) and value:  # name the whole key the user wrote (a.b.c), not its first part
+            first = next(iter(value))
+            key, value = f"{key}.{first}", value[first]
+        raise ConfigError(f"unknown key {key!r}; allowed here: {allowed}")
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         typ = hints[name]

@@ -13,9 +13,12 @@ import argparse
 import re
 import sys
 import textwrap
+import typing
 from typing import Any
 
-from drl_tune.core.config import make_config
+from drl_tune.core.config import TrainConfig, make_config
+from drl_tune.core.domains import Domain, domain_of
+from drl_tune.methods import REGISTRY
 
 HELP_WIDTH = 100
 
@@ -119,16 +122,34 @@ def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
     return out
 
 
+def key_domain(key: str) -> Domain | None:
+    """The declared domain of a flat configuration key (``lr``, ``data.synthetic.n_train``, ``drl.alpha``)."""
+    parts = key.split(".")
+    if parts[0] in REGISTRY:
+        cls: Any = REGISTRY[parts[0]].Params
+        parts = parts[1:]
+    else:
+        cls = TrainConfig
+    for part in parts[:-1]:
+        cls = typing.get_type_hints(cls)[part]
+    return domain_of(cls, parts[-1])
+
+
 def markdown_table() -> str:
-    """The docs' "Configuration keys" table."""
-    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    """The docs' "Configuration keys" table, with each number's allowed values (its declared domain; every number
+    must also be finite)."""
+    lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for keys, found, meaning in rows():
         names = ", ".join(f"`{k.strip()}`" for k in keys.split(","))
         if keys.endswith(".*"):
             default = ", ".join(f"{k.rsplit('.', 1)[1]}={format_default(v)}" for k, v in found)
         else:
             default = ", ".join(format_default(v) for _, v in found)
-        lines.append(f"| {names} | {default} | {meaning} |")
+        domains = [(k, key_domain(k)) for k, _ in found]
+        shown = [(k, d.short()) for k, d in domains if d is not None and d.short() != "a finite number"]
+        allowed = shown[0][1] if len(found) == 1 and shown else ", ".join(
+            f"{k.rsplit('.', 1)[1] if keys.endswith('.*') else k} {text}" for k, text in shown)
+        lines.append(f"| {names} | {default} | {allowed or ''} | {meaning} |")
     return "\n".join(lines)
 
 

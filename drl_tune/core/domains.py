@@ -57,6 +57,14 @@ class Domain:
         return kind
 
 
+    def short(self) -> str:
+        """The bounds alone, for tables: ``> 0``, ``>= 1``, ``[0, 1)``, ``0, (0, 1] or whole``."""
+        text = self.describe()
+        for kind in ("a finite number ", "an integer ", "a number in "):
+            text = text.removeprefix(kind)
+        return "0, (0, 1] or whole" if self.gpu_share else text
+
+
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 

@@ -99,7 +99,7 @@ class StudySpec:
 @dataclass
 class ResourcesSpec:
     cpus_per_trial: float = bounded(1.0, gt=0)  # Ray cannot place a trial that asks for nothing
-    gpus_per_trial: float = bounded(1.0, gpu_share=True)  # per trial *when the cluster has GPUs*; CPU-only: 0
+    gpus_per_trial: float = bounded(1.0, ge=0, gpu_share=True)  # per trial *when the cluster has GPUs*; CPU-only: 0
 
 
 @dataclass
