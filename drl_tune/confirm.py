@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             if methods and sorted(set(methods) - set(known)):
                 raise UsageError(f"--methods: {', '.join(sorted(set(methods) - set(known)))} did not run in study "
                                  f"{args.name!r}; it ran {', '.join(known)}")
-            plan_confirmation(records, top_k, seeds, methods)
+            plan_confirmation(records, top_k, seeds, methods, objectives=plan.objectives)
     except (ConfigError, ConfirmError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -77,9 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite database inside the study folder)")
     p.add_argument("--seed", type=flag_type(StudySpec, "seed", integer=True),
                    help="Optuna sampler seed (default: the space's study.seed)")
+    p.add_argument("--objectives", type=lambda text: [t for t in text.split(",") if t.strip()],
+                   metavar="METRIC:MODE,...",
+                   help="a multi-objective search, e.g. val/acc_best:max,balance/gap:min (each at the best-validation "
+                        "epoch; default: the space's study.objectives)")
     p.add_argument("--searcher", choices=SEARCHERS,
-                   help="Optuna sampler: tpe (adaptive) or random (i.i.d. draws: an unbiased budget curve); "
-                        "default: the space's study.searcher, tpe")
+                   help="Optuna sampler: tpe (adaptive), random (i.i.d. draws: an unbiased budget curve) or nsga2 "
+                        "(multi-objective); default: the space's study.searcher, tpe")
     p.add_argument("--resume", action="store_true", help="finish the interrupted study --name (default: the latest)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
@@ -116,7 +120,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             raise UsageError("--resume and --dry-run exclude each other")
         ignored = [flag for flag, value in (("--set", args.assignments), ("--num-samples", args.num_samples),
                                             ("--seed", args.seed), ("--mlflow-uri", args.mlflow_uri),
-                                            ("--searcher", args.searcher),
+                                            ("--searcher", args.searcher), ("--objectives", args.objectives),
                                             ("--confirm-seeds", args.confirm_seeds is not None),
                                             ("--confirm-top-k", args.confirm_top_k)) if value]
         if ignored:
@@ -145,7 +149,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                      confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k, searcher=args.searcher)
+                      confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k, searcher=args.searcher,
+                      objectives=args.objectives)
 
 
 def check_output_paths(plan: Plan, args: argparse.Namespace) -> None:
@@ -260,6 +265,20 @@ def review(plan: Plan, write_report: bool) -> tuple[Path | None, str]:
     return report, review_url(plan.mlflow_uri, plan.experiment_id, view=view)
 
 
+def sync_optuna_db(plan: Plan) -> str | None:
+    """Write the search's trials to ``STUDY/optuna.db`` for Optuna Dashboard (drl_tune/study/optuna_db.py says why
+    from the trials); returns the command that opens it. A failure is one line: the study's results stand."""
+    from drl_tune.study.confirmation import read_trials
+    from drl_tune.study.optuna_db import dashboard_command, write_optuna_db
+
+    try:
+        write_optuna_db(plan, read_trials(plan.study_dir))
+    except Exception as err:  # noqa: BLE001 — the dashboard's copy is a convenience, not the study's record
+        print(f"optuna.db: not written ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+        return None
+    return dashboard_command(plan.study_dir)
+
+
 def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float,
               write_report: bool = True) -> int:
     """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; the report and the MLflow
@@ -309,6 +328,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
               + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "
               "is optimistic" + (", the confirmation is the answer" if plan.confirm_seeds else ""), flush=True)
         print(table, flush=True)
+        dashboard = sync_optuna_db(plan)
         answer = None
         if not interrupted and plan.confirm_seeds > 0:
             answer, interrupted = run_confirmation(plan, gpus, tracker, progress_interval, top_k=plan.confirm_top_k,
@@ -333,6 +353,8 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")
         print(f"review:  {redact(review_command(plan.mlflow_uri, plan.experiment_id, ui_command(plan.mlflow_uri)))}")
         print(f"         then open {redact(url)}")
+        if dashboard:
+            print(f"optuna:  {dashboard}")
         if interrupted:
             print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
                   f"--storage {plan.storage}", flush=True)

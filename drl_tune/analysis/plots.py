@@ -31,9 +31,11 @@ from matplotlib.ticker import MaxNLocator
 
 from drl_tune.analysis.budget import budget as budget_figure
 from drl_tune.analysis.colors import EXTRA_COLORS, METHOD_COLORS, method_color  # noqa: F401 (plots.* names)
+from drl_tune.analysis.front import pareto as pareto_figure
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
 from drl_tune.core.io import atomic_write_with
 from drl_tune.core.stats import pareto_front
+from drl_tune.study.optuna_db import distribution
 
 DRL_KNOBS = ["drl.alpha", "drl.diagnosis_interval", "drl.n_clusters"]
 LABELS = {"balance/gap": "balance gap |probe acc difference| at best-val epoch (lower = more balanced)",
@@ -252,25 +254,13 @@ def _alpha_spread(pts: pd.DataFrame, m: str) -> Any:
 # what matters
 
 
-def _distribution(param: dict[str, Any]) -> Any:
-    import optuna
-
-    kind = param["kind"]
-    if kind == "choice":
-        return optuna.distributions.CategoricalDistribution(list(param["values"]))
-    if kind == "int":
-        return optuna.distributions.IntDistribution(int(param["low"]), int(param["high"]), step=int(param["step"] or 1))
-    return optuna.distributions.FloatDistribution(float(param["low"]), float(param["high"]),
-                                                  log=kind == "loguniform", step=param.get("step"))
-
-
 def rebuild_optuna(study: Study, method: str, target: str = SELECT_METRIC) -> Any:
     """An in-memory Optuna study holding ``method``'s finished search trials with that method's own keys."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = [p for p in study.plan.get("search", []) if p["key"] != "method" and p.get("method") in (None, method)]
-    dists = {p["key"]: _distribution(p) for p in params}
+    dists = {p["key"]: distribution(p) for p in params}
     opt = optuna.create_study(direction="maximize", study_name=f"{study.name}-{method}")
     trials = study.finished()
     trials = trials[(trials["method"] == method) & (trials["stage"] == "search")]
@@ -452,7 +442,7 @@ def all_figures(study: Study, out_dir: Path | str) -> dict[str, list[Path]]:
     DRL trial, no answer yet) is skipped, not faked."""
     out: dict[str, list[Path]] = {}
     makers = {"tradeoff": tradeoff, "dynamics": dynamics, "importance": importance, "knobs": knobs,
-              "budget": budget_figure, "comparison": comparison}
+              "budget": budget_figure, "pareto": pareto_figure, "comparison": comparison}
     for name, make in makers.items():
         try:
             fig = make(study)

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from drl_tune.analysis.budget import budget_curves
+from drl_tune.analysis.front import searched_front
 from drl_tune.analysis.load import StudyError, load_tune
 from drl_tune.study.tracking import install_review_view, metric_key
 
@@ -53,6 +54,10 @@ def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, stu
         client.log_text(parent_run_id, curves.to_csv(index=False), "budget/curves.csv")
     for start in range(0, len(new), 500):
         client.log_batch(parent_run_id, metrics=new[start : start + 500])
+    front = searched_front(study)  # a multi-objective study: the searched front as a table (the answer has the
+    if len(front) and "front/searched_front.csv" not in {a.path for a in client.list_artifacts(parent_run_id,
+                                                                                              "front")}:
+        client.log_text(parent_run_id, front.to_csv(index=False), "front/searched_front.csv")  # confirmed one)
     if report is not None and report.is_file():
         client.log_artifact(parent_run_id, str(report), artifact_path="report")
         figures = report.parent / "figures"

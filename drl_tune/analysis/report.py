@@ -37,6 +37,10 @@ CAPTIONS = {
               "each method, drawn from its sampled trials, with a ± 1 s.d. band; dashed: the method's official "
               "setting. Exact for random search; an approximation under TPE (the figure says which). Where the "
               "curves cross, which method wins depends on the tuning budget.",
+    "pareto": "A multi-objective study: every search trial on the two objectives it optimised (each at the trial's "
+              "best-validation epoch), the searched Pareto front (dashed, single seeds) and the confirmed front points "
+              "with their 95% intervals over fresh seeds on both objectives (filled: still non-dominated once the "
+              "intervals are taken into account).",
     "comparison": "The confirmation's answer: each configuration's mean and 95% t-interval over fresh seeds, and the "
                   "paired difference against the best joint configuration (same seeds).",
 }
@@ -111,6 +115,8 @@ def reproduce(study: Study) -> list[str]:
            "--num-samples", str(plan.get("num_samples", "")), "--seed", str(plan.get("seed", ""))]
     if plan.get("searcher", "tpe") != "tpe":
         cmd += ["--searcher", str(plan["searcher"])]
+    if plan.get("objectives"):
+        cmd += ["--objectives", ",".join(f"{o['metric']}:{o['mode']}" for o in plan["objectives"])]
     cmd += [f"--set={k}={'null' if v is None else v}" for k, v in plan.get("overrides", {}).items()]
     lines = [" ".join(shlex.quote(c) for c in cmd if c)]
     lines.append(f"python -m drl_tune.report --path {shlex.quote(str(folder))}")

@@ -5,7 +5,8 @@
 act (``on_epoch_end``), and returns the epoch's metrics under the names of docs/configuration.md ("Metrics"):
 
     epoch, train/loss, val/acc, val/macro_f1, val/acc_best, test/acc, test/macro_f1,
-    test/acc_at_best_val, val/acc_<modality>, balance/gap, diag/* (diagnosis epochs), time/epoch_s
+    test/acc_at_best_val, val/acc_<modality>, balance/gap, diag/* (diagnosis epochs), time/epoch_s, and the
+    balance of the best-validation epoch: at_best_val/balance_gap, at_best_val/acc_<modality>
 
 ``epoch`` is the 0-based index of the epoch just finished (the official code's numbering). The best
 epoch is chosen on validation accuracy only; test accuracy is reported at that epoch
@@ -226,10 +227,15 @@ class Engine:
         metrics: dict[str, float] = {"epoch": float(self.epoch), "train/loss": self.train_epoch()}
         metrics |= self.evaluate()
         if metrics["val/acc"] > self.best["val/acc_best"]:
+            # the balance of the selected epoch travels with it: a multi-objective search reads accuracy and
+            # balance at the same (best-validation) epoch, never balance at the last one
             self.best = {
                 "val/acc_best": metrics["val/acc"],
                 "test/acc_at_best_val": metrics["test/acc"],
                 "best_epoch": float(self.epoch),
+                "at_best_val/balance_gap": metrics["balance/gap"],
+                **{f"at_best_val/acc_{k.removeprefix('val/acc_')}": v for k, v in metrics.items()
+                   if k.startswith("val/acc_") and k != "val/acc_best"},
             }
         metrics |= self.best
         metrics |= self.method.on_epoch_end(self.model, self)

@@ -107,6 +107,10 @@ def answer_tables(answer: dict[str, Any]) -> str:
         out += ["", f"paired difference against {ref['method']} (rank {ref['rank']}), seed by seed "
                     f"(* = significant at 5%: the 95% CI excludes 0, or Holm-adjusted p < 0.05 with several "
                     f"comparisons):", render_table(headers, rows)]
+    if answer.get("front"):
+        from drl_tune.study.front import front_table
+
+        out += ["", front_table(answer)]
     out += [""] + answer["headline"]
     return "\n".join(out)
 

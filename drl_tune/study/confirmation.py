@@ -54,6 +54,7 @@ from drl_tune.study.answer import (  # noqa: F401  (the answer's names, also imp
     sentence,
     write_answer,
 )
+from drl_tune.study.front import front_entries, front_section
 from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import Plan
 from drl_tune.study.tables import ProgressTable
@@ -155,6 +156,7 @@ class ConfirmEntry:
     seed: int
     config: dict[str, Any]
     source_val: float = math.nan  # the search trial's (optimistic) val/acc_best
+    front: int = 0  # a multi-objective study: position along the searched Pareto front (1 = best first objective)
 
     @property
     def label(self) -> str:
@@ -199,7 +201,8 @@ def select_top(records: list[TrialRecord], top_k: int,
 
 
 def plan_confirmation(records: list[TrialRecord], top_k: int, n_seeds: int,
-                      methods: list[str] | None = None, strict: bool = True) -> list[ConfirmEntry]:
+                      methods: list[str] | None = None, strict: bool = True,
+                      objectives: list[dict[str, str]] | None = None) -> list[ConfirmEntry]:
     """Entries for K configurations × N fresh seeds × methods. Raises ConfirmError when a method asked for
     (or present in the search) has no finished trial to confirm; with ``strict=False`` (the stage at the end of
     a study) such a method is left out with a note, and only a search with no finished trial at all fails."""
@@ -211,6 +214,8 @@ def plan_confirmation(records: list[TrialRecord], top_k: int, n_seeds: int,
     if unfinished:
         raise ConfirmError(f"the search is not finished ({len(unfinished)} trials still pending); finish it first "
                            f"with python -m drl_tune.run --resume --name STUDY")
+    if objectives:  # a multi-objective study: top_k points of the searched Pareto front, spread along it
+        return front_entries(records, top_k, n_seeds, objectives, methods)
     chosen = select_top(records, top_k, methods)
     empty = [m for m, picked in chosen.items() if not picked]
     if empty and not strict and len(empty) < len(chosen):
@@ -296,7 +301,7 @@ def _searched_keys(entries: list[ConfirmEntry]) -> list[str]:
     return sorted(keys)
 
 
-def build_answer(study_dir: Path, study_name: str) -> dict[str, Any]:
+def build_answer(study_dir: Path, study_name: str, objectives: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Read the finished confirmation trials and compute the answer (see the module docstring)."""
     entries, top_k, seeds = load_entries(study_dir / CONFIRM_DIR / CONFIRM_FILE)
     records = {config_key(r.config): r for r in read_trials(study_dir / CONFIRM_DIR)}
@@ -353,7 +358,7 @@ def build_answer(study_dir: Path, study_name: str) -> dict[str, Any]:
             "source_val_acc_best": res.entry.source_val,
             "config": {k: res.entry.config.get(k) for k in shown if k in res.entry.config},
             "full_config": {k: v for k, v in res.entry.config.items() if k != "seed"},
-            "seeds": res.seeds, "trials": res.trials, "failed_seeds": res.failed_seeds,
+            "seeds": res.seeds, "trials": res.trials, "failed_seeds": res.failed_seeds, "front": res.entry.front,
             "stats": {m: iv.to_dict() for m, iv in res.stats.items()},
         } for (method, rank), res in results.items()],
         "reference": ({"method": reference.entry.method, "rank": reference.entry.rank}
@@ -364,6 +369,12 @@ def build_answer(study_dir: Path, study_name: str) -> dict[str, Any]:
     if reference is None:
         answer["headline"] = [f"no {REFERENCE_METHOD} configuration was confirmed, so there is no paired "
                               f"difference against joint training"]
+    if objectives:
+        answer["objectives"] = objectives
+        answer["front"] = front_section(answer["configs"], objectives)
+        kept = [p["label"] for p in answer["front"] if p["non_dominated"]]
+        answer["headline"].append(f"confirmed Pareto front: {len(kept)} of {len(answer['front'])} points remain "
+                                  f"non-dominated with 95% intervals ({', '.join(kept)})")
     return _finite(answer)
 
 
@@ -442,7 +453,8 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
                                    resume_errored=False)
     else:
         try:
-            entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict)
+            entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,
+                                        plan.objectives)
         except ConfirmError as err:
             if strict:
                 raise
@@ -451,9 +463,10 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
         seeds = sorted({e.seed for e in entries})
         save_entries(entries_file, entries, top_k, seeds)
         labels = sorted({(e.method, e.rank, e.source_trial, e.source_val) for e in entries})
-        print(f"\nconfirmation: the top {top_k} configuration(s) of each method (ranked on {SELECT_METRIC}) "
-              f"re-trained with {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), full epochs, no early "
-              f"stopping — {len(entries)} trials", flush=True)
+        what = (f"{len(labels)} configuration(s) of the searched Pareto front, spread along it" if plan.objectives
+                else f"the top {top_k} configuration(s) of each method (ranked on {SELECT_METRIC})")
+        print(f"\nconfirmation: {what} re-trained with {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), "
+              f"full epochs, no early stopping — {len(entries)} trials", flush=True)
         for method, rank, source, val in labels:
             print(f"  {method} #{rank}: search trial {source} (search val acc {val:.3f}, single seed)", flush=True)
         callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
@@ -464,7 +477,7 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
         results = tuner.fit()
     if ctrl_c.is_set() or finished_trials(results) < len(entries):
         return None, True
-    answer = build_answer(plan.study_dir, plan.name)
+    answer = build_answer(plan.study_dir, plan.name, plan.objectives)
     paths = write_answer(plan.study_dir, answer)
     if tracker is not None:
         for path in paths.values():

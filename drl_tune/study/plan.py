@@ -18,12 +18,13 @@ from drl_tune.core.config import make_config
 from drl_tune.core.errors import ConfigError
 from drl_tune.core.io import atomic_write_text
 from drl_tune.methods import REGISTRY
-from drl_tune.study.spaces import Param, SchedulerSpec, Space
+from drl_tune.study.spaces import Param, SchedulerSpec, Space, parse_objectives
 
 PLAN_FILE = "drl_tune_study.json"
 # how the plan names its sampler; the budget curve (drl_tune.analysis.budget) says the same on its figure
 SEARCHER_TEXT = {"tpe": "Optuna TPE (adaptive), seed {seed}",
-                 "random": "Optuna random sampling (i.i.d. draws), seed {seed}"}
+                 "random": "Optuna random sampling (i.i.d. draws), seed {seed}",
+                 "nsga2": "Optuna NSGA-II (adaptive), seed {seed}"}
 PLAN_FORMAT = "drl_tune.study/1"
 DEFAULT_STORAGE = Path("runs") / "studies"
 
@@ -61,7 +62,9 @@ class Plan:
     confirm_top_k: int = 1
     confirm_seeds: int = 0  # 0: no confirmation stage (also what plans saved before the stage existed mean)
     balanced_methods: list[str] = field(default_factory=list)  # round robin over these (equal trials each)
-    searcher: str = "tpe"  # Optuna sampler: tpe | random (plans written before the choice existed are tpe)
+    searcher: str = "tpe"  # Optuna sampler: tpe | random | nsga2 (plans written before the choice existed: tpe)
+    # a multi-objective search: Objective.to_dict() entries (metric, mode, key, summary); empty: single objective
+    objectives: list[dict[str, str]] = field(default_factory=list)
     parent_run_id: str = ""
     experiment_id: str = ""
     format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
@@ -131,17 +134,25 @@ class Plan:
                  f"  trials: {self.num_samples}, at most {self.max_concurrent} at a time; "
                  f"{self.cpus_per_trial:g} CPU + {self.gpus_per_trial:g} GPU per trial"
                  + ("" if self.gpus_explicit else " (GPU only if the cluster has GPUs)"),
-                 f"  objective: {self.mode} {self.metric}; " + SEARCHER_TEXT[self.searcher].format(seed=self.seed)]
+                 ("  objectives: " + ", ".join(f"{o['mode']} {o['metric']}" for o in self.objectives)
+                  + " (each at the trial's best-validation epoch); " if self.objectives
+                  else f"  objective: {self.mode} {self.metric}; ")
+                 + SEARCHER_TEXT[self.searcher].format(seed=self.seed).replace(
+                     "), seed", ", multi-objective), seed" if self.objectives else "), seed")]
         sc = self.scheduler
         if sc.type == "asha":
             lines.append(f"  early stopping: ASHA on {sc.metric} (running best, immune to DRL's re-init dip), "
                          f"grace {sc.grace_period} epochs, reduction factor {sc.reduction_factor:g}, "
-                         f"max {sc.max_t} epochs")
+                         f"max {sc.max_t} epochs" + (" — on the first objective only: a trial good on the others "
+                                                     "but not on it can be stopped" if self.objectives else ""))
         else:
             lines.append("  early stopping: none")
         lines.append(f"  checkpoints: every epoch, {self.keep_checkpoints} kept; "
                      f"a failed trial is retried {self.max_failures}x from its last checkpoint")
-        if self.confirm_seeds:
+        if self.confirm_seeds and self.objectives:
+            lines.append(f"  then confirmation: {self.confirm_top_k} configuration(s) of the searched Pareto front, "
+                         f"spread along it, re-trained with {self.confirm_seeds} fresh seeds, full epochs")
+        elif self.confirm_seeds:
             lines.append(f"  then confirmation: the top {self.confirm_top_k} configuration(s) of each method "
                          f"(on val/acc_best) re-trained with {self.confirm_seeds} fresh seeds, full epochs")
         else:
@@ -205,7 +216,7 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
                num_samples: int | None = None, max_concurrent: int | None = None, seed: int | None = None,
                cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
                confirm_seeds: int | None = None, confirm_top_k: int | None = None,
-               searcher: str | None = None) -> Plan:
+               searcher: str | None = None, objectives: list[str] | None = None) -> Plan:
     """Resolve a space and the command line into a :class:`Plan` (validates the configuration)."""
     search = space.active_search(overrides)
     values = space.study_values(overrides)
@@ -255,5 +266,8 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
         confirm_seeds=int(space.confirm.seeds if confirm_seeds is None else confirm_seeds),
         balanced_methods=balanced,
         searcher=str(searcher or space.study.searcher),
+        objectives=[o.to_dict() for o in parse_objectives(
+            objectives if objectives is not None else space.study.objectives, space.study.weak_modality,
+            "--objectives" if objectives is not None else f"{space.path}: 'study.objectives'")],
     )
     return plan

@@ -51,9 +51,15 @@ TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "s
 # ASHA compares trials at rungs on this metric. It must be a running best: DRL's re-initialisation dips
 # val/acc for an epoch or two, and a per-epoch metric would let ASHA stop a DRL trial in that dip.
 SCHEDULER_METRICS = ("val/acc_best",)
-SEARCHERS = ("tpe", "random")  # Optuna's TPESampler (seeded, multivariate) or RandomSampler (seeded)
-STUDY_METRICS = {"val/acc_best": "max", "test/acc_at_best_val": "max", "val/acc": "max", "val/macro_f1": "max",
-                 "balance/gap": "min", "train/loss": "min"}
+SEARCHERS = ("tpe", "random", "nsga2")  # Optuna's TPESampler (multivariate), RandomSampler, NSGAIISampler; seeded
+# what a search may optimise: validation and training figures only — a test figure is reported, never selected on
+STUDY_METRICS = {"val/acc_best": "max", "val/acc": "max", "val/macro_f1": "max", "balance/gap": "min",
+                 "train/loss": "min"}
+# the objectives of a multi-objective search (study.objectives / --objectives), each read at the trial's
+# best-validation epoch, the epoch whose accuracy is val/acc_best: name -> (the trainable's result key, mode it
+# usually has). val/acc_weak is the probe accuracy of study.weak_modality; val/acc_<m> that of modality m.
+OBJECTIVES = {"val/acc_best": ("val/acc_best", "max"), "balance/gap": ("at_best_val/balance_gap", "min"),
+              "val/acc_weak": ("at_best_val/acc_{weak}", "max")}
 
 
 @dataclass
@@ -90,8 +96,13 @@ class StudySpec:
     # method's official setting first) instead of the sampler choosing the method: a comparison's fairness.
     # None (the default) = on whenever search.method is a choice of two or more methods; false opts out
     equal_trials_per_method: bool | None = None
-    # the Optuna sampler: tpe (adaptive, the default) or random (i.i.d. draws: the budget curve is then exact)
+    # the Optuna sampler: tpe (adaptive, the default), random (i.i.d. draws: the budget curve is then exact) or
+    # nsga2 (Optuna's NSGA-II, multi-objective studies)
     searcher: str = "tpe"
+    # a multi-objective search: [{metric: val/acc_best, mode: max}, {metric: balance/gap, mode: min}] (OBJECTIVES);
+    # empty: the single objective metric/mode
+    objectives: list = field(default_factory=list)
+    weak_modality: str = ""  # the modality val/acc_weak names (the weaker one under joint training, for the study)
     overrides: dict[str, Any] = field(default_factory=dict)
     confirm: dict[str, Any] = field(default_factory=dict)  # parsed into Space.confirm (a ConfirmSpec)
 
@@ -232,7 +243,10 @@ def _typed_value(value: Any, typ: Any, where: str) -> Any:
     if value is None and type(None) in options:
         return None
     typ = next(t for t in options if t is not type(None))
-    if (typing.get_origin(typ) or typ) is dict:
+    if (typing.get_origin(typ) or typ) is list:
+        if not isinstance(value, list):
+            raise SpaceError(f"{where} must be a list, got {value!r}")
+    elif (typing.get_origin(typ) or typ) is dict:
         if not isinstance(value, dict):
             raise SpaceError(f"{where} must be a mapping of config keys to values")
     elif typ is str:
@@ -257,6 +271,7 @@ def _check_study(space: Space) -> None:
         raise SpaceError(f"{path}: 'study.metric' {st.metric!r} is not allowed; one of: {', '.join(STUDY_METRICS)}")
     if st.mode not in ("min", "max"):
         raise SpaceError(f"{path}: 'study.mode' must be 'min' or 'max', got {st.mode!r}")
+    parse_objectives(st.objectives, st.weak_modality, f"{path}: 'study.objectives'")
     if st.searcher not in SEARCHERS:
         raise SpaceError(f"{path}: 'study.searcher' must be one of {', '.join(SEARCHERS)}, got {st.searcher!r}")
     method = space.search.get("method")
@@ -274,6 +289,66 @@ def _check_study(space: Space) -> None:
             f"{path}: 'scheduler.metric' {sc.metric!r} is not allowed; use one of {', '.join(SCHEDULER_METRICS)} "
             f"(a running best: a per-epoch metric would let ASHA stop DRL trials in the dip after a re-init)"
         )
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of a multi-objective search: its name (``balance/gap``), direction, the trainable's result key
+    the searcher reads (``at_best_val/balance_gap``: the value at the best-validation epoch) and the key of the
+    same value in a trial's summary (``balance/gap``, read at that epoch by the confirmation and the analysis)."""
+
+    metric: str
+    mode: str
+    key: str
+    summary: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def parse_objectives(raw: Any, weak_modality: str, where: str) -> list[Objective]:
+    """``[{metric, mode}, ...]`` (space file) or ``["metric:mode", ...]`` (``--objectives``) -> objectives; empty: a
+    single-objective study. Every error names the entry and what is allowed."""
+    if not raw:
+        return []
+    if not isinstance(raw, list):
+        raise SpaceError(f"{where} must be a list of {{metric, mode}} entries")
+    allowed = ", ".join([*OBJECTIVES, "val/acc_<modality>"])
+    out = []
+    for entry in raw:
+        if isinstance(entry, str):
+            metric, _, mode = entry.partition(":")
+            entry = {"metric": metric.strip(), **({"mode": mode.strip()} if mode else {})}
+        if not isinstance(entry, dict) or set(entry) - {"metric", "mode"} or "metric" not in entry:
+            raise SpaceError(f"{where}: each objective is {{metric: NAME, mode: max|min}}, got {entry!r}")
+        metric = str(entry["metric"])
+        if metric in OBJECTIVES:
+            key, default_mode = OBJECTIVES[metric]
+        elif metric.startswith("val/acc_") and metric.count("/") == 1:
+            key, default_mode = f"at_best_val/acc_{metric.removeprefix('val/acc_')}", "max"
+        else:
+            raise SpaceError(f"{where}: {metric!r} is not an objective; one of {allowed} (validation figures only: "
+                             f"a test figure is never selected on)")
+        if metric == "val/acc_weak":
+            if not weak_modality:
+                raise SpaceError(f"{where}: val/acc_weak needs 'study.weak_modality' (the modality with the lower "
+                                 f"probe accuracy under joint training, e.g. visual for the demo data)")
+            key = key.format(weak=weak_modality)
+        summary = {"val/acc_best": "val/acc_best", "balance/gap": "balance/gap"}.get(metric) or \
+            f"val/acc_{key.removeprefix('at_best_val/acc_')}"
+        mode = str(entry.get("mode", default_mode))
+        if mode not in ("min", "max"):
+            raise SpaceError(f"{where}: mode of {metric!r} must be min or max, got {mode!r}")
+        out.append(Objective(metric, mode, key, summary))
+    if len({o.key for o in out}) != len(out):
+        raise SpaceError(f"{where}: an objective is listed twice")
+    if len(out) == 1:
+        raise SpaceError(f"{where}: one objective is a single-objective study; use study.metric/study.mode, or list "
+                         f"two or more")
+    if out[0].metric != "val/acc_best":
+        raise SpaceError(f"{where}: the first objective must be val/acc_best (ASHA stops trials on it, and the "
+                         f"confirmation's reference is chosen on it)")
+    return out
 
 
 def _check_search(space: Space) -> None:

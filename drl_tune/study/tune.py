@@ -66,12 +66,16 @@ class DefineByRun:
         return out
 
 
-def make_sampler(searcher: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(searcher: str, seed: int, num_samples: int = 0) -> optuna.samplers.BaseSampler:
     """``tpe``: multivariate+group TPE, which models the conditional (per-method) parameters jointly, as Optuna
-    recommends. ``random``: i.i.d. draws from the space, what the budget curve's closed form assumes (the enqueued
-    official settings are still the first trials; the curve leaves them out of its draws)."""
+    recommends (it handles several objectives too). ``random``: i.i.d. draws from the space, what the budget curve's
+    closed form assumes (the enqueued official settings are still the first trials; the curve leaves them out of its
+    draws). ``nsga2``: Optuna's NSGA-II; its default population of 50 would leave a study of a few dozen trials in
+    its first, random generation, so the population is a quarter of the trials (at least 4)."""
     if searcher == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if searcher == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, num_samples // 4))
     if searcher == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     raise ValueError(f"unknown searcher {searcher!r}; one of tpe, random")
@@ -80,10 +84,14 @@ def make_sampler(searcher: str, seed: int) -> optuna.samplers.BaseSampler:
 def make_searcher(plan: Plan) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says what matters
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    sampler = make_sampler(plan.searcher, plan.seed)
+    sampler = make_sampler(plan.searcher, plan.seed, plan.num_samples)
     space = DefineByRun(plan.search, plan.constants, tuple(plan.balanced_methods))
-    search = OptunaSearch(space, metric=plan.metric, mode=plan.mode,
-                          points_to_evaluate=plan.points_to_evaluate, sampler=sampler)
+    # several objectives: Ray's OptunaSearch takes lists (TuneConfig takes none); each result key is the value at the
+    # trial's best-validation epoch (Engine: at_best_val/*), read from the trial's last report
+    metric = [o["key"] for o in plan.objectives] if plan.objectives else plan.metric
+    mode = [o["mode"] for o in plan.objectives] if plan.objectives else plan.mode
+    search = OptunaSearch(space, metric=metric, mode=mode, points_to_evaluate=plan.points_to_evaluate,
+                          sampler=sampler)
     return ConcurrencyLimiter(search, max_concurrent=plan.max_concurrent)
 
 

@@ -1,0 +1,133 @@
+"""The Pareto front of a multi-objective study: which search trials to confirm, and which confirmed points stay
+non-dominated once their seed-to-seed intervals are taken into account.
+
+Selection (validation only, like the single-objective confirmation): the search trials that ran all their epochs
+(a study whose trials were all stopped early falls back to those), one per distinct configuration, are compared on
+every objective, each read at the trial's best-validation epoch (``TrialRecord.summary``). The non-dominated ones
+form the searched front; ``k`` of them are confirmed, *spread along it* — evenly spaced in the order of the first
+objective, both ends included — not the ``k`` most accurate, which would all sit at one end.
+
+After the confirmation each point has a mean and a 95% t-interval per objective. A point is *dominated on the means*
+when another point's means are at least as good on every objective and better on one; it is *dominated with
+confidence* only when another point's whole interval is better than its whole interval on every objective (for a
+maximised objective: the other's lower bound above this one's upper bound). The points no other dominates with
+confidence remain on the front: the seeds cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from drl_tune.study.tables import render_table
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """``a`` at least as good as ``b`` on every objective and better on one (``modes``: max or min each)."""
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    at_least = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return at_least and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
+
+
+def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """Indices of the points no other point dominates (points with a NaN are never on the front)."""
+    ok = [i for i, p in enumerate(points) if not any(math.isnan(v) for v in p)]
+    return [i for i in ok if not any(dominates(points[j], points[i], modes) for j in ok if j != i)]
+
+
+def spread(n: int, k: int) -> list[int]:
+    """``k`` of ``n`` positions evenly spaced, both ends included (all of them when ``k >= n``)."""
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def select_front(records: list[Any], objectives: list[dict[str, str]], k: int) -> list[Any]:
+    """The ``k`` searched-front trials to confirm, in the order of the first objective (best first)."""
+    from drl_tune.study.confirmation import config_key  # (confirmation imports this module)
+
+    keys, modes = [o["summary"] for o in objectives], [o["mode"] for o in objectives]
+    finished = [r for r in records if r.status in ("completed", "stopped")]
+    pool = [r for r in finished if r.status == "completed"] or finished
+    distinct: dict[str, Any] = {}
+    for record in pool:
+        summary = record.summary()
+        if all(key in summary and math.isfinite(summary[key]) for key in keys):
+            distinct.setdefault(config_key({c: v for c, v in record.config.items() if c != "seed"}), record)
+    candidates = list(distinct.values())
+    points = [[r.summary()[key] for key in keys] for r in candidates]
+    front = [candidates[i] for i in non_dominated(points, modes)]
+    first_sign = 1.0 if modes[0] == "max" else -1.0
+    front.sort(key=lambda r: -first_sign * r.summary()[keys[0]])
+    return [front[i] for i in spread(len(front), k)]
+
+
+def front_entries(records: list[Any], k: int, n_seeds: int, objectives: list[dict[str, str]],
+                  methods: list[str] | None) -> list[Any]:
+    """Confirmation entries for the ``k`` front points × ``n_seeds`` fresh seeds; a point's rank counts within its
+    method, its ``front`` field is its position along the front."""
+    from drl_tune.study.confirmation import SELECT_METRIC, ConfirmEntry, ConfirmError, fresh_seeds
+
+    pool = [r for r in records if methods is None or r.method in methods]
+    picked = select_front(pool, objectives, k)
+    if not picked:
+        raise ConfirmError("no finished search trial has every objective; nothing on the front to confirm")
+    seeds = fresh_seeds({int(r.config.get("seed", 0)) for r in records}, n_seeds)
+    entries, ranks = [], {}
+    for position, record in enumerate(picked, start=1):
+        ranks[record.method] = ranks.get(record.method, 0) + 1
+        entries += [ConfirmEntry(record.method, ranks[record.method], record.trial_id, seed,
+                                 {**record.config, "seed": seed}, float(record.final.get(SELECT_METRIC, math.nan)),
+                                 front=position) for seed in seeds]
+    return entries
+
+
+def front_section(configs: list[dict[str, Any]], objectives: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Per confirmed configuration: its objectives' means and intervals, and which points dominate it on the means
+    and with confidence; ``non_dominated`` is the verdict with the intervals."""
+    keys, modes = [o["summary"] for o in objectives], [o["mode"] for o in objectives]
+    rows = [c for c in configs if all(k in c["stats"] for k in keys)]
+    label = [f"{c['method']}#{c['rank']}" for c in rows]
+    means = [[c["stats"][k]["mean"] for k in keys] for c in rows]
+    worst = [[c["stats"][k]["ci_low" if m == "max" else "ci_high"] for k, m in zip(keys, modes, strict=True)]
+             for c in rows]
+    best = [[c["stats"][k]["ci_high" if m == "max" else "ci_low"] for k, m in zip(keys, modes, strict=True)]
+            for c in rows]
+    out = []
+    for i, c in enumerate(rows):
+        by_means = [label[j] for j in range(len(rows)) if j != i and dominates(means[j], means[i], modes)]
+        # j dominates i with confidence: j's worst case beats i's best case on every objective
+        sign = [1.0 if m == "max" else -1.0 for m in modes]
+        with_ci = [label[j] for j in range(len(rows)) if j != i and not any(math.isnan(v) for v in worst[j] + best[i])
+                   and all(s * w > s * b for s, w, b in zip(sign, worst[j], best[i], strict=True))]
+        out.append({"method": c["method"], "rank": c["rank"], "label": label[i], "front_position": c.get("front", 0),
+                    "objectives": {o["metric"]: c["stats"][o["summary"]] for o in objectives},
+                    "dominated_on_means_by": by_means, "dominated_with_confidence_by": with_ci,
+                    "non_dominated": not with_ci})
+    return out
+
+
+def front_table(answer: dict[str, Any]) -> str:
+    """The confirmed front as text: mean [95% CI] of each objective, and the verdicts."""
+    front = answer.get("front") or []
+    if not front:
+        return ""
+    objectives = answer.get("objectives") or []
+    headers = ["point", *[f"{o['mode']} {o['metric']}" for o in objectives], "dominated on means by",
+               "dominated with 95% CIs by", "on the confirmed front"]
+    rows = []
+    for p in front:
+        cells = []
+        for o in objectives:
+            s = p["objectives"].get(o["metric"]) or {}
+            cells.append(f"{s.get('mean', math.nan):.3f} [{s.get('ci_low', math.nan):.3f}, "
+                         f"{s.get('ci_high', math.nan):.3f}]")
+        rows.append([p["label"], *cells, ", ".join(p["dominated_on_means_by"]) or "-",
+                     ", ".join(p["dominated_with_confidence_by"]) or "-", "yes" if p["non_dominated"] else "no"])
+    kept = [p["label"] for p in front if p["non_dominated"]]
+    return ("confirmed Pareto front (each objective at the best-validation epoch, mean [95% CI] over the fresh "
+            "seeds):\n" + render_table(headers, rows) + f"\n{len(kept)} of {len(front)} points remain non-dominated "
+            f"once the intervals are taken into account: {', '.join(kept)}")
