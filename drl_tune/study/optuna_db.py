@@ -70,6 +70,7 @@ def write_optuna_db(plan: Any, records: list[Any]) -> Path:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = Path(plan.study_dir) / OPTUNA_DB
+    path.parent.mkdir(parents=True, exist_ok=True)
     url = storage_url(plan.study_dir)
     storage = optuna.storages.RDBStorage(url)
     if any(s.study_name == plan.name for s in optuna.get_all_study_summaries(storage)):
