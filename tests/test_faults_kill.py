@@ -130,7 +130,7 @@ def check_mlflow(plan: Plan, n_trials: int, epochs: int) -> dict[str, list[float
 
 
 def test_sigkilled_trial_worker_restarts_from_its_checkpoint(tmp_path, ray_tmp):
-    epochs = 4
+    epochs = 8  # on a quiet machine a tiny epoch takes ~0.3 s: 4 epochs left too little time to land the kill mid-trial
     space = tmp_path / "kill.yaml"
     space.write_text(textwrap.dedent(SPACE).replace("NUM", "2").replace("EPOCHS", str(epochs)))
     storage = tmp_path / "studies"
@@ -252,7 +252,8 @@ def test_interrupted_then_killed_study_resumes_to_exactly_the_planned_trials(tmp
     try:
         wait_for(lambda: "terminated" in log.read_text() and running(study) == 1,
                  "a trial finished and the next one running", proc, log)
-        time.sleep(1)
+        # at once: on a quiet machine the rest of the search takes about a second, and a Ctrl-C that lands after
+        # it would interrupt the confirmation instead
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=180) == 130, log.read_text()
     finally:

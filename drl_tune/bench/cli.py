@@ -400,7 +400,8 @@ def run(benches: list[str], args: argparse.Namespace, log: Log = print) -> dict[
             result["overhead"] = run_overhead_bench(epochs=2 if tiny else args.overhead_epochs,
                                                     overrides=TINY_DEMO if tiny else None, log=log)
         elif name == "study":
-            result["study"] = run_study_bench(num_samples=1 if tiny else args.num_samples,
+            # tiny: the demo's two methods one trial each (equal budgets need a multiple of the methods)
+            result["study"] = run_study_bench(num_samples=2 if tiny else args.num_samples,
                                               concurrency=(1,) if tiny else tuple(args.concurrency),
                                               overrides=[*TINY_DEMO, "epochs=2"] if tiny else None, log=log)
         result[name]["seconds"] = time.perf_counter() - start

@@ -17,7 +17,7 @@ def default_root() -> Path:
 # a folder the program will write must have at least this much free space before anything starts: a floor that
 # catches a full disk, not an estimate of what the run needs (a study's results are small; a dataset cache is not,
 # and its preparer checks again with the real size)
-MIN_FREE_BYTES = 50 * 1024 * 1024
+MIN_FREE_BYTES = 10 * 1024 * 1024
 
 
 class PathError(ValueError):
