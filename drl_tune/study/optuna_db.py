@@ -16,6 +16,7 @@ end of the search (and again after a ``--resume``): the same trials, parameters 
 from __future__ import annotations
 
 import math
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,9 @@ def write_optuna_db(plan: Any, records: list[Any]) -> Path:
     objectives = plan.objectives or [{"metric": plan.metric, "mode": plan.mode, "summary": plan.metric}]
     study = optuna.create_study(storage=storage, study_name=plan.name,
                                 directions=["maximize" if o["mode"] == "max" else "minimize" for o in objectives])
-    study.set_metric_names([o["metric"] for o in objectives])
+    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2; the dashboard reads it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o["metric"] for o in objectives])
     search = [p.to_dict() for p in plan.search]
     for record in sorted(records, key=lambda r: (r.rows[0].get("timestamp", 0) if r.rows else 0, r.trial_id)):
         if record.status == "running":
