@@ -55,8 +55,13 @@ def pareto(study: Study) -> Figure:
     fig, ax = plt.subplots(figsize=(8.5, 6))
     for method in methods:
         mine = search[search["method"] == method]
-        ax.scatter(mine[x_obj["summary"]], mine[y_obj["summary"]], s=28, alpha=0.55, color=method_color(method),
-                   label=f"{method}: search trials ({len(mine)})", gid=f"search-{method}")
+        done, stopped = mine[mine["status"] == "completed"], mine[mine["status"] == "stopped"]
+        ax.scatter(done[x_obj["summary"]], done[y_obj["summary"]], s=28, alpha=0.6, color=method_color(method),
+                   label=f"{method}: search trials ({len(done)})", gid=f"search-{method}")
+        if len(stopped):  # their balance is an early epoch's: not candidates for the front while others completed
+            ax.scatter(stopped[x_obj["summary"]], stopped[y_obj["summary"]], s=28, facecolors="white",
+                       edgecolors=method_color(method), label=f"{method}: stopped early by ASHA ({len(stopped)})",
+                       gid=f"stopped-{method}")
     front = searched_front(study)
     if len(front):
         ordered = front.sort_values(x_obj["summary"])

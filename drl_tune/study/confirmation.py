@@ -463,7 +463,7 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
         seeds = sorted({e.seed for e in entries})
         save_entries(entries_file, entries, top_k, seeds)
         labels = sorted({(e.method, e.rank, e.source_trial, e.source_val) for e in entries})
-        what = (f"{len(labels)} configuration(s) of the searched Pareto front, spread along it" if plan.objectives
+        what = (f"{len(labels)} configuration(s) of the searched Pareto front, spread along it," if plan.objectives
                 else f"the top {top_k} configuration(s) of each method (ranked on {SELECT_METRIC})")
         print(f"\nconfirmation: {what} re-trained with {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), "
               f"full epochs, no early stopping — {len(entries)} trials", flush=True)
