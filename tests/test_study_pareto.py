@@ -122,6 +122,13 @@ def test_a_resumed_multi_objective_study_ends_with_the_same_front(studies):
     assert "objectives: max val/acc_best, min balance/gap" in out and "confirmed Pareto front" in out
     assert "optuna:  optuna-dashboard 'sqlite:///" in out
     assert (studies["straight"] / "report" / "figures" / "pareto.png").stat().st_size > 10_000
+    from mlflow import MlflowClient
+
+    from drl_tune.study.plan import PLAN_FILE, Plan
+
+    plan = Plan.from_json((studies["straight"] / PLAN_FILE).read_text())
+    front_files = {a.path for a in MlflowClient(plan.mlflow_uri).list_artifacts(plan.parent_run_id, "front")}
+    assert front_files == {"front/searched_front.csv", "front/confirmed_front.csv"}
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -58,6 +59,12 @@ def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, stu
     if len(front) and "front/searched_front.csv" not in {a.path for a in client.list_artifacts(parent_run_id,
                                                                                               "front")}:
         client.log_text(parent_run_id, front.to_csv(index=False), "front/searched_front.csv")  # confirmed one)
+    if (study.answer or {}).get("front") and "front/confirmed_front.csv" not in {
+            a.path for a in client.list_artifacts(parent_run_id, "front")}:
+        rows = [{"point": p["label"], "method": p["method"], **{f"{m}_{k}": s[k] for m, s in p["objectives"].items()
+                                                                for k in ("mean", "ci_low", "ci_high")},
+                 "non_dominated_with_ci": p["non_dominated"]} for p in study.answer["front"]]
+        client.log_text(parent_run_id, pd.DataFrame(rows).to_csv(index=False), "front/confirmed_front.csv")
     if report is not None and report.is_file():
         client.log_artifact(parent_run_id, str(report), artifact_path="report")
         figures = report.parent / "figures"
