@@ -10,8 +10,8 @@ import math
 import optuna
 import pytest
 
-from drl_tune.study.confirmation import TrialRecord
-from drl_tune.study.front import dominates, front_entries, front_section, front_table, non_dominated, select_front
+from drl_tune.study.confirmation import TrialRecord, front_entries
+from drl_tune.study.front import dominates, front_section, front_table, non_dominated, select_front
 from drl_tune.study.plan import build_plan
 from drl_tune.study.spaces import SpaceError, load_space, parse_objectives
 

@@ -261,7 +261,7 @@ def test_searcher_random_or_tpe(tmp_path):
     assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
     text = GOOD.replace("study: {num_samples: 6,", "study: {num_samples: 6, searcher: random,")
     assert load_space(str(write(tmp_path, text, "r.yaml"))).study.searcher == "random"
-    with pytest.raises(SpaceError, match="'study.searcher' must be one of tpe, random, got 'grid'"):
+    with pytest.raises(SpaceError, match="'study.searcher' must be one of tpe, random, nsga2, got 'grid'"):
         load_space(str(write(tmp_path, GOOD.replace("study: {num_samples: 6,",
                                                     "study: {num_samples: 6, searcher: grid,"), "g.yaml")))
     # random draws with the round robin: equal trials per method, each drawing only its own keys

@@ -1,6 +1,6 @@
 """The study's answer as files and text: ``answer.json`` (strict JSON), ``answer.csv`` (one row per configuration
-and metric), ``answer.txt`` and the printed tables, the plain sentences, and the summary metrics of the study's
-parent MLflow run. Built by :func:`drl_tune.study.confirmation.build_answer`; read back by ``python -m
+and metric), ``answer.txt`` and the printed tables, the plain sentences (with Holm's adjustment and what the seeds
+could detect: :func:`add_multiplicity_and_power`), and the summary metrics of the study's parent MLflow run. Built by :func:`drl_tune.study.confirmation.build_answer`; read back by ``python -m
 drl_tune.confirm --answer`` and the report."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from drl_tune.core.io import atomic_write_text
-from drl_tune.core.stats import Interval, min_detectable_difference, seeds_needed
+from drl_tune.core.stats import Interval, holm, min_detectable_difference, seeds_needed
 from drl_tune.study.tables import render_table
 
 ANSWER_JSON = "answer.json"
@@ -167,3 +167,30 @@ def parent_metrics(answer: dict[str, Any]) -> dict[str, float]:
                 if p.get("half_width") is not None:
                     out[f"{method}/diff_vs_joint_{slug}_ci95"] = p["half_width"]
     return out
+
+
+def add_multiplicity_and_power(paired: list[dict[str, Any]], reference: str, top_k: int) -> None:
+    """Per metric, every configuration compared with the reference is one family: Holm-adjust their paired-t
+    p-values (``p_holm``, ``comparisons``); ``significant`` is Holm's verdict when the family has more than one
+    member (``significant_unadjusted``: the 95% interval excludes 0); add what the seeds could detect
+    (``min_detectable``: the difference found with 80% power; ``seeds_for_1pt``, ``seeds_for_observed``) and the
+    sentence."""
+    by_metric: dict[str, list[dict[str, Any]]] = {}
+    for p in paired:
+        by_metric.setdefault(p["metric"], []).append(p)
+    for family in by_metric.values():
+        adjusted = holm([p["p"] for p in family])
+        for p, p_holm in zip(family, adjusted, strict=True):
+            diff: Interval = p.pop("_diff")
+            m = len(family)
+            spread = diff.n >= 2 and math.isfinite(diff.std) and diff.std > 0
+            mdd = min_detectable_difference(diff.std, diff.n) if spread else None
+            need = seeds_needed(0.01, diff.std) if spread else None
+            p.update({
+                "p_holm": p_holm, "comparisons": m, "significant_unadjusted": diff.excludes_zero,
+                "significant": bool(p_holm < 0.05) if m > 1 and math.isfinite(p_holm) else diff.excludes_zero,
+                "min_detectable": mdd, "seeds_for_1pt": need,
+                "seeds_for_observed": seeds_needed(diff.mean, diff.std) if spread else None,
+                "sentence": sentence(f"{p['method']}#{p['rank']}" if top_k > 1 else p["method"], reference,
+                                     p["metric"], diff, p_holm=p_holm, comparisons=m, mdd=mdd, need=need),
+            })

@@ -31,11 +31,8 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from drl_tune.core.io import atomic_write_text
 from drl_tune.core.stats import (
     Interval,
-    holm,
-    min_detectable_difference,
     paired_difference,
     paired_t_pvalue,
-    seeds_needed,
     t_interval,
 )
 from drl_tune.study.answer import (  # noqa: F401  (the answer's names, also imported from here)
@@ -47,6 +44,7 @@ from drl_tune.study.answer import (  # noqa: F401  (the answer's names, also imp
     LABELS,
     SELECT_METRIC,
     _finite,
+    add_multiplicity_and_power,
     answer_csv,
     answer_tables,
     metric_label,
@@ -54,7 +52,7 @@ from drl_tune.study.answer import (  # noqa: F401  (the answer's names, also imp
     sentence,
     write_answer,
 )
-from drl_tune.study.front import front_entries, front_section
+from drl_tune.study.front import front_section, select_front
 from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import Plan
 from drl_tune.study.tables import ProgressTable
@@ -236,6 +234,24 @@ def plan_confirmation(records: list[TrialRecord], top_k: int, n_seeds: int,
     return entries
 
 
+def front_entries(records: list[TrialRecord], k: int, n_seeds: int, objectives: list[dict[str, str]],
+                  methods: list[str] | None) -> list[ConfirmEntry]:
+    """Confirmation entries for the ``k`` front points × ``n_seeds`` fresh seeds; a point's rank counts within its
+    method, its ``front`` field is its position along the front."""
+    pool = [r for r in records if methods is None or r.method in methods]
+    picked = select_front(pool, objectives, k)
+    if not picked:
+        raise ConfirmError("no finished search trial has every objective; nothing on the front to confirm")
+    seeds = fresh_seeds({int(r.config.get("seed", 0)) for r in records}, n_seeds)
+    entries, ranks = [], {}
+    for position, record in enumerate(picked, start=1):
+        ranks[record.method] = ranks.get(record.method, 0) + 1
+        entries += [ConfirmEntry(record.method, ranks[record.method], record.trial_id, seed,
+                                 {**record.config, "seed": seed}, float(record.final.get(SELECT_METRIC, math.nan)),
+                                 front=position) for seed in seeds]
+    return entries
+
+
 def save_entries(path: Path, entries: list[ConfirmEntry], top_k: int, seeds: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"top_k": top_k, "seeds": seeds, "entries": [e.__dict__ for e in entries]}
@@ -259,33 +275,6 @@ class ConfigResult:
     summaries: list[dict[str, float]]  # per seed, aligned with seeds
     failed_seeds: list[int]
     stats: dict[str, Interval]
-
-
-def add_multiplicity_and_power(paired: list[dict[str, Any]], reference: str, top_k: int) -> None:
-    """Per metric, every configuration compared with the reference is one family: Holm-adjust their paired-t
-    p-values (``p_holm``, ``comparisons``); ``significant`` is Holm's verdict when the family has more than one
-    member (``significant_unadjusted``: the 95% interval excludes 0); add what the seeds could detect
-    (``min_detectable``: the difference found with 80% power; ``seeds_for_1pt``, ``seeds_for_observed``) and the
-    sentence."""
-    by_metric: dict[str, list[dict[str, Any]]] = {}
-    for p in paired:
-        by_metric.setdefault(p["metric"], []).append(p)
-    for family in by_metric.values():
-        adjusted = holm([p["p"] for p in family])
-        for p, p_holm in zip(family, adjusted, strict=True):
-            diff: Interval = p.pop("_diff")
-            m = len(family)
-            spread = diff.n >= 2 and math.isfinite(diff.std) and diff.std > 0
-            mdd = min_detectable_difference(diff.std, diff.n) if spread else None
-            need = seeds_needed(0.01, diff.std) if spread else None
-            p.update({
-                "p_holm": p_holm, "comparisons": m, "significant_unadjusted": diff.excludes_zero,
-                "significant": bool(p_holm < 0.05) if m > 1 and math.isfinite(p_holm) else diff.excludes_zero,
-                "min_detectable": mdd, "seeds_for_1pt": need,
-                "seeds_for_observed": seeds_needed(diff.mean, diff.std) if spread else None,
-                "sentence": sentence(f"{p['method']}#{p['rank']}" if top_k > 1 else p["method"], reference,
-                                     p["metric"], diff, p_holm=p_holm, comparisons=m, mdd=mdd, need=need),
-            })
 
 
 def _searched_keys(entries: list[ConfirmEntry]) -> list[str]:

@@ -16,6 +16,7 @@ confidence remain on the front: the seeds cannot tell them apart.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -47,8 +48,6 @@ def spread(n: int, k: int) -> list[int]:
 
 def select_front(records: list[Any], objectives: list[dict[str, str]], k: int) -> list[Any]:
     """The ``k`` searched-front trials to confirm, in the order of the first objective (best first)."""
-    from drl_tune.study.confirmation import config_key  # (confirmation imports this module)
-
     keys, modes = [o["summary"] for o in objectives], [o["mode"] for o in objectives]
     finished = [r for r in records if r.status in ("completed", "stopped")]
     pool = [r for r in finished if r.status == "completed"] or finished
@@ -56,33 +55,15 @@ def select_front(records: list[Any], objectives: list[dict[str, str]], k: int) -
     for record in pool:
         summary = record.summary()
         if all(key in summary and math.isfinite(summary[key]) for key in keys):
-            distinct.setdefault(config_key({c: v for c, v in record.config.items() if c != "seed"}), record)
+            # one per configuration up to the seed (the canonical text of confirmation.config_key)
+            distinct.setdefault(json.dumps({c: v for c, v in record.config.items() if c != "seed"}, sort_keys=True,
+                                           default=str), record)
     candidates = list(distinct.values())
     points = [[r.summary()[key] for key in keys] for r in candidates]
     front = [candidates[i] for i in non_dominated(points, modes)]
     first_sign = 1.0 if modes[0] == "max" else -1.0
     front.sort(key=lambda r: -first_sign * r.summary()[keys[0]])
     return [front[i] for i in spread(len(front), k)]
-
-
-def front_entries(records: list[Any], k: int, n_seeds: int, objectives: list[dict[str, str]],
-                  methods: list[str] | None) -> list[Any]:
-    """Confirmation entries for the ``k`` front points × ``n_seeds`` fresh seeds; a point's rank counts within its
-    method, its ``front`` field is its position along the front."""
-    from drl_tune.study.confirmation import SELECT_METRIC, ConfirmEntry, ConfirmError, fresh_seeds
-
-    pool = [r for r in records if methods is None or r.method in methods]
-    picked = select_front(pool, objectives, k)
-    if not picked:
-        raise ConfirmError("no finished search trial has every objective; nothing on the front to confirm")
-    seeds = fresh_seeds({int(r.config.get("seed", 0)) for r in records}, n_seeds)
-    entries, ranks = [], {}
-    for position, record in enumerate(picked, start=1):
-        ranks[record.method] = ranks.get(record.method, 0) + 1
-        entries += [ConfirmEntry(record.method, ranks[record.method], record.trial_id, seed,
-                                 {**record.config, "seed": seed}, float(record.final.get(SELECT_METRIC, math.nan)),
-                                 front=position) for seed in seeds]
-    return entries
 
 
 def front_section(configs: list[dict[str, Any]], objectives: list[dict[str, str]]) -> list[dict[str, Any]]:
