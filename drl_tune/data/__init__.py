@@ -21,7 +21,8 @@ def _prepared(name: str) -> Callable[[DataConfig], MultimodalData]:
         except CacheError as err:
             raise CacheError(
                 f"dataset {name!r} is not prepared at {root}. Prepare it once with\n"
-                f"  python -m drl_tune.data.prepare {name} --src RAW_DIR --out {root}\n"
+                f"  python -m drl_tune.data.prepare {name} "
+                f"{'--manifest FILE' if name == 'manifest' else '--src RAW_DIR'} --out {root}\n"
                 f"then point the run at it with --set data.root={root} "
                 f"(or DRL_TUNE_{name.upper()}_ROOT). ({err})"
             ) from None
@@ -38,6 +39,7 @@ DATASETS: dict[str, Callable[[DataConfig], MultimodalData]] = {
     "cremad": _prepared("cremad"),
     "kinetics_sounds": _prepared("kinetics_sounds"),
     "ucf101": _prepared("ucf101"),
+    "manifest": _prepared("manifest"),  # your own data (data/manifest.py): any modalities the manifest names
 }
 
 

@@ -1,10 +1,11 @@
 """``python -m drl_tune.data.prepare DATASET --src RAW_DIR --out CACHE_DIR``: raw files → the cache, once.
 
-DATASET is ``cremad``, ``kinetics_sounds`` or ``ucf101`` (``python -m drl_tune.data.prepare DATASET -h`` for
-its options). The whole source is checked (split lists, labels, every listed clip present) before anything
-is decoded; clips are then decoded in ``--workers`` processes and streamed into the cache, which appears at
-``--out`` only when complete (an interrupted or failed run leaves nothing that loads). Any bad input stops
-the run with ``error: ...`` naming the file, exit status 2.
+DATASET is ``cremad``, ``kinetics_sounds``, ``ucf101`` or ``manifest`` (your own data: ``--manifest FILE`` instead
+of ``--src``, drl_tune/data/manifest.py); ``python -m drl_tune.data.prepare DATASET -h`` lists its options. The
+whole source is checked (split lists, labels, every listed clip present) before anything is decoded; clips are
+then decoded in ``--workers`` processes and streamed into the cache, which appears at ``--out`` only when complete
+(an interrupted or failed run leaves nothing that loads). Any bad input stops the run with ``error: ...`` naming
+the file, exit status 2.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import numpy as np
 from drl_tune.core.domains import Domain, flag
 from drl_tune.core.guard import guarded
 from drl_tune.core.paths import PathError, check_writable, default_root
-from drl_tune.data import cremad, kinetics_sounds, ucf101
+from drl_tune.data import cremad, kinetics_sounds, manifest, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
 from drl_tune.data.sources import Item, PrepareError, PreparePlan
 
-PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101}
+PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101,
+                                     "manifest": manifest}
 # the flags' domains (core/domains.py, as every command's): a bad number is one argparse line, not a traceback
 SIZE = flag(Domain(ge=8), integer=True)
 MELS = flag(Domain(ge=1), integer=True)
@@ -104,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
     for name, module in PREPARERS.items():
         p = sub.add_parser(name, help=(module.__doc__ or "").splitlines()[0], description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--src", type=Path, required=True, help="the raw dataset folder")
+        if getattr(module, "NEEDS_SRC", True):
+            p.add_argument("--src", type=Path, required=True, help="the raw dataset folder")
         p.add_argument("--out", type=Path, help=f"cache folder (default: $DRL_TUNE_{name.upper()}_ROOT or "
                        f"$DRL_TUNE_DATA/{name}, where the loader looks)")
         p.add_argument("--skip-missing", action="store_true",
