@@ -1,7 +1,8 @@
 """The study's answer as files and text: ``answer.json`` (strict JSON), ``answer.csv`` (one row per configuration
 and metric), ``answer.txt`` and the printed tables, the plain sentences (with Holm's adjustment and what the seeds
-could detect: :func:`add_multiplicity_and_power`), and the summary metrics of the study's parent MLflow run. Built by :func:`drl_tune.study.confirmation.build_answer`; read back by ``python -m
-drl_tune.confirm --answer`` and the report."""
+could detect: :func:`add_multiplicity_and_power`), and the summary metrics of the study's parent MLflow run. Built
+by :func:`drl_tune.study.confirmation.build_answer`; read back by ``python -m drl_tune.confirm --answer`` and the
+report."""
 
 from __future__ import annotations
 
