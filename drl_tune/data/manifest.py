@@ -37,6 +37,7 @@ import numpy as np
 from drl_tune.core.modality import ModalityKind
 from drl_tune.data.sources import (
     IMAGE_EXTS,
+    AVDecoder,
     Item,
     PrepareError,
     PreparePlan,
@@ -171,15 +172,11 @@ def _split(args: argparse.Namespace, path: Path, ids: list[str], labels: np.ndar
 
 
 @dataclass(frozen=True)
-class ManifestDecoder:
-    """Decodes one sample's modalities with the shared readers (pickles into prepare's worker processes)."""
+class ManifestDecoder(AVDecoder):
+    """The audio-visual decoder's settings (frames, size, mel bins, audio frames, sample rate) for any columns: each
+    sample's modalities through the shared readers (a frozen dataclass: it pickles into prepare's workers)."""
 
-    columns: tuple[Column, ...]
-    frames: int
-    size: int
-    n_mels: int
-    audio_frames: int
-    sample_rate: int
+    columns: tuple[Column, ...] = ()
 
     def __call__(self, item: Item) -> dict[str, np.ndarray]:
         out = {}
@@ -262,8 +259,8 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
         classes=classes,
         modalities=shapes,
         splits=splits,
-        decode=ManifestDecoder(tuple(columns), args.frames, args.size, args.n_mels, args.audio_frames,
-                               args.sample_rate),
+        decode=ManifestDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate,
+                               columns=tuple(columns)),
         preprocessing={
             "manifest": {"file": str(path), "sha256": digest, "columns": [c.header for c in columns]},
             "splits": how,
