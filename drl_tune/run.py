@@ -177,7 +177,24 @@ def check_dataset(plan: Plan, generate: bool = True) -> None:
 
     config = make_config({**plan.constants, **(plan.points_to_evaluate or [{}])[0]})
     if generate or config.data.name not in GENERATED:
-        load_dataset(config.data)
+        data = load_dataset(config.data)
+        check_methods_fit(plan, [m for m in data.modalities if not config.data.modalities
+                                 or m in config.data.modalities])
+
+
+def check_methods_fit(plan: Plan, modalities: list[str]) -> None:
+    """Every method the study runs is defined for this many modalities (a comparator whose authors' rule compares
+    a pair refuses three before anything starts, not in every one of its trials)."""
+    from drl_tune.methods import REGISTRY
+    from drl_tune.methods.base import two_modalities_message
+
+    method = next((p for p in plan.search if p.key == "method"), None)
+    methods = list(method.samples()) if method is not None else [plan.constants.get("method", "joint")]
+    for name in methods:
+        wanted = REGISTRY[name].modalities
+        if wanted is not None and wanted != len(modalities):
+            raise UsageError(two_modalities_message(name, modalities)
+                             + (" (or leave it out of search.method)" if method is not None else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -130,3 +130,26 @@ def test_bad_manifests_are_one_line_and_write_nothing(tmp_path, capsys, edit, wo
     for word in words:
         assert word in err, (word, err)
     assert not out.exists()
+
+
+def test_the_custom_space_runs_on_a_prepared_manifest_and_pair_methods_refuse_three(tmp_path, capsys):
+    """``--space custom --set data.root=DIR`` plans joint vs DRL at equal budgets on any prepared manifest; a study
+    that would run a comparator defined for two modalities on three stops before anything starts, one line."""
+    from drl_tune.run import main as run
+
+    manifest = write_dataset(tmp_path / "raw")
+    out = tmp_path / "cache"
+    assert prepare(["manifest", "--manifest", str(manifest), "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    storage = tmp_path / "studies"
+    assert run(["--space", "custom", "--set", f"data.root={out}", "--dry-run", "--storage", str(storage)]) == 0
+    printed = capsys.readouterr().out
+    assert "equal budgets: drl, joint in turn, 8 search trials each" in printed and "data.name" in printed
+    assert run(["--space", "demo_compare", "--set", "data.name=manifest", "--set", f"data.root={out}", "--dry-run",
+                "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: method ogm_ge is defined for exactly two modalities, this run has 3 (sound, scene, still); "
+                   "set data.modalities to two of them (or leave it out of search.method)\n")
+    assert run(["--space", "demo_compare", "--set", "data.name=manifest", "--set", f"data.root={out}",
+                "--set", "data.modalities=sound,scene", "--dry-run", "--storage", str(storage)]) == 0
+    assert not storage.exists()

@@ -15,7 +15,7 @@ from drl_tune.study.plan import build_plan
 from drl_tune.study.spaces import SpaceError, load_space
 from drl_tune.study.tune import DefineByRun
 
-SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare", "demo_pareto"]
+SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare", "demo_pareto", "custom"]
 
 GOOD = """\
 dataset: {name: synthetic}

@@ -69,6 +69,9 @@ class Method:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    # how many modalities the authors' rule is defined for (None: any number); a study checks it against the
+    # dataset before anything starts (run.check_dataset), a run in setup (require_two_modalities)
+    modalities: ClassVar[int | None] = None
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -144,13 +147,15 @@ class Method:
 # helpers shared by the comparator methods
 
 
+def two_modalities_message(method: str, modalities: list[str]) -> str:
+    return (f"method {method} is defined for exactly two modalities, this run has {len(modalities)} "
+            f"({', '.join(modalities)}); set data.modalities to two of them")
+
+
 def require_two_modalities(model: MultimodalClassifier, method: str) -> tuple[str, str]:
     """The comparator methods are defined for an audio-visual pair; refuse anything else clearly."""
     if len(model.modalities) != 2:
-        raise ConfigError(
-            f"method {method} is defined for exactly two modalities, this run has {len(model.modalities)} "
-            f"({', '.join(model.modalities)}); set data.modalities to two of them"
-        )
+        raise ConfigError(two_modalities_message(method, model.modalities))
     return model.modalities[0], model.modalities[1]
 
 
@@ -204,6 +209,8 @@ def unimodal_logits(
 class HeadScoredMethod(Method):
     """A comparator that compares two modalities by their uni-modal logits read off the fused head (OGM-GE,
     OPM, InfoReg): :meth:`setup` refuses other models, :meth:`head_scores` gives each modality's batch score."""
+
+    modalities: ClassVar[int | None] = 2
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         require_two_modalities(model, self.name)

@@ -76,6 +76,7 @@ def combine(g_mm: torch.Tensor, g_uni: torch.Tensor, k: tuple[float, float], gam
 
 class MMPareto(Method):
     name = "mmpareto"
+    modalities = 2  # the authors' rule compares an audio-visual pair
     Params = MMParetoParams
     params: MMParetoParams
 

@@ -107,6 +107,7 @@ def modality_level_rows(
 
 class Valuation(Method):
     name = "valuation"
+    modalities = 2  # the authors' rule compares an audio-visual pair
     Params = ValuationParams
     params: ValuationParams
 
