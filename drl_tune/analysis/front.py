@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from drl_tune.analysis.colors import method_color
 from drl_tune.analysis.load import Study
-from drl_tune.study.front import non_dominated
+from drl_tune.study.front import front_order
 
 
 def objectives(study: Study) -> list[dict[str, str]]:
@@ -30,15 +30,12 @@ def searched_front(study: Study) -> pd.DataFrame:
         return pd.DataFrame()
     cols = [o["summary"] for o in objs]
     search = study.finished()
-    search = search[search["stage"] == "search"]
-    pool = search[search["status"] == "completed"]
-    pool = pool if len(pool) else search
-    pool = pool.dropna(subset=[c for c in cols if c in pool]).reset_index(drop=True)
-    if pool.empty or any(c not in pool for c in cols):
-        return pool.iloc[0:0]
-    idx = non_dominated(pool[cols].to_numpy().tolist(), [o["mode"] for o in objs])
-    front = pool.loc[idx]
-    return front.sort_values(cols[0], ascending=objs[0]["mode"] == "min").reset_index(drop=True)
+    search = search[search["stage"] == "search"].reset_index(drop=True)
+    if search.empty or any(c not in search for c in cols):
+        return search.iloc[0:0]
+    order = front_order(search["status"].tolist(), search[cols].to_numpy(dtype=float).tolist(),
+                        [o["mode"] for o in objs])
+    return search.loc[order].reset_index(drop=True)
 
 
 def pareto(study: Study) -> Figure:

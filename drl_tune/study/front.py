@@ -46,24 +46,31 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
+def front_order(statuses: Sequence[str], points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """The searched front as indices into ``points``: among the trials that ran all their epochs (all finished ones
+    when none did), those no other dominates, in the order of the first objective, best first. The one rule the
+    confirmation (:func:`select_front`) and the analysis (``analysis.front.searched_front``) both apply."""
+    finished = [i for i, status in enumerate(statuses) if status in ("completed", "stopped")]
+    pool = [i for i in finished if statuses[i] == "completed"] or finished
+    front = [pool[j] for j in non_dominated([points[i] for i in pool], modes)]
+    first_sign = 1.0 if modes[0] == "max" else -1.0
+    return sorted(front, key=lambda i: -first_sign * points[i][0])
+
+
 def select_front(records: list[Any], objectives: list[dict[str, str]], k: int) -> list[Any]:
-    """The ``k`` searched-front trials to confirm, in the order of the first objective (best first)."""
+    """The ``k`` searched-front trials to confirm, spread along the front, in the order of the first objective
+    (best first); one trial per configuration up to the seed (a completed one before a stopped one)."""
     keys, modes = [o["summary"] for o in objectives], [o["mode"] for o in objectives]
-    finished = [r for r in records if r.status in ("completed", "stopped")]
-    pool = [r for r in finished if r.status == "completed"] or finished
     distinct: dict[str, Any] = {}
-    for record in pool:
-        summary = record.summary()
-        if all(key in summary and math.isfinite(summary[key]) for key in keys):
-            # one per configuration up to the seed (the canonical text of confirmation.config_key)
+    for record in sorted(records, key=lambda r: r.status != "completed"):  # stable: completed ones first
+        if record.status in ("completed", "stopped"):
+            # the canonical text of confirmation.config_key, without the seed
             distinct.setdefault(json.dumps({c: v for c, v in record.config.items() if c != "seed"}, sort_keys=True,
                                            default=str), record)
     candidates = list(distinct.values())
-    points = [[r.summary()[key] for key in keys] for r in candidates]
-    front = [candidates[i] for i in non_dominated(points, modes)]
-    first_sign = 1.0 if modes[0] == "max" else -1.0
-    front.sort(key=lambda r: -first_sign * r.summary()[keys[0]])
-    return [front[i] for i in spread(len(front), k)]
+    points = [[float(r.summary().get(key, math.nan)) for key in keys] for r in candidates]
+    front = front_order([r.status for r in candidates], points, modes)
+    return [candidates[front[i]] for i in spread(len(front), k)]
 
 
 def front_section(configs: list[dict[str, Any]], objectives: list[dict[str, str]]) -> list[dict[str, Any]]:
