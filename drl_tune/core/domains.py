@@ -99,12 +99,12 @@ def check(value: Any, domain: Domain | None, key: str) -> Any:
 
 
 def check_fields(obj: Any, prefix: str = "") -> None:
-    """Check every numeric field of dataclass instance ``obj`` against its declared domain (nested ones too)."""
+    """Check every numeric field of dataclass instance ``obj`` against its declared domain, for a ``__post_init__``:
+    a directly constructed block is checked as ``config.build`` checks a parsed one. A nested block is skipped: it
+    checked itself when it was made."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            check_fields(value, f"{prefix}{f.name}.")
-        else:
+        if not dataclasses.is_dataclass(value):
             check(value, f.metadata.get(DOMAIN), prefix + f.name)
 
 

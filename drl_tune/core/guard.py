@@ -33,12 +33,12 @@ def guarded(main: Callable[..., int]) -> Callable[..., int]:
             print("interrupted (Ctrl-C)", file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as err:  # noqa: BLE001 — the point of the guard
-            if _verbose(argv):
+            verbose = _verbose(argv)
+            if verbose:
                 traceback.print_exc()
             first = (str(err).strip().splitlines() or [""])[0]
             what = f"{type(err).__name__}: {first}" if first else type(err).__name__
-            print(f"error: {what}; rerun with -v for the traceback" if not _verbose(argv) else f"error: {what}",
-                  file=sys.stderr)
+            print(f"error: {what}" if verbose else f"error: {what}; rerun with -v for the traceback", file=sys.stderr)
             return EXIT_UNEXPECTED
 
     return run
