@@ -15,6 +15,7 @@ from typing import Any
 
 from drl_tune.core.domains import DOMAIN, bounded, check, check_fields
 from drl_tune.core.errors import ConfigError
+from drl_tune.core.modality import SEQUENCE_ENCODERS
 from drl_tune.methods import REGISTRY
 
 
@@ -93,12 +94,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``width`` is ResNet18's base channel count (64 in the paper); smaller is quicker on a CPU."""
+    """``width`` is ResNet18's base channel count (64 in the paper); smaller is quicker on a CPU. The ``feature_*``
+    keys size the encoders of precomputed-feature modalities (a manifest's ``NAME:features`` columns): every such
+    modality gets the same sizes."""
 
     width: int = bounded(64, ge=1)
+    feature_hidden: int = bounded(128, ge=1)
+    feature_layers: int = bounded(2, ge=1)
+    sequence_encoder: str = "conv"
+    feature_heads: int = bounded(4, ge=1)
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")
+        if self.sequence_encoder not in SEQUENCE_ENCODERS:
+            raise ConfigError(f"model.sequence_encoder must be one of {', '.join(SEQUENCE_ENCODERS)}, got "
+                              f"{self.sequence_encoder!r}")
+        if self.sequence_encoder == "transformer" and self.feature_hidden % self.feature_heads:
+            raise ConfigError(f"model.feature_hidden ({self.feature_hidden}) must be a multiple of "
+                              f"model.feature_heads ({self.feature_heads}) for the Transformer encoder")
 
 
 @dataclass

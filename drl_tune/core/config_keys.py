@@ -32,6 +32,11 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("seed, device, threads", "the run's seed; `auto`, `cpu`, `cuda` or `cuda:N`; torch threads (0 = torch's "
                               "default; a study uses its CPUs per trial)"),
     ("model.width", "ResNet18 base channels (64 = the paper)"),
+    ("model.feature_hidden, model.feature_layers", "width (= pooled feature dimension) and depth of the encoder of "
+                                                   "every precomputed-feature modality (MLP or temporal model)"),
+    ("model.sequence_encoder, model.feature_heads", "a feature sequence's temporal model: `conv` (1-D convolutions) "
+                                                    "or `transformer` (torch.nn.TransformerEncoder, with these "
+                                                    "attention heads)"),
     ("data.name, data.root, data.augment", "dataset, where its prepared cache is (\"\" = the user cache directory), "
                                            "batch-wise random crop and flip of frames"),
     ("data.modalities", "train on these modalities only (e.g. `visual`; empty = all of the dataset's)"),

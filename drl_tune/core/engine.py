@@ -38,6 +38,7 @@ from drl_tune.data.transforms import BatchBuffers, prepare_input
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch
 from drl_tune.models import MultimodalClassifier
+from drl_tune.models.encoders import FeatureSizes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,6 +64,15 @@ def select_modalities(data: MultimodalData, names: list[str]) -> MultimodalData:
     return MultimodalData(data.name, data.classes, keep, splits, data.preprocessing)
 
 
+def build_model(config: TrainConfig, data: MultimodalData) -> MultimodalClassifier:
+    """The classifier for ``data``'s modalities as ``config`` sizes it (feature encoders read their input size
+    off the cached arrays)."""
+    m = config.model
+    sizes = FeatureSizes(m.feature_hidden, m.feature_layers, m.sequence_encoder, m.feature_heads)
+    shapes = {name: tuple(data.splits["train"].inputs[name].shape[1:]) for name in data.modalities}
+    return MultimodalClassifier(data.modalities, data.n_classes, m.width, config.fusion, shapes, sizes)
+
+
 class Engine:
     """Trains one configuration epoch by epoch; see the module docstring."""
 
@@ -76,9 +86,7 @@ class Engine:
             if split not in self.data.splits or len(self.data.splits[split]) == 0:
                 raise ConfigError(f"dataset {self.data.name!r} has no (or an empty) {split!r} split")
         torch.manual_seed(config.seed)
-        self.model = MultimodalClassifier(
-            self.data.modalities, self.data.n_classes, config.model.width, config.fusion
-        )
+        self.model = build_model(config, self.data)
         self.method = REGISTRY[config.method](config.params)
         extra = self.method.extra_modules(self.model, self.data.n_classes)
         if extra:  # trained, checkpointed and moved with the model (MMPareto's uni-modal heads)

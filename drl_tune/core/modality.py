@@ -8,6 +8,8 @@ from enum import StrEnum
 
 import numpy as np
 
+SEQUENCE_ENCODERS = ("conv", "transformer")  # the temporal models of a feature sequence (model.sequence_encoder)
+
 
 class ModalityKind(StrEnum):
     """A modality's array layout. A ``StrEnum``: it is written to (and compares equal with) its plain name."""
@@ -15,6 +17,10 @@ class ModalityKind(StrEnum):
     SPECTROGRAM = "spectrogram"  # float16 [T, mel bins]
     FRAMES = "frames"  # uint8 [T, 3, H, W] RGB
     FLOW = "flow"  # uint8 [T, 2, H, W] optical flow u, v with 128 = no motion
+    VECTOR = "vector"  # float32 [D]: a precomputed feature vector
+    # float32 [T, D + 1]: a precomputed feature sequence padded/truncated to T steps; the last column is its mask
+    # (1 = a real step, 0 = padding), kept in the same array so a sample stays one row of one memory-mapped file
+    SEQUENCE = "sequence"
 
     @classmethod
     def parse(cls, kind: str) -> ModalityKind:
@@ -27,17 +33,24 @@ class ModalityKind(StrEnum):
     @property
     def dtype(self) -> type[np.generic]:
         """How the cache stores it."""
+        if self.is_features:
+            return np.float32
         return np.float16 if self is ModalityKind.SPECTROGRAM else np.uint8
 
     @property
     def channels(self) -> int:
-        """Input channels of its encoder (a spectrogram is one image-like channel)."""
+        """Input channels of its ResNet encoder (a spectrogram is one image-like channel)."""
         return {ModalityKind.SPECTROGRAM: 1, ModalityKind.FRAMES: 3, ModalityKind.FLOW: 2}[self]
 
     @property
     def is_image(self) -> bool:
         """Stored as uint8 images: normalised, cropped and flipped batch-wise (data/transforms.py)."""
-        return self is not ModalityKind.SPECTROGRAM
+        return self in (ModalityKind.FRAMES, ModalityKind.FLOW)
+
+    @property
+    def is_features(self) -> bool:
+        """Precomputed features (a vector or a masked sequence): read as they are, never augmented."""
+        return self in (ModalityKind.VECTOR, ModalityKind.SEQUENCE)
 
     @property
     def default_policy(self) -> str:

@@ -183,8 +183,12 @@ def _frames(cfg: AVDigitsConfig, rng: np.random.Generator, images: np.ndarray) -
     return out
 
 
-def generate(cfg: AVDigitsConfig) -> MultimodalData:
-    """All three splits in memory (deterministic in ``cfg``)."""
+def generate_clips(cfg: AVDigitsConfig) -> tuple[dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]],
+                                                   dict[str, list[dict]], str]:
+    """Each split's raw material before any feature is computed — waveforms [N, CLIP_SAMPLES] at 16 kHz, frames,
+    labels, clip ids — with the speakers and eSpeak NG loader's version (deterministic in ``cfg``). Kept apart from
+    :func:`generate` so the same clips can be written out as files (wav + png) and prepared through the manifest
+    path: tests/test_manifest.py checks that path trains exactly as this loader does."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -207,10 +211,20 @@ def generate(cfg: AVDigitsConfig) -> MultimodalData:
             speech = utterances[(voices[turn[i]]["voice"], int(labels[image]))]
             start = int(rng.integers(0, CLIP_SAMPLES - len(speech) + 1))
             clips[i, start:start + len(speech)] += speech
-        audio = log_fbank_batch(clips, SAMPLE_RATE, n_mels=N_MELS, n_frames=N_FRAMES).astype(np.float16)
         frames = _frames(cfg, rng, images[members])
         ids = np.asarray([f"{name}-img{image:04d}-{voices[turn[i]]['name']}" for i, image in enumerate(members)])
-        splits[name] = Split({"audio": audio, "visual": frames}, labels[members], ids)
+        splits[name] = (clips, frames, labels[members], ids)
+    return splits, speakers, loader_version
+
+
+def generate(cfg: AVDigitsConfig) -> MultimodalData:
+    """All three splits in memory (deterministic in ``cfg``)."""
+    clips, speakers, loader_version = generate_clips(cfg)
+    splits = {
+        name: Split({"audio": log_fbank_batch(waves, SAMPLE_RATE, n_mels=N_MELS, n_frames=N_FRAMES).astype(np.float16),
+                     "visual": frames}, labels, ids)
+        for name, (waves, frames, labels, ids) in clips.items()
+    }
     return MultimodalData(
         "avdigits",
         [str(d) for d in range(10)],

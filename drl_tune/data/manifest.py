@@ -15,6 +15,9 @@ The manifest is CSV (a header row) or JSON Lines (one object per line), paths re
   ``frames``  a folder of images: ``--frames`` of them, evenly spaced, resized to ``--size``
   ``video``   a video file: ``--frames`` frames, evenly spaced (PyAV)
   ``image``   one image, stored as a clip of ``--frames`` copies (so image and video encoders are the same)
+  ``features`` a ``.npy`` array of precomputed features: a vector [D] (an MLP encodes it) or a sequence [T, D]
+              (padded/truncated to ``--sequence-length`` steps with a mask; a 1-D conv or Transformer encodes it).
+              Every sample of the column has the same shape kind and the same D.
 
 Any number of modalities (two or more). The cache is the format every dataset here uses (memory-mapped, written
 atomically), the manifest's hash in its ``preprocessing`` entry; the readers are those of CREMA-D and
@@ -28,7 +31,7 @@ import argparse
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ from drl_tune.data.sources import (
 NAME = "manifest"
 NEEDS_SRC = False  # the manifest file names everything (prepare's --src is for folder-shaped datasets)
 KINDS = {"wav": ModalityKind.SPECTROGRAM, "frames": ModalityKind.FRAMES, "video": ModalityKind.FRAMES,
-         "image": ModalityKind.FRAMES}
+         "image": ModalityKind.FRAMES, "features": ModalityKind.VECTOR}  # features: VECTOR or SEQUENCE by its arrays
 SPLITS = ("train", "val", "test")
 RESERVED = ("id", "label", "split", "group")
 
@@ -64,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=2, help="frames per visual sample (default 2, as DRL)")
     parser.add_argument("--audio-frames", type=int, default=300, help="spectrogram length in 10 ms frames (300)")
     parser.add_argument("--sample-rate", type=int, default=16000, help="audio resampled to this rate (16000)")
+    parser.add_argument("--sequence-length", type=int, default=0,
+                        help="steps a feature sequence is padded/truncated to (default 0: the longest in the manifest)")
 
 
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -129,6 +134,9 @@ def _resolve(path: Path, number: int, column: Column, value: Any) -> str:
                            f"modality")
     target = Path(str(value).strip())
     target = target if target.is_absolute() else path.parent / target
+    if column.source == "features" and target.suffix.lower() != ".npy":
+        raise PrepareError(f"{path}, line {number}, column {column.header!r}: {target.name} is not a .npy file "
+                           f"(features are one NumPy array per sample, np.save)")
     want_dir = column.source == "frames"
     if not (target.is_dir() if want_dir else target.is_file()):
         what = "folder of images" if want_dir else "file"
@@ -177,6 +185,7 @@ class ManifestDecoder(AVDecoder):
     sample's modalities through the shared readers (a frozen dataclass: it pickles into prepare's workers)."""
 
     columns: tuple[Column, ...] = ()
+    sequence_lengths: dict[str, int] = field(default_factory=dict)  # per feature-sequence column; 0 = a vector
 
     def __call__(self, item: Item) -> dict[str, np.ndarray]:
         out = {}
@@ -188,10 +197,69 @@ class ManifestDecoder(AVDecoder):
                 out[c.name] = folder_frames(source, self.frames, self.size)
             elif c.source == "video":
                 out[c.name] = video_frames(source, self.frames, self.size)
+            elif c.source == "features":
+                out[c.name] = fit_features(read_features(source), self.sequence_lengths.get(c.name, 0))
             else:  # one image, repeated as a clip of `frames` frames
                 image = read_image(source, self.size)
                 out[c.name] = np.repeat(image[None], self.frames, axis=0)
         return out
+
+
+def read_features(source: str) -> np.ndarray:
+    """One sample's features as float32, refusing what a model cannot train on (pickles, non-finite values)."""
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise PrepareError(f"{source}: not a readable .npy array of numbers ({err})") from None
+    if array.dtype.kind not in "biuf" or array.ndim not in (1, 2):
+        raise PrepareError(f"{source}: features must be numbers shaped [D] or [T, D], got {array.dtype} "
+                           f"{list(array.shape)}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise PrepareError(f"{source}: holds NaN or infinite values; a model cannot train on them")
+    return array
+
+
+def fit_features(array: np.ndarray, length: int) -> np.ndarray:
+    """A vector as it is; a sequence [T, D] as [length, D + 1]: its first ``length`` steps, zero-padded, and a
+    last column marking the real steps (1) from the padding (0) — what the sequence encoder pools over."""
+    if array.ndim == 1:
+        return array
+    out = np.zeros((length, array.shape[1] + 1), np.float32)
+    steps = min(length, len(array))
+    out[:steps, :-1] = array[:steps]
+    out[:steps, -1] = 1.0
+    return out
+
+
+def _feature_shapes(path: Path, rows: list[tuple[int, dict[str, Any]]], column: Column,
+                    files: list[str], declared: int) -> tuple[ModalityKind, tuple[int, ...], int]:
+    """The column's kind (vector or sequence), its cached per-sample shape and sequence length, read off every
+    file's header (memory-mapped: no data is read); a sample of another shape is named by its row."""
+    first: tuple[int, tuple[int, ...]] | None = None
+    longest = 0
+    for (number, _), file in zip(rows, files, strict=True):
+        try:
+            shape = np.load(file, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as err:
+            raise PrepareError(f"{path}, line {number}, column {column.header!r}: {file} is not a readable .npy "
+                               f"array ({err})") from None
+        if len(shape) not in (1, 2) or 0 in shape:
+            raise PrepareError(f"{path}, line {number}, column {column.header!r}: features of shape {list(shape)}; "
+                               f"give a vector [D] or a sequence [T, D] with T, D >= 1")
+        if first is None:
+            first = (number, shape)
+        elif len(shape) != len(first[1]) or shape[-1] != first[1][-1]:
+            what = "[D]" if len(first[1]) == 1 else "[T, D]"
+            raise PrepareError(f"{path}, line {number}, column {column.header!r}: features of shape {list(shape)}, "
+                               f"but line {first[0]} has {list(first[1])}; every sample of a column is {what} "
+                               f"with D = {first[1][-1]}")
+        longest = max(longest, shape[0])
+    assert first is not None
+    if len(first[1]) == 1:
+        return ModalityKind.VECTOR, first[1], 0
+    length = declared or longest
+    return ModalityKind.SEQUENCE, (length, first[1][-1] + 1), length
 
 
 def make_plan(args: argparse.Namespace) -> PreparePlan:
@@ -199,8 +267,8 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
     path = Path(args.manifest).resolve()
     rows = _rows(path)
     columns = _columns(path, rows)
-    if args.frames < 1 or args.audio_frames < 1:
-        raise PrepareError("--frames and --audio-frames must be >= 1")
+    if args.frames < 1 or args.audio_frames < 1 or args.sequence_length < 0:
+        raise PrepareError("--frames and --audio-frames must be >= 1, --sequence-length >= 0")
     seen: dict[str, int] = {}
     ids, labels, splits_given, groups, sources = [], [], [], [], []
     for number, row in rows:
@@ -253,6 +321,14 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
     splits = {s: [Item(ids[i], int(y[i]), sources[i]) for i in parts[s]] for s in SPLITS}
     shapes = {c.name: (KINDS[c.source], (args.audio_frames, args.n_mels) if c.source == "wav"
                        else (args.frames, 3, args.size, args.size)) for c in columns}
+    lengths: dict[str, int] = {}
+    for c in columns:
+        if c.source == "features":
+            kind, shape, length = _feature_shapes(path, rows, c, [src[c.name] for src in sources],
+                                                  args.sequence_length)
+            shapes[c.name] = (kind, shape)
+            if length:
+                lengths[c.name] = length
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return PreparePlan(
         dataset=NAME,
@@ -260,16 +336,26 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
         modalities=shapes,
         splits=splits,
         decode=ManifestDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate,
-                               columns=tuple(columns)),
+                               columns=tuple(columns), sequence_lengths=lengths),
         preprocessing={
             "manifest": {"file": str(path), "sha256": digest, "columns": [c.header for c in columns]},
             "splits": how,
-            **{c.name: (audio_preprocessing("wav", args.n_mels, args.sample_rate, args.audio_frames, "")
-                        if c.source == "wav" else {**frames_preprocessing(args.frames, args.size,
-                                                                          "evenly spaced" if c.source != "image"
-                                                                          else "one image, repeated"),
-                                                   "source": c.source})
-               for c in columns},
-            "augment": {c.name: "crop_flip" for c in columns if c.source != "wav"},
+            **{c.name: _preprocessing(args, c, shapes[c.name], lengths.get(c.name, 0)) for c in columns},
+            "augment": {c.name: "crop_flip" for c in columns if c.source not in ("wav", "features")},
         },
     )
+
+
+def _preprocessing(args: argparse.Namespace, column: Column, kind_shape: tuple[ModalityKind, tuple[int, ...]],
+                   length: int) -> dict[str, Any]:
+    """What was done to a column's files, recorded in the cache (and so in every run's parameters)."""
+    if column.source == "wav":
+        return audio_preprocessing("wav", args.n_mels, args.sample_rate, args.audio_frames, "")
+    if column.source == "features":
+        kind, shape = kind_shape
+        if kind is ModalityKind.VECTOR:
+            return {"source": "features", "kind": "vector", "dim": shape[0]}
+        return {"source": "features", "kind": "sequence", "dim": shape[1] - 1, "steps": length,
+                "fit": "first steps kept, zero-padded; last column = mask"}
+    sampling = "evenly spaced" if column.source != "image" else "one image, repeated"
+    return {**frames_preprocessing(args.frames, args.size, sampling), "source": column.source}

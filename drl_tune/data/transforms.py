@@ -273,7 +273,7 @@ def prepare_input(
     ``buffers`` (see :class:`BatchBuffers`), a CPU batch is written into the buffer under ``key``.
     """
     kind = ModalityKind.parse(kind)
-    if kind is ModalityKind.SPECTROGRAM:
+    if kind is ModalityKind.SPECTROGRAM or kind.is_features:  # read as stored (features are never augmented)
         if torch.device(device).type == "cpu":
             # torch's float16->float32 is ~2.5x NumPy's here
             spec = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from drl_tune.models.encoders import build_encoder
+from drl_tune.models.encoders import FeatureSizes, build_encoder
 from drl_tune.models.fusion import FUSIONS
 
 
@@ -17,14 +17,18 @@ class ModelOutput(NamedTuple):
 
 
 class MultimodalClassifier(nn.Module):
-    """``modalities`` maps a modality name to its kind (spectrogram, frames, flow), in fusion order."""
+    """``modalities`` maps a modality name to its kind (spectrogram, frames, flow, vector, sequence), in fusion
+    order; ``shapes`` gives the per-sample input shape of the feature modalities (their encoders' input size)."""
 
-    def __init__(self, modalities: dict[str, str], n_classes: int, width: int = 64, fusion: str = "concat"):
+    def __init__(self, modalities: dict[str, str], n_classes: int, width: int = 64, fusion: str = "concat",
+                 shapes: dict[str, tuple[int, ...]] | None = None, feature_sizes: FeatureSizes | None = None):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; known: {', '.join(FUSIONS)}")
         self.modalities = list(modalities)
-        self.encoders = nn.ModuleDict({m: build_encoder(kind, width) for m, kind in modalities.items()})
+        shapes = shapes or {}
+        self.encoders = nn.ModuleDict({m: build_encoder(kind, width, shapes.get(m), feature_sizes)
+                                       for m, kind in modalities.items()})
         dims = [self.encoders[m].out_dim for m in self.modalities]
         self.fusion = FUSIONS[fusion](dims, n_classes)
 

@@ -1,4 +1,5 @@
-"""Uni-modal encoders built on torchvision's ResNet18.
+"""Uni-modal encoders: torchvision's ResNet18 for spectrograms and frames, small ``torch.nn`` models for
+precomputed features (an MLP for a vector, a 1-D convolution or Transformer encoder for a masked sequence).
 
 torchvision hard-codes ResNet18's 64 base channels; the paper's models use exactly that, but a CPU study
 wants narrower nets. :class:`ResNet18Trunk` therefore reuses torchvision's ``ResNet`` (its ``BasicBlock``,
@@ -7,9 +8,12 @@ wants narrower nets. :class:`ResNet18Trunk` therefore reuses torchvision's ``Res
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.ops import MLP
 
 from drl_tune.core.modality import ModalityKind
 
@@ -72,9 +76,77 @@ class FrameEncoder(nn.Module):
         return maps.view(b, t, *maps.shape[1:]).mean(dim=(1, 3, 4))
 
 
-def build_encoder(kind: str, width: int) -> nn.Module:
-    """Encoder for a modality kind as written in a dataset's manifest."""
+@dataclass(frozen=True)
+class FeatureSizes:
+    """How the encoders of precomputed-feature modalities are sized (config keys ``model.feature_*``)."""
+
+    hidden: int = 128  # the MLP's / temporal model's width = the pooled feature dimension
+    layers: int = 2
+    sequence_encoder: str = "conv"  # "conv" (1-D convolutions) or "transformer" (torch.nn.TransformerEncoder)
+    heads: int = 4  # attention heads of the Transformer encoder (must divide hidden)
+
+
+class VectorEncoder(nn.Module):
+    """A feature vector [B, D] through torchvision's MLP (``layers`` Linear+ReLU); features = its output."""
+
+    def __init__(self, in_dim: int, sizes: FeatureSizes) -> None:
+        super().__init__()
+        # MLP ends in a bare Linear; the final ReLU makes the features non-negative activations, as the pooled
+        # ReLU maps of the ResNet encoders are
+        self.mlp = nn.Sequential(MLP(in_dim, [sizes.hidden] * sizes.layers), nn.ReLU())
+        self.out_dim = sizes.hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class SequenceEncoder(nn.Module):
+    """A masked feature sequence [B, T, D + 1] (last column: 1 = real step, 0 = padding): a temporal model over
+    the D features, then the mean over the real steps only (padding never reaches the pooled features)."""
+
+    def __init__(self, in_dim: int, sizes: FeatureSizes) -> None:
+        super().__init__()
+        self.kind = sizes.sequence_encoder
+        if self.kind == "conv":
+            self.temporal = nn.ModuleList(
+                nn.Conv1d(in_dim if i == 0 else sizes.hidden, sizes.hidden, kernel_size=3, padding=1)
+                for i in range(sizes.layers))
+        else:
+            self.project = nn.Linear(in_dim, sizes.hidden)
+            layer = nn.TransformerEncoderLayer(sizes.hidden, sizes.heads, dim_feedforward=2 * sizes.hidden,
+                                               dropout=0.0, batch_first=True)
+            self.temporal = nn.TransformerEncoder(layer, sizes.layers, enable_nested_tensor=False)
+        self.out_dim = sizes.hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, mask = x[..., :-1], x[..., -1] > 0.5  # [B, T, D], [B, T]
+        if self.kind == "conv":
+            # padded steps are zeroed before every layer, so a real step's receptive field sees zeros past the
+            # sequence's end, exactly the convolution's own zero padding of the unpadded sequence
+            keep = mask.unsqueeze(1).to(values.dtype)  # [B, 1, T]
+            h = values.transpose(1, 2) * keep
+            for conv in self.temporal:
+                h = torch.relu(conv(h)) * keep
+            h = h.transpose(1, 2)
+        else:
+            h = self.temporal(self.project(values), src_key_padding_mask=~mask)
+        weights = mask.unsqueeze(-1).to(h.dtype)
+        return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+
+def build_encoder(kind: str, width: int, shape: tuple[int, ...] | None = None,
+                  sizes: FeatureSizes | None = None) -> nn.Module:
+    """Encoder for a modality kind as written in a dataset's manifest; a feature modality also needs its
+    per-sample ``shape`` (the cache's: [D] for a vector, [T, D + 1] for a sequence)."""
     kind = ModalityKind.parse(kind)
     if kind is ModalityKind.SPECTROGRAM:
         return SpectrogramEncoder(width)
+    if kind.is_features:
+        if shape is None:
+            raise ValueError(f"a {kind} modality's encoder needs the per-sample shape of its features")
+        sizes = sizes or FeatureSizes()
+        if kind is ModalityKind.VECTOR:
+            return VectorEncoder(shape[-1], sizes)
+        return SequenceEncoder(shape[-1] - 1, sizes)
     return FrameEncoder(kind.channels, width)
