@@ -184,7 +184,10 @@ class Plan:
                 lines.append("  then the official setting of each other method: "
                              + ", ".join(f"{k}={v}" for k, v in point.items()))
         lines.append("  fixed:")
-        lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items())]
+        # a generated dataset's knobs (data.synthetic.*, data.avdigits.*) only matter when it is the one read
+        dataset = self.constants.get("data.name")
+        other = tuple(f"data.{name}." for name in ("synthetic", "avdigits") if dataset and name != dataset)
+        lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items()) if not k.startswith(other)]
         return "\n".join(lines)
 
 
