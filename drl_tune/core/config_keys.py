@@ -25,7 +25,7 @@ HELP_WIDTH = 100
 # (keys, meaning): keys comma-separated; ``block.*`` = every key of that block. Backticks are for the docs.
 KEY_DOCS: list[tuple[str, str]] = [
     ("method", "a registered method: `joint`, `drl`, `ogm_ge`, `opm`, `mmpareto`, `inforeg`, `valuation`, "
-               "`mmcosine`, `cml` (see \"Comparator methods\")"),
+               "`mmcosine`, `cml`, `pmr`, `agm` (see \"Comparator methods\")"),
     ("epochs, lr, optimizer, momentum, weight_decay, batch_size",
      "the official CREMA-D settings; `optimizer` is `sgd` or `adam`"),
     ("fusion", "`concat`, `sum`, `film`, `gated`"),
@@ -89,6 +89,12 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("cml.epsilon", "ε: tolerance margin inside the penalty's hinge"),
     ("cml.ce", "`chain`: cross-entropy averaged over the nested chain of inputs (official); `full`: of the full "
                "input only"),
+    ("pmr.alpha, pmr.momentum", "α: weight of the weaker modality's prototype cross-entropy; μ: share of the "
+                                "previous prototypes in each update"),
+    ("pmr.modulation_starts, pmr.modulation_ends", "the prototype term acts while starts ≤ epoch ≤ ends"),
+    ("agm.alpha", "α of AGM's coefficient exp(α·min(reference − ratio, 10))"),
+    ("agm.modulation_starts, agm.modulation_ends", "coefficients updated while starts ≤ epoch ≤ ends (0-based; the "
+                                                   "last ones stay in force after)"),
 ]
 
 

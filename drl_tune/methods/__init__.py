@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drl_tune.methods.agm import AGM
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
@@ -11,6 +12,7 @@ from drl_tune.methods.mmcosine import MMCosine
 from drl_tune.methods.mmpareto import MMPareto
 from drl_tune.methods.ogm_ge import OGMGE
 from drl_tune.methods.opm import OPM
+from drl_tune.methods.pmr import PMR
 from drl_tune.methods.valuation import Valuation
 
 REGISTRY: dict[str, type[Method]] = {
@@ -23,6 +25,8 @@ REGISTRY: dict[str, type[Method]] = {
     Valuation.name: Valuation,
     MMCosine.name: MMCosine,
     CML.name: CML,
+    PMR.name: PMR,
+    AGM.name: AGM,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]
