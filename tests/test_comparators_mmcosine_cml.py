@@ -3,6 +3,8 @@ expected numbers written out independently of the method files."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,16 @@ def test_mmcosine_logits_are_scaled_cosines_to_the_head_blocks_without_bias(moda
     # a sample's logits stay in [-s·M, s·M] whatever the feature norm, and the bias does not enter
     scaled = model.fuse({m: 100.0 * f for m, f in feats.items()})
     np.testing.assert_allclose(scaled.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mmcosine_head_of_a_copied_model_reads_the_copys_weights():
+    model = _model()
+    MMCosine(MMCosineParams()).setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.fusion.fc_out.weight.neg_()
+    feats = {m: torch.rand(3, 32) for m in TWO}
+    torch.testing.assert_close(twin.fuse(feats), -model.fuse(feats))
 
 
 def test_mmcosine_step_trains_on_the_cosine_cross_entropy_and_leaves_the_bias_alone():

@@ -16,8 +16,8 @@ modality in the role of "audio" (a):
   worse is boosted (``train``, lines 130–155);
 * loss = CE(m_a + m_v); the backward pass multiplies the gradient reaching m_a by coeff_a and the one reaching
   m_v by coeff_v (the official full backward hooks on the identity modules after m_a and m_v, ``GradMod``
-  lines 42–55). The encoders,
-  through f(a, v), f(a, 0) and f(0, v), and the head get the correspondingly weighted gradients;
+  lines 42–55). The encoders, through f(a, v), f(a, 0) and f(0, v), and the head get the correspondingly
+  weighted gradients;
 * the coefficients are updated while ``modulation_starts`` ≤ epoch ≤ ``modulation_ends``; after the window the
   last ones stay in force (the official ``update_scale``, lines 159–166, is not called again); the running
   means update on every step;
@@ -28,7 +28,8 @@ modality in the role of "audio" (a):
 1 and its window defaults to 0–20, i.e. the first 20 epochs; here epochs count from 0, so the same window is
 0–19. Two modalities only: every official script defines m_a and m_v for a pair (MOSEI: text and audio); a
 Shapley split over N modalities would need 2^N forward passes. Any fusion works (the zero-input passes and the
-gradient scaling need no per-modality head). Cost: two more forward and backward passes through both encoders.
+gradient scaling need no per-modality head). Cost: each encoder runs a second, eval-mode forward and backward
+pass on its real input (and one on a single zero sample).
 
 Departures from the official code: (1) the zero inputs' eval-mode encoder outputs are the same for every
 sample, so each is computed once per batch and broadcast (the same value and gradient); (2) the running means

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
 from drl_tune.methods.base import EpochContext, Method, require_unimodal_head
@@ -51,9 +52,8 @@ class MMCosineParams:
         check_fields(self, "mmcosine.")  # the numbers' domains are declared on the fields (core/domains.py)
 
 
-def head_blocks(model: MultimodalClassifier, dims: list[int]) -> list[torch.Tensor]:
+def head_blocks(fusion: nn.Module, dims: list[int]) -> list[torch.Tensor]:
     """W_m per modality: concat → the columns of ``fc_out.weight`` that multiply modality m; sum → its layer."""
-    fusion = model.fusion
     if isinstance(fusion, ConcatFusion):
         return list(torch.split(fusion.fc_out.weight, dims, dim=1))
     return [fc.weight for fc in fusion.fc]  # SumFusion (require_unimodal_head refused the others)
@@ -80,9 +80,9 @@ class MMCosine(Method):
         self._model = model
         scale = self.params.scale
 
-        def cosine_head(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        def cosine_head(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             features = list(args[0])
-            blocks = head_blocks(model, [f.shape[1] for f in features])
+            blocks = head_blocks(module, [f.shape[1] for f in features])  # the hooked module: copies stay right
             return torch.stack(cosine_logits(features, blocks, scale)).sum(dim=0)
 
         model.fusion.register_forward_hook(cosine_head)
@@ -94,7 +94,7 @@ class MMCosine(Method):
         assert self._model is not None
         with torch.no_grad():  # the official tensorboard's data/logit_<m>: mean true-class logit per modality
             feats = list(outputs.features.values())
-            uni = cosine_logits(feats, head_blocks(self._model, [f.shape[1] for f in feats]), self.params.scale)
+            uni = cosine_logits(feats, head_blocks(self._model.fusion, [f.shape[1] for f in feats]), self.params.scale)
             for m, z in zip(outputs.features, uni, strict=True):
                 self._true_logit[m] = self._true_logit.get(m, 0.0) + z.gather(1, labels.view(-1, 1)).mean()
             self._steps += 1
