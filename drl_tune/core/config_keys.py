@@ -24,8 +24,8 @@ HELP_WIDTH = 100
 
 # (keys, meaning): keys comma-separated; ``block.*`` = every key of that block. Backticks are for the docs.
 KEY_DOCS: list[tuple[str, str]] = [
-    ("method", "a registered method: `joint`, `drl`, `ogm_ge`, `opm`, `mmpareto`, `inforeg`, `valuation` "
-               "(see \"Comparator methods\")"),
+    ("method", "a registered method: `joint`, `drl`, `ogm_ge`, `opm`, `mmpareto`, `inforeg`, `valuation`, "
+               "`mmcosine`, `cml`, `pmr`, `agm` (see \"Comparator methods\")"),
     ("epochs, lr, optimizer, momentum, weight_decay, batch_size",
      "the official CREMA-D settings; `optimizer` is `sgd` or `adam`"),
     ("fusion", "`concat`, `sum`, `film`, `gated`"),
@@ -89,6 +89,17 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("valuation.warmup", "re-sampled training set rebuilt from epoch warmup − 1 on"),
     ("valuation.part_ratio, valuation.alpha", "modality level: share of samples valued, scale of the number of "
                                               "copies"),
+    ("mmcosine.scale", "s: the scale of MMCosine's cosine logits (official `--scaling`)"),
+    ("cml.beta", "β: the calibration penalty's weight is β/100 (0 switches it off; the CML README's run uses 10)"),
+    ("cml.epsilon", "ε: tolerance margin inside the penalty's hinge"),
+    ("cml.ce", "`chain`: cross-entropy averaged over the nested chain of inputs (official); `full`: of the full "
+               "input only"),
+    ("pmr.alpha, pmr.momentum", "α: weight of the weaker modality's prototype cross-entropy; μ: share of the "
+                                "previous prototypes in each update"),
+    ("pmr.modulation_starts, pmr.modulation_ends", "the prototype term acts while starts ≤ epoch ≤ ends"),
+    ("agm.alpha", "α of AGM's coefficient exp(α·min(reference − ratio, 10))"),
+    ("agm.modulation_starts, agm.modulation_ends", "coefficients updated while starts ≤ epoch ≤ ends (0-based; the "
+                                                   "last ones stay in force after)"),
 ]
 
 

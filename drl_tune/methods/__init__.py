@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from drl_tune.methods.agm import AGM
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
+from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
 from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
+from drl_tune.methods.mmcosine import MMCosine
 from drl_tune.methods.mmpareto import MMPareto
 from drl_tune.methods.ogm_ge import OGMGE
 from drl_tune.methods.opm import OPM
+from drl_tune.methods.pmr import PMR
 from drl_tune.methods.valuation import Valuation
 
 REGISTRY: dict[str, type[Method]] = {
@@ -19,6 +23,10 @@ REGISTRY: dict[str, type[Method]] = {
     MMPareto.name: MMPareto,
     InfoReg.name: InfoReg,
     Valuation.name: Valuation,
+    MMCosine.name: MMCosine,
+    CML.name: CML,
+    PMR.name: PMR,
+    AGM.name: AGM,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]

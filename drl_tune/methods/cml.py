@@ -1,0 +1,129 @@
+"""CML: calibrating multimodal learning (Ma, Zhang, Zhang, Wu, Fu, Zhou & Hu, ICML 2023).
+
+The rule: removing a modality must not raise the classifier's confidence. The official repository
+(QingyangZhang/CML at 85075b5) has only incomplete-multi-view experiments (``miwae/train.py``, ``cpm/``), no
+audio-visual late-fusion classifier, so this is an adaptation. The reading implemented here follows
+``miwae/train.py``'s stage-2 loss step for step, with "removing a modality" meaning what it means elsewhere in
+this project for a late-fusion model: that modality's pooled features are zeroed before the fusion head (the
+official imputes the removed view's raw input with the training mean):
+
+* a nested chain of M inputs per sample (``get_multi_mask``): input 0 has every modality, input k + 1 is input
+  k with one more modality removed, in a random order drawn per sample and batch; each input's fused logits
+  give conf_k = max softmax probability and pred_k = argmax;
+* classification loss = mean over the chain of CE(logits_k) (the official ``cls_loss /= train_input_num``;
+  ``cml.ce: full`` uses CE of the full input only);
+* penalty, per adjacent pair and summed over the batch: Σ_i relu((conf_{k+1} − conf_k)·[pred_k = y] − ε) +
+  Σ_i relu((conf_{k+1} − sg(conf_k))·[pred_{k+1} ≠ y ∧ pred_k ≠ y] − ε) — where the fuller input is right
+  both confidences are pushed, where both are wrong only the partial one (sg = stop-gradient, the official
+  ``.detach()``); a right partial after a wrong fuller input is not penalised;
+* loss = classification + (β/100)·penalty.
+
+``beta`` is β (``--beta``): the official default 0 switches the penalty off (plain training on the chain);
+the README's run "with MCCA" uses 10, the default here. ``epsilon`` is the tolerance margin ε (``--epsilon``,
+0). The rule is defined for any number of modalities (the official chain has one input per view) and, as it
+only zeroes features, for every fusion.
+
+Departures from the official code: (1) the late-fusion form above (zeroed features instead of mean-imputed raw
+views; no reconstruction loss, which belongs to the MIWAE imputer); (2) the removal order is drawn from
+torch's global generator (checkpointed by the engine; official: Python's ``random.shuffle``). Not reproduced:
+BalanceBenchmark's ``CML_trainer`` (one reading) draws one removal order per epoch for all samples, applies
+the hinge to the batch sum, max(0, Σ_i (conf_p − conf_s)), without the official masks, and its HEAD calls a
+renamed ``Unimodality_Calculate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from drl_tune.core.domains import bounded, check_fields
+from drl_tune.core.errors import ConfigError
+from drl_tune.methods.base import EpochContext, Method
+from drl_tune.models import ModelOutput, MultimodalClassifier
+
+CE_INPUTS = ("chain", "full")
+
+
+@dataclass
+class CMLParams:
+    beta: float = bounded(10.0, ge=0)  # β: the penalty's weight is β/100
+    epsilon: float = bounded(0.0, ge=0)  # ε: tolerance margin inside the hinge
+    ce: str = "chain"  # chain: CE averaged over the chain's inputs (official); full: CE of the full input only
+
+    def __post_init__(self) -> None:
+        check_fields(self, "cml.")  # the numbers' domains are declared on the fields (core/domains.py)
+        if self.ce not in CE_INPUTS:
+            raise ConfigError(f"cml.ce must be one of {', '.join(CE_INPUTS)}, got {self.ce!r}")
+
+
+def removal_masks(n: int, m: int, device: torch.device) -> list[torch.Tensor]:
+    """The chain's keep masks [n, m] (float): all ones, then one more modality removed per step, in a random
+    order per row (torch's global generator)."""
+    order = torch.rand(n, m).argsort(dim=1).to(device)
+    keep = torch.ones(n, m, device=device)
+    masks = [keep.clone()]
+    rows = torch.arange(n, device=device)
+    for k in range(m - 1):
+        keep[rows, order[:, k]] = 0.0
+        masks.append(keep.clone())
+    return masks
+
+
+def calibration_penalty(chain: list[torch.Tensor], labels: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
+    """The official rank loss over adjacent inputs of ``chain`` (logits, fullest first)."""
+    probs = [torch.softmax(z.float(), dim=1) for z in chain]
+    conf_pred = [p.max(dim=1) for p in probs]
+    total = chain[0].new_zeros((), dtype=torch.float32)
+    for (conf, pred), (conf_next, pred_next) in zip(conf_pred, conf_pred[1:], strict=False):
+        right = (pred == labels).to(conf.dtype)
+        both_wrong = ((pred_next != labels) & (pred != labels)).to(conf.dtype)
+        total = total + F.relu((conf_next - conf) * right - epsilon).sum()
+        total = total + F.relu((conf_next - conf.detach()) * both_wrong - epsilon).sum()
+    return total
+
+
+class CML(Method):
+    name = "cml"
+    Params = CMLParams
+    params: CMLParams
+
+    def __init__(self, params: CMLParams) -> None:
+        super().__init__(params)
+        self._model: MultimodalClassifier | None = None
+        self._sums: list[Any] = [0.0, 0]
+
+    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
+        self._model = model
+
+    def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
+        self._model, self._sums = model, [0.0, 0]
+
+    def chain_logits(self, outputs: ModelOutput) -> list[torch.Tensor]:
+        assert self._model is not None
+        feats = outputs.features
+        n = outputs.logits.shape[0]
+        masks = removal_masks(n, len(feats), outputs.logits.device)
+        chain = [outputs.logits]
+        for keep in masks[1:]:
+            chain.append(self._model.fuse({m: f * keep[:, i : i + 1].to(f.dtype) for i, (m, f) in
+                                           enumerate(feats.items())}))
+        return chain
+
+    def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+        chain = self.chain_logits(outputs)
+        if self.params.ce == "chain":
+            ce = sum(F.cross_entropy(z, labels) for z in chain) / len(chain)
+        else:
+            ce = F.cross_entropy(chain[0], labels)
+        penalty = calibration_penalty(chain, labels, self.params.epsilon)
+        self._sums[0] = self._sums[0] + penalty.detach()
+        self._sums[1] += 1
+        return ce + self.params.beta / 100.0 * penalty
+
+    def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
+        if not self._sums[1]:
+            return {}
+        return {"diag/cml_penalty": float(self._sums[0]) / self._sums[1]}
