@@ -113,15 +113,10 @@ class Job:
         return [line for line in self.text().splitlines() if line.startswith(prefix)]
 
 
-def study_args(name: str, storage: Path, epochs: int) -> list[str]:
-    return ["--space", "SPACE", "--storage", str(storage), "--name", name, "--progress-interval", "0",
-            f"--set=epochs={epochs}", *tiny_sets()]
-
-
 def submit_study(cluster: SlurmCluster, name: str, epochs: int) -> Job:
-    args = study_args(name, cluster.base / "studies", epochs)
-    args[1] = str(cluster.space)
-    return Job(cluster, name, args)
+    """The demo-sized study of tests/test_study_address.py (2 trials, 1 CPU each, 2 at a time)."""
+    return Job(cluster, name, ["--space", str(cluster.space), "--storage", str(cluster.base / "studies"), "--name",
+                               name, "--progress-interval", "0", f"--set=epochs={epochs}", *tiny_sets()])
 
 
 def result_rows(trial_dir: Path) -> list[dict]:
