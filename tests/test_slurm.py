@@ -1,0 +1,292 @@
+"""``cluster/slurm.sbatch`` on a real Slurm: a throwaway cluster on this machine (tests/slurm_fixture.py: munged,
+slurmctld, two slurmd n1 and n2), the script submitted as a user would, for a tiny demo study on a 2-node
+allocation.
+
+0. Run without an allocation, the script refuses in one line (a fast test; the others are slow).
+1. shellcheck finds nothing, and Slurm accepts the script (``sbatch --test-only``).
+2. A study: every trial finishes, trials run on both Ray nodes (each Ray node advertises its Slurm NodeAddr —
+   n1 127.0.0.1, which Ray reports as the machine's own address, n2 127.0.0.2 — and Tune records the node of
+   every result), MLflow holds one finished child run per trial, and the job leaves no process and no private
+   folder behind.
+3. A second study, ``scancel``-led after its first checkpoint: while it runs, its token sits in a mode-600 file
+   and on no command line; after the cancel no Ray, srun or slurmstepd process of that job is left (found by the
+   cluster's marker in each process's environment, so no other Slurm or Ray on the machine is looked at); a
+   resubmitted ``--resume`` finishes it.
+
+Each phase prints the lines a reviewer needs (allocation, nodes joined, trials per node, clean-up, wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from drl_tune.study.plan import PLAN_FILE, Plan
+from tests.slurm_fixture import SlurmCluster, cmdline, missing, process_env
+from tests.test_study_address import SPACE
+from tests.test_study_e2e import tiny_sets
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cluster" / "slurm.sbatch"
+# the CI cluster has no GPUs and one CPU per node: these override the script's #SBATCH defaults
+ALLOCATION = ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00"]
+# a trial must outlast the start of the other node's trial worker (~8 s here), or Tune hands the second trial to
+# the first trial's finished worker (actor reuse) and both run on one node: 30 epochs of ~0.7 s
+FULL_EPOCHS = 30
+CANCEL_EPOCHS = 6
+JOB_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="sl", dir="/tmp"))  # short: Ray's socket paths live below it
+    cluster = SlurmCluster(base)
+    cluster.space = base / "space.yaml"
+    cluster.space.write_text(textwrap.dedent(SPACE))
+    cluster.ray_tmp = base / "ray"  # DRL_TUNE_RAY_TMP: the jobs' private folders, checked empty afterwards
+    cluster.ray_tmp.mkdir()
+    cluster.timings = {}
+    start = time.monotonic()
+    try:
+        cluster.start()
+        cluster.timings["bring-up"] = time.monotonic() - start
+        yield cluster
+    finally:
+        left = cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    assert not left, f"processes of the test cluster left after its jobs ended: {left}"
+
+
+class Job:
+    def __init__(self, cluster: SlurmCluster, name: str, args: list[str]):
+        self.cluster, self.name = cluster, name
+        self.log = cluster.base / f"{name}.out"
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               "DRL_TUNE_RAY_TMP": str(cluster.ray_tmp)}
+        self.submitted = time.monotonic()
+        self.id = cluster.sbatch(*ALLOCATION, f"--output={self.log}", f"--chdir={cluster.base}", str(SCRIPT),
+                                 *args, env=env)
+        self.state = self.exit_code = ""
+        self.seconds = 0.0
+
+    def wait(self, timeout: float = JOB_TIMEOUT) -> Job:
+        """Until the job has left the queue (Slurm: every process of it ended); keeps its last state."""
+        while True:
+            info = self.cluster.job_info(self.id)
+            if info:
+                self.state, self.exit_code = info.get("JobState", ""), info.get("ExitCode", "")
+            if self.cluster.job_state(self.id) is None:
+                info = self.cluster.job_info(self.id)  # kept MinJobAge (4 s) after the end
+                if info:
+                    self.state, self.exit_code = info.get("JobState", ""), info.get("ExitCode", "")
+                break
+            if time.monotonic() - self.submitted > timeout:
+                raise TimeoutError(f"job {self.id} ({self.name}) not done after {timeout} s:\n{self.text()[-4000:]}")
+            time.sleep(0.5)
+        self.seconds = time.monotonic() - self.submitted
+        return self
+
+    def text(self) -> str:
+        try:
+            return self.log.read_text()
+        except OSError:
+            return ""
+
+    def lines(self, prefix: str) -> list[str]:
+        return [line for line in self.text().splitlines() if line.startswith(prefix)]
+
+
+def submit_study(cluster: SlurmCluster, name: str, epochs: int) -> Job:
+    """The demo-sized study of tests/test_study_address.py (2 trials, 1 CPU each, 2 at a time)."""
+    return Job(cluster, name, ["--space", str(cluster.space), "--storage", str(cluster.base / "studies"), "--name",
+                               name, "--progress-interval", "0", f"--set=epochs={epochs}", *tiny_sets()])
+
+
+def result_rows(trial_dir: Path) -> list[dict]:
+    """What the study wrote for the trial (Tune's result.json, one line per epoch), as written."""
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+def check_finished(study: Path, epochs: int, trials: int = 2) -> list[list[dict]]:
+    folders = sorted(p for p in study.glob("joint_*") if p.is_dir())
+    assert len(folders) == trials, [p.name for p in folders]
+    rows = [result_rows(f) for f in folders]
+    for folder, trial in zip(folders, rows, strict=True):
+        assert [int(r["epoch"]) for r in trial] == list(range(epochs)), folder.name
+    plan = Plan.from_json((study / PLAN_FILE).read_text())
+    client = MlflowClient(plan.mlflow_uri)
+    assert client.get_run(plan.parent_run_id).info.status == "FINISHED"
+    children = client.search_runs([plan.experiment_id], f"tags.`mlflow.parentRunId` = '{plan.parent_run_id}'")
+    assert len(children) == trials and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["drl_tune.trial_id"] for r in children} == {f.name.split("_", 1)[1] for f in folders}
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == list(range(epochs))
+    return rows
+
+
+def nodes_joined(job: Job) -> dict[str, str]:
+    """Slurm node -> the address its Ray node was given, from the script's 'nodes joined' line."""
+    line = job.lines("slurm.sbatch: nodes joined:")
+    assert len(line) == 1, job.text()[-4000:]
+    return dict(re.findall(r"(\S+) \(([\d.]+)", line[0].split(" s: ", 1)[1]))
+
+
+def trials_per_node(rows: list[list[dict]], addresses: dict[str, str]) -> dict[str, int]:
+    """Which Slurm node ran each trial, from the node_ip Tune recorded with its results. Ray turns a node
+    address of 127.0.0.1 into the machine's own address (ray._private.services.resolve_ip_for_localhost)."""
+    by_ip = {ip: node for node, ip in addresses.items()}
+    counts: dict[str, int] = {}
+    for trial in rows:
+        ip = trial[-1]["node_ip"]  # where it finished (a resumed trial may have started elsewhere)
+        node = by_ip.get(ip) or by_ip.get("127.0.0.1", ip)
+        counts[node] = counts.get(node, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def say(capsys, *lines: str) -> None:
+    with capsys.disabled():
+        print("".join(f"\nslurm: {line}" for line in lines))
+
+
+def script_lines(job: Job) -> list[str]:
+    """The script's own lines (allocation, nodes joined, study, clean-up), indented under the job."""
+    return [line.replace("slurm.sbatch: ", "  ", 1) for line in job.lines("slurm.sbatch: ")]
+
+
+def label(pid: int) -> str:
+    """A process by what it runs: the script of a python process (`ray`, `agent.py`, `drl_tune.run`)."""
+    args = cmdline(pid).split()
+    if not args:
+        return "?"
+    name = Path(args[0]).name
+    if name.startswith("python"):
+        rest = iter(args[1:])
+        for arg in rest:
+            if arg == "-m":
+                return next(rest, name)
+            if not arg.startswith("-"):
+                return Path(arg).name
+    return name.rstrip(":")
+
+
+def side_by_side(rows: list[list[dict]]) -> float:
+    """Seconds during which the trials were all training (first epoch's end to last epoch's end, each)."""
+    return min(t[-1]["timestamp"] for t in rows) - max(t[0]["timestamp"] for t in rows)
+
+
+def test_script_refuses_to_run_outside_an_allocation():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = subprocess.run(["bash", str(SCRIPT), "--space", "demo"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and out.stderr.startswith("slurm.sbatch: error: submit this file with sbatch")
+
+
+@pytest.mark.slow
+def test_script_is_shellcheck_clean_and_slurm_accepts_it(slurm, capsys):
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not found (Debian package shellcheck; .ci/run installs it)")
+    check = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    test_only = slurm.run("sbatch", "--test-only", *ALLOCATION, str(SCRIPT), "--space", "demo")
+    assert test_only.returncode == 0 and "to start at" in test_only.stderr, test_only.stderr
+    say(capsys, f"cluster up in {slurm.timings['bring-up']:.1f} s (munged, slurmctld, slurmd n1 n2)",
+        "shellcheck cluster/slurm.sbatch: clean", f"sbatch --test-only: {test_only.stderr.strip()}")
+
+
+@pytest.mark.slow
+def test_study_runs_on_both_nodes_and_leaves_nothing(slurm, capsys):
+    job = submit_study(slurm, "full", FULL_EPOCHS).wait()
+    text = job.text()
+    assert job.state == "COMPLETED" and job.exit_code == "0:0", (job.state, job.exit_code, text[-6000:])
+    allocation = job.lines("slurm.sbatch: allocation:")
+    assert len(allocation) == 1 and "2 node(s) n1 n2" in allocation[0], text[:3000]
+    addresses = nodes_joined(job)
+    assert addresses == {"n1": "127.0.0.1", "n2": "127.0.0.2"}
+    assert " (RAY_ADDRESS) (2 CPUs, 0 GPUs) on 2 nodes" in text  # the study joined the job's cluster
+    assert "search of study 'full' (2 trials" in text and "slurm.sbatch: study: exit code 0" in text
+    rows = check_finished(slurm.base / "studies" / "full", FULL_EPOCHS)
+    per_node = trials_per_node(rows, addresses)
+    assert set(per_node) == {"n1", "n2"}, per_node
+    cleaned = job.lines("slurm.sbatch: clean-up:")
+    assert cleaned == [cleaned[0]] and "Ray stopped on 2 node(s)" in cleaned[0], text[-3000:]
+    assert not slurm.leftovers(job.id) and not list(slurm.ray_tmp.iterdir())
+    assert "Traceback" not in text and "ray stop" not in text
+    say(capsys, f"job {job.id} (study, 2 trials x {FULL_EPOCHS} epochs): {job.state}, exit {job.exit_code}, "
+                f"{job.seconds:.0f} s from sbatch until every process of it had ended", *script_lines(job),
+        f"  trials per node: {', '.join(f'{n} {c}' for n, c in per_node.items())} (training side by side for "
+        f"{side_by_side(rows):.0f} s); one finished MLflow child run per trial",
+        "  processes of the job left: none; private folders left: none")
+
+
+@pytest.mark.slow
+def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
+    storage = slurm.base / "studies"
+    job = submit_study(slurm, "cut", CANCEL_EPOCHS)
+    study = storage / "cut"
+    token_file = slurm.ray_tmp / f"drl-ray-{job.id}" / "auth_token"
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not list(study.glob("joint_*/checkpoint_000000")):  # the study is under way: a trial checkpointed
+        assert slurm.job_state(job.id) == "RUNNING" or time.monotonic() < job.submitted + 30, job.text()[-4000:]
+        assert time.monotonic() < deadline, job.text()[-4000:]
+        time.sleep(0.5)
+    running = time.monotonic() - job.submitted
+    # the job's token: a private file, on no command line of the job's processes
+    token = token_file.read_text().strip()
+    assert len(token) == 64
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    procs = slurm.leftovers(job.id)
+    kinds = Counter(label(p) for p in procs)
+    assert procs and all(token not in cmdline(p) for p in procs)
+    ray_envs = {p: process_env(p) for p in procs if "ray" in cmdline(p)}
+    no_token = [f"{p} {cmdline(p)[:100]}" for p, env in ray_envs.items() if env and env.get("RAY_AUTH_MODE") != "token"]
+    assert ray_envs and not no_token, no_token  # (an empty environment: the process has just ended)
+
+    cancelled = time.monotonic()
+    assert slurm.run("scancel", str(job.id)).returncode == 0
+    job.wait()
+    gone = time.monotonic() - cancelled
+    assert job.state == "CANCELLED", (job.state, job.text()[-4000:])
+    left = slurm.leftovers(job.id)
+    assert not left, [f"{p} {cmdline(p)[:100]}" for p in left]
+    assert not list(slurm.ray_tmp.iterdir())
+    cleaned = job.lines("slurm.sbatch: clean-up:")
+    assert len(cleaned) == 1 and "Ray stopped on 2 node(s)" in cleaned[0], job.text()[-3000:]
+    say(capsys, f"job {job.id} (study to cancel, 2 trials x {CANCEL_EPOCHS} epochs): scancel {running:.0f} s after "
+                f"sbatch, at a trial's first checkpoint -> {job.state}; every process of it ended {gone:.1f} s "
+                "after scancel", *script_lines(job),
+        f"  its processes before scancel: {len(procs)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())});"
+        " token file mode 600 in a 700 folder, on no command line",
+        "  processes of the job left: none; private folders left: none")
+
+    resumed = Job(slurm, "cut-resume", ["--resume", "--name", "cut", "--storage", str(storage),
+                                        "--progress-interval", "0"]).wait()
+    text = resumed.text()
+    assert resumed.state == "COMPLETED" and resumed.exit_code == "0:0", (resumed.state, text[-6000:])
+    assert "resuming study 'cut'" in text and "search of study 'cut' (2 trials" in text
+    rows = check_finished(study, CANCEL_EPOCHS)
+    assert not slurm.leftovers(resumed.id) and not list(slurm.ray_tmp.iterdir())
+    for log in (job, resumed):
+        assert token not in log.text()
+    per_node = trials_per_node(rows, nodes_joined(resumed))
+    say(capsys, f"job {resumed.id} (--resume of job {job.id}): {resumed.state}, exit {resumed.exit_code}, "
+                f"{resumed.seconds:.0f} s", *script_lines(resumed),
+        f"  trials finished per node: {', '.join(f'{n} {c}' for n, c in per_node.items())}; every trial "
+        f"{CANCEL_EPOCHS}/{CANCEL_EPOCHS} epochs, one finished MLflow child run each; the token in no job log",
+        "  processes of the job left: none; private folders left: none")
