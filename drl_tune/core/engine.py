@@ -137,8 +137,11 @@ class Engine:
     # -- training --------------------------------------------------------------------------------------
 
     def train_epoch(self) -> float:
-        self.model.train()
+        # before model.train(): a method may read eval-mode features here (PMR's prototypes); nothing it reads
+        # before training is kept for the probe, which needs this epoch's trained model
         self.method.on_epoch_start(self.model, self)
+        self._feature_cache.clear()
+        self.model.train()
         rows, keep = self.method.training_rows(len(self.data.splits["train"]))
         order = torch.randperm(len(rows), generator=self.generator).numpy()
         size = self.config.batch_size
@@ -193,8 +196,12 @@ class Engine:
             )
         return all_logits, all_features
 
-    def features(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Eval-mode features of every sample of ``split`` and its labels (cached within an epoch)."""
+    def features(self, split: str, indices: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Eval-mode features of every sample of ``split`` and its labels (cached within an epoch), or of the
+        samples ``indices`` of it (not cached)."""
+        if indices is not None:
+            _, feats = self._forward(split, indices)
+            return feats, self.data.splits[split].labels[indices]
         if split not in self._feature_cache:
             _, feats = self._forward(split)
             self._feature_cache[split] = (feats, self.data.splits[split].labels)
@@ -261,6 +268,14 @@ class Engine:
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def n_train(self) -> int:
+        return len(self.data.splits["train"])
 
     # -- state -----------------------------------------------------------------------------------------
 

@@ -57,10 +57,13 @@ class EpochContext(Protocol):
     epoch: int  # the 0-based index of the epoch being trained (on_epoch_start) or just trained (on_epoch_end)
     n_classes: int
     seed: int
+    batch_size: int  # the training batch size
+    n_train: int  # the training split's size
     optimizer: torch.optim.Optimizer
 
-    def features(self, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Eval-mode pooled features of every sample of ``split`` per modality, and the labels."""
+    def features(self, split: str, indices: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Eval-mode pooled features of every sample of ``split`` (or of the samples ``indices`` of it) per
+        modality, and their labels. The model is left in eval mode; the engine sets train mode afterwards."""
         ...
 
 
@@ -90,7 +93,8 @@ class Method:
     # -- per epoch -------------------------------------------------------------------------------------
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
-        """Before the epoch's first batch (``ctx.epoch`` is the epoch about to be trained)."""
+        """Before the epoch's first batch (``ctx.epoch`` is the epoch about to be trained); the engine puts the
+        model in train mode after it returns, so eval-mode features may be read here (``ctx.features``)."""
 
     def training_rows(self, n_train: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The epoch's training set as rows: sample indices (repeats allowed) and an optional [rows, M]
