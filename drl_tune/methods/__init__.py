@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.drl import DRL
+from drl_tune.methods.gblending import GBlending
 from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
+from drl_tune.methods.mla import MLA
 from drl_tune.methods.mmpareto import MMPareto
 from drl_tune.methods.ogm_ge import OGMGE
 from drl_tune.methods.opm import OPM
+from drl_tune.methods.reconboost import ReconBoost
+from drl_tune.methods.umt import UMT
 from drl_tune.methods.valuation import Valuation
 
 REGISTRY: dict[str, type[Method]] = {
@@ -19,6 +23,10 @@ REGISTRY: dict[str, type[Method]] = {
     MMPareto.name: MMPareto,
     InfoReg.name: InfoReg,
     Valuation.name: Valuation,
+    MLA.name: MLA,
+    ReconBoost.name: ReconBoost,
+    UMT.name: UMT,
+    GBlending.name: GBlending,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]
