@@ -91,6 +91,8 @@ def test_train_batches_give_chosen_training_samples_through_the_engines_batches(
     assert sorted(torch.cat([y for _, y in first]).tolist()) == sorted(labels[chosen].tolist())
     size = engine.config.batch_size  # 32: the 10 samples are one training batch; one sample alone is dropped
     assert len(first) == math.ceil(len(chosen) / size) and list(engine.train_batches(np.array([5]))) == []
+    only, _ = next(engine.train_batches(chosen, training=False, modalities=["audio"]))
+    assert set(only) == {"audio"}  # a uni-modal pass prepares its own modality only
 
 
 # -- MLA ----------------------------------------------------------------------------------------------------------
@@ -400,3 +402,35 @@ def test_staged_methods_resume_exactly(method, overrides, stop_at, tiny_config, 
                                              tmp_path / "state.pt")
     got = [without_time(resumed.run_epoch()) for _ in range(4 - stop_at)]
     assert got == expected[stop_at:]
+
+
+@pytest.fixture(scope="module")
+def three_modalities(tmp_path_factory):
+    """A prepared manifest dataset of three modalities (tests/test_manifest.py's: a sound, frames, an image)."""
+    from drl_tune.data.prepare import main as prepare
+    from tests.test_manifest import SMALL, write_dataset
+
+    root = tmp_path_factory.mktemp("three")
+    manifest = write_dataset(root / "raw")
+    assert prepare(["manifest", "--manifest", str(manifest), "--out", str(root / "cache"), *SMALL]) == 0
+    return root / "cache"
+
+
+def test_the_staged_methods_run_on_three_modalities(three_modalities):
+    """Each rule is per modality, so each runs on N: MLA steps three times a batch, ReconBoost's stages cycle
+    through three, UMT trains three teachers, G-Blending weighs four heads."""
+    names = ("sound", "scene", "still")
+    base = {"data.name": "manifest", "data.root": str(three_modalities), "model.width": 4, "batch_size": 6,
+            "lr": 0.05, "threads": 1, "eval.probe_samples": 18, "umt.teacher_epochs": 1, "gblending.super_epoch": 1,
+            "reconboost.epochs_per_stage": 1, "reconboost.correct_epoch": 0}
+    seen = {}
+    for method in STAGED:
+        engine = Engine(make_config({**base, "method": method, "epochs": 3}))
+        seen[method] = [engine.run_epoch() for _ in range(3)]
+        assert all(math.isfinite(m["train/loss"]) for m in seen[method])
+    assert all(f"diag/loss_{m}" in seen["mla"][0] for m in names)
+    assert [m["diag/stage_modality"] for m in seen["reconboost"]] == [0.0, 1.0, 2.0]
+    assert seen["umt"][0]["diag/teacher_epochs"] == 3.0 and all(f"diag/teacher_loss_{m}" in seen["umt"][0]
+                                                                for m in names)
+    weights = [seen["gblending"][0][f"diag/blend_w_{k}"] for k in (*names, FUSED)]
+    assert sum(weights) == pytest.approx(1.0) and seen["gblending"][0]["diag/blend_epochs"] == 4.0

@@ -90,7 +90,8 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("valuation.part_ratio, valuation.alpha", "modality level: share of samples valued, scale of the number of "
                                               "copies"),
     ("mla.gating", "MLA's fusion at evaluation: `batch` (official: entropies of softmax over each evaluation "
-                   "batch's samples), `sample` (the paper's per-sample entropy), `fixed` (equal weights)"),
+                   "batch's samples), `sample` (per sample, over classes: the commented-out `dim=1`), `fixed` "
+                   "(equal weights)"),
     ("mla.projection", "`official`: the shared head's gradient is never projected (the official gate "
                        "`n == \"module.weight\"` never matches); `applied`: the projection that gate was written for"),
     ("mla.momentum_all", "true (official, torch 1.8.1's zero_grad): a later modality's step in the batch also moves "

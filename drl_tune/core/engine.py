@@ -128,7 +128,8 @@ class Engine:
 
     # -- data ------------------------------------------------------------------------------------------
 
-    def _batch(self, split: str, indices: np.ndarray, train: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _batch(self, split: str, indices: np.ndarray, train: bool, modalities: list[str] | None = None
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         data = self.data.splits[split]
         augment = train and self.config.data.augment
         accel = self.accel
@@ -136,16 +137,16 @@ class Engine:
             m: accel.to_device(prepare_input(
                 kind, accel.gather(m, data.inputs[m], indices), accel.augment_device, augment=augment,
                 generator=self.generator, policy=self._policy[m], aspect=self._aspect, buffers=self._buffers, key=m))
-            for m, kind in self.data.modalities.items()
+            for m, kind in self.data.modalities.items() if modalities is None or m in modalities
         }
         labels = accel.host_to_device(torch.as_tensor(data.labels[indices], dtype=torch.long))
         return inputs, labels
 
-    def train_batches(self, indices: np.ndarray, training: bool = True
+    def train_batches(self, indices: np.ndarray, training: bool = True, modalities: list[str] | None = None
                       ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Batches of the training samples ``indices`` for a method's own passes (EpochContext.train_batches):
         ``training`` = the epoch's recipe (shuffled by the run's generator, batch_size, augmentation, no batch of
-        one); otherwise in order, eval.batch_size, no augmentation."""
+        one); otherwise in order, eval.batch_size, no augmentation; only ``modalities``' inputs if given."""
         indices = np.asarray(indices, dtype=np.int64)
         if training:
             indices = indices[torch.randperm(len(indices), generator=self.generator).numpy()]
@@ -156,7 +157,7 @@ class Engine:
                 if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
                     continue
                 chosen = np.sort(chosen)  # file order, as the epoch's batches
-            yield self._batch("train", chosen, train=training)
+            yield self._batch("train", chosen, train=training, modalities=modalities)
 
     # -- training --------------------------------------------------------------------------------------
 

@@ -86,13 +86,13 @@ class EpochContext(Protocol):
 
     epochs: int  # the run's number of epochs
 
-    def train_batches(self, indices: np.ndarray, training: bool = True
+    def train_batches(self, indices: np.ndarray, training: bool = True, modalities: list[str] | None = None
                       ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """(inputs, labels) batches of the training samples ``indices``, prepared as the engine prepares its own.
         ``training``: shuffled by the engine's generator, ``batch_size`` each (a batch of one dropped), augmented
         when ``data.augment`` is on — the epoch's batches' recipe; otherwise in the given order, ``eval.batch_size``
-        each, never augmented. Each batch is valid until the next is drawn (the engine reuses its memory); the
-        model's mode (train/eval) is the caller's."""
+        each, never augmented. ``modalities``: prepare only these inputs (default: all). Each batch is valid until
+        the next is drawn (the engine reuses its memory); the model's mode (train/eval) is the caller's."""
         ...
 
 

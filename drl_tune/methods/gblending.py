@@ -19,11 +19,11 @@ a second reading:
 * ``mode: online`` (the default, as BalanceBenchmark): re-estimated before epochs 0, K, 2K, …; ``offline``: once,
   before epoch 0, from the initialisation (the paper's offline G-Blend).
 
-Cost: each estimate trains the M + 1 heads' losses for K epochs on T′ (a uni-modal head's run forwards one
-encoder only) and evaluates the training split 1 + (M + 1) times; ``diag/blend_epochs`` reports the nested epochs,
-(M + 1)·K, on an estimate's epoch, whose ``time/epoch_s`` includes them. Online that is about (M + 1)·(1 −
-holdout) nested training passes per epoch of the run, whatever K; offline it is paid once. ``diag/blend_w_<k>``
-logs the weights in force (k = each modality and ``fused``).
+Cost: each estimate trains the M + 1 heads' losses for K epochs on T′ (a uni-modal head's run prepares and
+forwards one modality only) and evaluates the training split 1 + (M + 1) times; ``diag/blend_epochs`` reports
+the nested epochs, (M + 1)·K, on an estimate's epoch, whose ``time/epoch_s`` includes them. Online that is about
+(M + 1)·(1 − holdout) nested training passes per epoch of the run, whatever K; offline it is paid once.
+``diag/blend_w_<k>`` logs the weights in force (k = each modality and ``fused``).
 
 Any number of modalities (M + 1 heads).
 
@@ -116,7 +116,7 @@ class GBlending(Method):
         model.eval()
         needed = model.modalities if FUSED in heads else heads  # a uni-modal head's losses need its encoder only
         sums: dict[str, list[torch.Tensor]] = {k: [] for k in heads}
-        for inputs, labels in ctx.train_batches(indices, training=False):
+        for inputs, labels in ctx.train_batches(indices, training=False, modalities=list(needed)):
             features = {m: model.encoders[m](inputs[m]) for m in needed}
             for k in heads:
                 logits = model.fuse(features) if k == FUSED else model.method_modules[f"head_{k}"](features[k])
@@ -134,7 +134,7 @@ class GBlending(Method):
             optimizer = like_optimizer(ctx.optimizer, model.parameters())
             for _ in range(self.params.super_epoch):
                 model.train()
-                for inputs, labels in ctx.train_batches(train):
+                for inputs, labels in ctx.train_batches(train, modalities=None if k == FUSED else [k]):
                     loss = F.cross_entropy(self.head_logits(model, inputs, k), labels)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"G-Blending's nested {k} loss became {float(loss)}; lower lr")

@@ -13,22 +13,23 @@ in ``utils/utils.py``, ``GSPlugin``), per batch:
   1.8.1 the authors pin (``requirements.txt``): a later modality's step also moves the parameters stepped earlier
   in the same batch by their momentum and weight decay. After the batch every gradient is dropped (``del p.grad``
   in ``train_epoch``). ``momentum_all: false`` steps only what the modality's own loss reached (torch ≥ 2);
-* the gradient projection of the shared head. ``GSPlugin.before_update`` receives ``fusion_module.fc_out`` itself
-  and projects only the parameter named ``"module.weight"`` — a Linear layer's weight is named ``"weight"``, so
-  the official code never projects (its memory P stays the identity). ``projection: official`` (the default)
-  trains as that code does, because the numbers the paper reports came from it; ``applied`` runs the projection
-  the gate was written for: a memory P (d×d, the identity at the start, one for all modalities, kept across
-  epochs); before every modality step except the run's first, r = batch mean of h_m, k = P·rᵀ,
-  P ← P − k·kᵀ/(α + r·k) with α = 0.1^(1 + b/B) (b the batch's index in the epoch, B = ⌈N/batch_size⌉),
-  P ← P/‖P‖_F, and H's weight gradient becomes ∇W·Pᵀ (its bias is untouched). BalanceBenchmark's
-  ``MLA_trainer.py`` fixes the gate (``n == "weight"``) but *adds* ∇W·Pᵀ to ∇W — a third variant, not offered;
+* the gradient projection of the shared head. ``GSPlugin.before_update`` (``utils/utils.py`` lines 24–41)
+  receives ``fusion_module.fc_out`` itself, an ``nn.Linear``, and projects only the parameter named
+  ``"module.weight"`` (line 32) — a Linear layer's weight is named ``"weight"``, so the official code never
+  projects (its memory P stays the identity). ``projection: official`` (the default) trains as that code does,
+  because the numbers the paper reports came from it; ``applied`` runs the projection the gate was written for:
+  a memory P (d×d, the identity at the start, one for all modalities, kept across epochs); before every modality
+  step except the run's first, r = batch mean of h_m, k = P·rᵀ, P ← P − k·kᵀ/(α + r·k) with α = 0.1^(1 + b/B)
+  (b the batch's index in the epoch, B = ⌈N/batch_size⌉), P ← P/‖P‖_F, and H's weight gradient becomes ∇W·Pᵀ
+  (its bias is untouched). BalanceBenchmark's ``MLA_trainer.py`` fixes the gate (``n == "weight"``) but *adds*
+  ∇W·Pᵀ to ∇W — a third variant, not offered;
 * evaluation fuses H's uni-modal logits z_m with weights λ_m = exp(max_u e_u − e_m) / Σ_u exp(max_u e_u − e_u)
   from their entropies e_m. ``gating: batch`` (the default) is the official ``calculate_entropy``: softmax over
-  the *samples* of each evaluation batch (``dim=0``; ``dim=1`` is there, commented out), e_m summed over the
-  batch, so one λ_m per modality and batch; batches are the run's ``batch_size`` in split order, as the official
-  test loader's (exactly so when ``eval.batch_size`` is a multiple of it). ``sample`` is the paper's per-sample
-  entropy over classes; ``fixed`` weighs every modality equally (the official fixed fusion, ``av_alpha`` = 0.5;
-  for three modalities the official fixed weights are 0.35/0.25/0.4, not offered).
+  the *samples* of each evaluation batch (``main.py`` line 66, ``dim=0``), e_m summed over the batch, so one λ_m
+  per modality and batch; batches are the run's ``batch_size`` in split order, as the official test loader's
+  (exactly so when ``eval.batch_size`` is a multiple of it). ``sample``: per sample, over classes (line 67's
+  ``dim=1``, commented out); ``fixed``: every modality weighed equally (the official fixed fusion, ``av_alpha``
+  = 0.5; for three modalities the official fixed weights are 0.35/0.25/0.4, not offered).
 
 The rule is per modality, so it runs on any number of modalities, as the official code does on three
 (IEMOCAP); the shared head needs every encoder to have the same feature width (refused otherwise).
@@ -62,7 +63,7 @@ PROJECTIONS = ("official", "applied")
 
 @dataclass
 class MLAParams:
-    gating: str = "batch"  # evaluation-time fusion: batch (official), sample (the paper's entropy), fixed (equal)
+    gating: str = "batch"  # evaluation-time fusion: batch (official), sample (per-sample entropy), fixed (equal)
     projection: str = "official"  # official: no projection (the gate never matches); applied: project H's gradient
     momentum_all: bool = True  # a later step in the batch also moves earlier modalities (torch 1.8.1's zero_grad)
 

@@ -14,8 +14,8 @@ a second reading:
 * the teachers live in ``model.method_modules``, so the checkpoint carries them and a resumed run distils from the
   same teachers without training them again.
 
-Cost: the teacher stage is M·``teacher_epochs`` uni-modal epochs (each runs one encoder, so together about
-``teacher_epochs`` multimodal epochs) inside epoch 0; ``diag/teacher_epochs`` reports M·teacher_epochs on
+Cost: the teacher stage is M·``teacher_epochs`` uni-modal epochs (each prepares and runs one modality, so together
+about ``teacher_epochs`` multimodal epochs) inside epoch 0; ``diag/teacher_epochs`` reports M·teacher_epochs on
 epoch 0, whose ``time/epoch_s`` includes the stage. ``teacher_epochs`` 0 (the default) = the run's ``epochs``:
 teachers trained as long as the uni-modal baselines they stand for, which roughly doubles a run's cost.
 
@@ -94,7 +94,7 @@ class UMT(Method):
             total: Any = 0.0
             count = 0
             for epoch in range(epochs):
-                for inputs, labels in ctx.train_batches(everyone):
+                for inputs, labels in ctx.train_batches(everyone, modalities=[m]):
                     loss = F.cross_entropy(head(teacher(inputs[m])), labels)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"UMT's {m} teacher's loss became {float(loss)}; lower lr")
