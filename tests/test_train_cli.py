@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from drl_tune.methods import REGISTRY
 from drl_tune.train import main
 from tests.conftest import TINY
 
@@ -38,8 +39,7 @@ def test_train_resume_continues_the_log(tmp_path):
 
 
 @pytest.mark.parametrize(("assignment", "message"), [
-    ("method=nope", "unknown method 'nope'; registered methods: drl, inforeg, joint, mmpareto, ogm_ge, opm, "
-     "valuation"),
+    ("method=nope", "unknown method 'nope'; registered methods: " + ", ".join(sorted(REGISTRY))),
     ("learning_rate=0.1", "unknown key 'learning_rate'"),
     ("drl.alpah=1", "unknown key 'drl.alpah'"),
     ("drl.alpha=-1", "drl.alpha must be a finite number >= 0"),
