@@ -74,8 +74,8 @@ def test_bad_space_file(space, message, tmp_path, capsys):
     (["--space", str(os.sep) + "no/such.yaml"], "search space file /no/such.yaml does not exist"),
     (["--space", "nope"], "no search space named 'nope'; known:"),
     (["--space", "demo", "--set", "method=nope"],
-     "unknown method 'nope'; registered methods: agm, cml, drl, inforeg, joint, mmcosine, mmpareto, ogm_ge, opm, "
-     "pmr, valuation"),
+     "unknown method 'nope'; registered methods: agm, cml, drl, gblending, inforeg, joint, mla, mmcosine, "
+     "mmpareto, ogm_ge, opm, pmr, reconboost, umt, valuation"),
     (["--space", "demo", "--set", "drl.alpah=2"], "unknown key 'drl.alpah'"),
     (["--space", "demo", "--set", "epochs=lots"], "epochs must be an integer"),
     (["--space", "demo", "--resume"], "--resume: no study found"),

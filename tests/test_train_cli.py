@@ -38,8 +38,8 @@ def test_train_resume_continues_the_log(tmp_path):
 
 
 @pytest.mark.parametrize(("assignment", "message"), [
-    ("method=nope", "unknown method 'nope'; registered methods: agm, cml, drl, inforeg, joint, mmcosine, mmpareto, "
-     "ogm_ge, opm, pmr, valuation"),
+    ("method=nope", "unknown method 'nope'; registered methods: agm, cml, drl, gblending, inforeg, joint, mla, "
+     "mmcosine, mmpareto, ogm_ge, opm, pmr, reconboost, umt, valuation"),
     ("learning_rate=0.1", "unknown key 'learning_rate'"),
     ("drl.alpah=1", "unknown key 'drl.alpah'"),
     ("drl.alpha=-1", "drl.alpha must be a finite number >= 0"),

@@ -25,7 +25,7 @@ HELP_WIDTH = 100
 # (keys, meaning): keys comma-separated; ``block.*`` = every key of that block. Backticks are for the docs.
 KEY_DOCS: list[tuple[str, str]] = [
     ("method", "a registered method: `joint`, `drl`, `ogm_ge`, `opm`, `mmpareto`, `inforeg`, `valuation`, "
-               "`mmcosine`, `cml`, `pmr`, `agm` (see \"Comparator methods\")"),
+               "`mmcosine`, `cml`, `pmr`, `agm`, `mla`, `reconboost`, `umt`, `gblending` (see \"Comparator methods\")"),
     ("epochs, lr, optimizer, momentum, weight_decay, batch_size",
      "the official CREMA-D settings; `optimizer` is `sgd` or `adam`"),
     ("fusion", "`concat`, `sum`, `film`, `gated`"),
@@ -100,6 +100,27 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("agm.alpha", "α of AGM's coefficient exp(α·min(reference − ratio, 10))"),
     ("agm.modulation_starts, agm.modulation_ends", "coefficients updated while starts ≤ epoch ≤ ends (0-based; the "
                                                    "last ones stay in force after)"),
+    ("mla.gating", "MLA's fusion at evaluation: `batch` (official: entropies of softmax over each evaluation "
+                   "batch's samples), `sample` (per sample, over classes: the commented-out `dim=1`), `fixed` "
+                   "(equal weights)"),
+    ("mla.projection", "`official`: the shared head's gradient is never projected (the official gate "
+                       "`n == \"module.weight\"` never matches); `applied`: the projection that gate was written for"),
+    ("mla.momentum_all", "true (official, torch 1.8.1's zero_grad): a later modality's step in the batch also moves "
+                         "the earlier modalities by momentum and weight decay; false: only what its loss reached"),
+    ("reconboost.weight1, reconboost.weight2", "w₁, w₂ of the boosting loss (1/C)·(−w₁ + w₂·q_y)·log p_y"),
+    ("reconboost.alpha, reconboost.ga_grad", "weight of the `ga_loss` MSE to the previous stage's learner; whether "
+                                             "its gradient reaches the learner (false: detached, as official)"),
+    ("reconboost.epochs_per_stage, reconboost.correct_epoch", "boosting epochs, then global-rectification epochs, "
+                                                              "of each stage"),
+    ("reconboost.boost_rate", "initial β of the ensemble β·Σ_m H(h_m) (trained in rectification)"),
+    ("umt.distill", "s: weight of Σ_m MSE(student features, teacher features)"),
+    ("umt.teacher_epochs", "epochs each uni-modal teacher trains before the first epoch (0 = `epochs`); the stage "
+                           "costs about this many multimodal epochs (`diag/teacher_epochs`)"),
+    ("gblending.super_epoch", "K: nested epochs per weight estimate, and (online) epochs between estimates; an "
+                              "estimate costs (M + 1)·K nested epochs on the held-out split's rest "
+                              "(`diag/blend_epochs`)"),
+    ("gblending.mode", "`online`: re-estimate every K epochs; `offline`: once, before epoch 0"),
+    ("gblending.holdout", "share of the *training* split held out as V′ for the estimates (never val or test)"),
 ]
 
 

@@ -1,8 +1,9 @@
 """The one epoch loop every method uses.
 
 ``Engine(config).run_epoch()`` trains one epoch through the method's hooks (``on_epoch_start``,
-``training_rows``, ``training_step`` per batch; methods/base.py), evaluates on val and test, lets the method
-act (``on_epoch_end``), and returns the epoch's metrics under the names of docs/configuration.md ("Metrics"):
+``training_rows``, ``training_step`` per batch and the optimizer step unless the method steps itself;
+methods/base.py), evaluates on val and test (the method's ``eval_logits``), lets the method act
+(``on_epoch_end``), and returns the epoch's metrics under the names of docs/configuration.md ("Metrics"):
 
     epoch, train/loss, val/acc, val/macro_f1, val/acc_best, test/acc, test/macro_f1,
     test/acc_at_best_val, val/acc_<modality>, balance/gap, diag/* (diagnosis epochs), time/epoch_s, and the
@@ -23,6 +24,7 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -119,9 +121,15 @@ class Engine:
     def done(self) -> bool:
         return self.epoch >= self.config.epochs
 
+    @property
+    def epochs(self) -> int:
+        """The run's number of epochs (EpochContext)."""
+        return self.config.epochs
+
     # -- data ------------------------------------------------------------------------------------------
 
-    def _batch(self, split: str, indices: np.ndarray, train: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _batch(self, split: str, indices: np.ndarray, train: bool, modalities: list[str] | None = None
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         data = self.data.splits[split]
         augment = train and self.config.data.augment
         accel = self.accel
@@ -129,10 +137,27 @@ class Engine:
             m: accel.to_device(prepare_input(
                 kind, accel.gather(m, data.inputs[m], indices), accel.augment_device, augment=augment,
                 generator=self.generator, policy=self._policy[m], aspect=self._aspect, buffers=self._buffers, key=m))
-            for m, kind in self.data.modalities.items()
+            for m, kind in self.data.modalities.items() if modalities is None or m in modalities
         }
         labels = accel.host_to_device(torch.as_tensor(data.labels[indices], dtype=torch.long))
         return inputs, labels
+
+    def train_batches(self, indices: np.ndarray, training: bool = True, modalities: list[str] | None = None
+                      ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Batches of the training samples ``indices`` for a method's own passes (EpochContext.train_batches):
+        ``training`` = the epoch's recipe (shuffled by the run's generator, batch_size, augmentation, no batch of
+        one); otherwise in order, eval.batch_size, no augmentation; only ``modalities``' inputs if given."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if training:
+            indices = indices[torch.randperm(len(indices), generator=self.generator).numpy()]
+        size = self.config.batch_size if training else self.config.eval.batch_size
+        for start in range(0, len(indices), size):
+            chosen = indices[start : start + size]
+            if training:
+                if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
+                    continue
+                chosen = np.sort(chosen)  # file order, as the epoch's batches
+            yield self._batch("train", chosen, train=training, modalities=modalities)
 
     # -- training --------------------------------------------------------------------------------------
 
@@ -163,7 +188,8 @@ class Engine:
             loss = self.method.training_step(self.model, Batch(inputs, labels, batch_keep))
             if loss is None:  # the method skipped this batch (OPM dropped every sample)
                 continue
-            self.optimizer.step()
+            if not self.method.steps_optimizer:  # MLA and ReconBoost step inside training_step
+                self.optimizer.step()
             total += loss.detach().double() * len(chosen)
             count += len(chosen)
         mean = total.item() / max(count, 1)
@@ -184,9 +210,9 @@ class Engine:
         logits, features = [], {m: [] for m in self.model.modalities}
         for start in range(0, len(indices), self.config.eval.batch_size):
             inputs, _ = self._batch(split, indices[start : start + self.config.eval.batch_size], train=False)
-            out = self.model(inputs)
-            logits.append(out.logits.float().cpu().numpy())
-            for m, f in out.features.items():
+            feats = self.model.encode(inputs)
+            logits.append(self.method.eval_logits(self.model, feats).float().cpu().numpy())  # default: the fused head
+            for m, f in feats.items():
                 features[m].append(f.float().cpu().numpy())
         all_logits, all_features = np.concatenate(logits), {m: np.concatenate(f) for m, f in features.items()}
         if not (np.isfinite(all_logits).all() and all(np.isfinite(f).all() for f in all_features.values())):

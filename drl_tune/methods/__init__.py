@@ -6,13 +6,17 @@ from drl_tune.methods.agm import AGM
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
+from drl_tune.methods.gblending import GBlending
 from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
+from drl_tune.methods.mla import MLA
 from drl_tune.methods.mmcosine import MMCosine
 from drl_tune.methods.mmpareto import MMPareto
 from drl_tune.methods.ogm_ge import OGMGE
 from drl_tune.methods.opm import OPM
 from drl_tune.methods.pmr import PMR
+from drl_tune.methods.reconboost import ReconBoost
+from drl_tune.methods.umt import UMT
 from drl_tune.methods.valuation import Valuation
 
 REGISTRY: dict[str, type[Method]] = {
@@ -27,6 +31,10 @@ REGISTRY: dict[str, type[Method]] = {
     CML.name: CML,
     PMR.name: PMR,
     AGM.name: AGM,
+    MLA.name: MLA,
+    ReconBoost.name: ReconBoost,
+    UMT.name: UMT,
+    GBlending.name: GBlending,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]

@@ -19,10 +19,28 @@ The default ``training_step`` is plain joint training, split into the hooks most
 A method that needs several backward passes (MMPareto) overrides ``training_step`` itself. The engine then
 checks the returned loss is finite and steps the optimizer. Randomness inside hooks uses torch's global
 generator, whose state the engine checkpoints (so resumed runs draw the same numbers).
+
+Three small extensions serve the rules that train in steps, stages or nested runs (MLA, ReconBoost, UMT,
+G-Blending), so that none of them copies the epoch loop:
+
+* ``steps_optimizer = True`` (a class attribute): ``training_step`` steps the optimizer itself, as often and over
+  whichever parameters its rule says (MLA: the run's optimizer once per modality per batch; ReconBoost: its own
+  per-stage optimizer over the stage's parameters). The engine still clears the gradients before the step and
+  still counts the returned loss, but does not step its optimizer after it. Optimizers a method builds are its
+  state: ``state_dict`` carries them (:func:`like_optimizer` builds one of the run's kind and settings).
+* ``ctx.train_batches(indices, training)`` (:class:`EpochContext`): batches of chosen *training* samples through
+  the engine's own batch preparation, for training passes outside the epoch's batches (UMT's teachers before
+  the first epoch, G-Blending's nested re-estimation on a held-out part of the training split). Training batches
+  are shuffled and augmented with the engine's generator, which the checkpoint holds, so a resumed run draws the
+  same batches. Validation and test data are not reachable through it: no method trains or selects on them.
+* ``eval_logits(model, features)``: the class logits evaluation scores (val/test accuracy and macro-F1) from
+  eval-mode features; the default is the fused head. MLA fuses its shared head's uni-modal outputs by their
+  entropies, ReconBoost sums its learners' outputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -66,6 +84,17 @@ class EpochContext(Protocol):
         modality, and their labels. The model is left in eval mode; the engine sets train mode afterwards."""
         ...
 
+    epochs: int  # the run's number of epochs
+
+    def train_batches(self, indices: np.ndarray, training: bool = True, modalities: list[str] | None = None
+                      ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """(inputs, labels) batches of the training samples ``indices``, prepared as the engine prepares its own.
+        ``training``: shuffled by the engine's generator, ``batch_size`` each (a batch of one dropped), augmented
+        when ``data.augment`` is on — the epoch's batches' recipe; otherwise in the given order, ``eval.batch_size``
+        each, never augmented. ``modalities``: prepare only these inputs (default: all). Each batch is valid until
+        the next is drawn (the engine reuses its memory); the model's mode (train/eval) is the caller's."""
+        ...
+
 
 class Method:
     """Base class: joint training with cross-entropy on the fused logits, no extra behaviour."""
@@ -75,6 +104,8 @@ class Method:
     # how many modalities the authors' rule is defined for (None: any number); a study checks it against the
     # dataset before anything starts (run.check_dataset), a run in setup (require_two_modalities)
     modalities: ClassVar[int | None] = None
+    # True: training_step steps the optimizer(s) itself; the engine then skips its own step (module docstring)
+    steps_optimizer: ClassVar[bool] = False
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -138,6 +169,13 @@ class Method:
     def after_backward(self, model: nn.Module) -> None:
         """Gradients are in ``.grad``; the optimizer step follows."""
 
+    # -- evaluation ------------------------------------------------------------------------------------
+
+    def eval_logits(self, model: MultimodalClassifier, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The class logits evaluation scores, from eval-mode pooled features (no gradient). Default: the fused
+        head."""
+        return model.fuse(features)
+
     # -- state -----------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -149,6 +187,22 @@ class Method:
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers shared by the comparator methods
+
+
+def like_optimizer(optimizer: torch.optim.Optimizer, params: Any) -> torch.optim.Optimizer:
+    """A fresh optimizer of ``optimizer``'s kind and settings (the run's ``optimizer``, ``lr``, ``momentum``,
+    ``weight_decay``) over ``params`` — for rules that step their own parameter subsets or copies."""
+    return type(optimizer)(params, **optimizer.defaults)
+
+
+def shared_width(model: MultimodalClassifier, method: str) -> int:
+    """The one feature width every encoder has, for a head shared by all modalities; refuse unequal widths."""
+    widths = {m: model.encoders[m].out_dim for m in model.modalities}
+    if len(set(widths.values())) != 1:
+        listed = ", ".join(f"{m} {d}" for m, d in widths.items())
+        raise ConfigError(f"method {method} applies one head to every modality's features, which needs equal feature "
+                          f"widths; these are {listed} (a feature modality's width is model.feature_hidden)")
+    return next(iter(widths.values()))
 
 
 def two_modalities_message(method: str, modalities: list[str]) -> str:
