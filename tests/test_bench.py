@@ -76,3 +76,23 @@ def test_bench_all_tiny_writes_every_summary_key(tmp_path):
     assert math.isfinite(breakdown["fit_to_worker_process_s"]) and breakdown["fit_to_worker_process_s"] >= 0
     assert all(_finite_positive(v) for k, v in breakdown.items() if k != "fit_to_worker_process_s"), breakdown
     assert "summary: data.ratio" in proc.stdout
+
+
+def test_methods_bench_times_every_method_against_joint(tmp_path, capsys):
+    """``bench methods``: each registered method's epochs in turns with joint's; the ratios are read back from the
+    per-epoch CPU times it reports (not asserted against a speed: a timed test on a shared machine would flake)."""
+    from drl_tune.methods import REGISTRY
+
+    out = tmp_path / "methods.json"
+    assert main(["methods", "--tiny", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["methods"]
+    assert set(result["methods"]) == set(REGISTRY)
+    times = result["cpu_seconds"]
+    for name, ratios in result["methods"].items():
+        assert len(times[name]) == 2 and all(t > 0 for t in times[name])
+        assert ratios["first_epoch_ratio"] == pytest.approx(times[name][0] / times["joint"][0])
+        assert ratios["epoch_ratio"] == pytest.approx(times[name][1] / times["joint"][1])
+    printed = capsys.readouterr().out
+    assert "CPU time per epoch relative to joint" in printed and "methods.gblending.epoch_ratio" in printed
+    assert main(["methods", "--tiny", "--methods", "drl,nope"]) == 2
+    assert "--methods: unknown method 'nope'" in capsys.readouterr().err

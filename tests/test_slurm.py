@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from drl_tune.study.faults import WORKER_FILE
 from drl_tune.study.plan import PLAN_FILE, Plan
 from tests.slurm_fixture import SlurmCluster, cmdline, missing, process_env
 from tests.test_study_address import SPACE
@@ -223,6 +224,10 @@ def test_study_runs_on_both_nodes_and_leaves_nothing(slurm, capsys):
     rows = check_finished(slurm.base / "studies" / "full", FULL_EPOCHS)
     per_node = trials_per_node(rows, addresses)
     assert set(per_node) == {"n1", "n2"}, per_node
+    # each trial's own record (worker pid, later its error) is in its --storage folder, also the one that ran on the
+    # node without the driver: the driver reads failures from there (study/trainable.trial_folder)
+    folders = [p for p in (slurm.base / "studies" / "full").iterdir() if p.is_dir() and (p / "result.json").exists()]
+    assert len(folders) == 2 and all((f / WORKER_FILE).is_file() for f in folders), folders
     cleaned = job.lines("slurm.sbatch: clean-up:")
     assert cleaned == [cleaned[0]] and "Ray stopped on 2 node(s)" in cleaned[0], text[-3000:]
     assert not slurm.leftovers(job.id) and not list(slurm.ray_tmp.iterdir())

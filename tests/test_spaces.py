@@ -15,7 +15,8 @@ from drl_tune.study.plan import build_plan
 from drl_tune.study.spaces import SpaceError, load_space
 from drl_tune.study.tune import DefineByRun
 
-SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare", "demo_pareto", "custom"]
+SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare", "avdigits_compare",
+           "demo_pareto", "custom"]
 
 GOOD = """\
 dataset: {name: synthetic}

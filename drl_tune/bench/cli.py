@@ -1,4 +1,4 @@
-"""``python -m drl_tune.bench {data,epoch,diagnosis,overhead,study,all,gpu} [--json FILE]``: where the time goes.
+"""``python -m drl_tune.bench {data,epoch,diagnosis,overhead,study,all,gpu,methods} [--json FILE]``: where time goes.
 
 Every sub-benchmark measures the two things it compares side by side in one run and prints their ratio:
 on a shared machine the load changes by the minute, so absolute seconds mean little except on a GPU.
@@ -23,6 +23,8 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
 
 * ``gpu``: every GPU figure of issue 13 in one command without Ray (:mod:`drl_tune.bench.gpu`; ``--budget-s``);
   not part of ``all``.
+* ``methods``: every registered method's epoch CPU time relative to joint, on the demo, in turns in one process
+  (:mod:`drl_tune.bench.methods`; ``--methods``, ``--method-epochs``, ``--set``); not part of ``all``.
 
 ``--tiny`` shrinks every size so the whole command runs in a smoke test (its figures mean nothing).
 """
@@ -47,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from drl_tune.bench.reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
-from drl_tune.core.config import TrainConfig, make_config, parse_assignments
+from drl_tune.core.config import ConfigError, TrainConfig, make_config, parse_assignments
 from drl_tune.core.domains import Domain, flag
 from drl_tune.core.guard import guarded
 from drl_tune.core.io import atomic_write_text
@@ -239,7 +241,7 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
             marks["results"].setdefault(trial.trial_id, []).append(time.time())
             if trial.trial_id not in marks["worker"]:  # the worker is alive now: read its process start
                 with contextlib.suppress(OSError, ValueError, KeyError):
-                    worker = json.loads((Path(trial.local_path) / WORKER_FILE).read_text())
+                    worker = json.loads((Path(trial.path) / WORKER_FILE).read_text())
                     marks["worker"][trial.trial_id] = {**worker, "process_started": _process_started(worker["pid"])}
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -399,6 +401,13 @@ def run(benches: list[str], args: argparse.Namespace, log: Log = print) -> dict[
         elif name == "overhead":
             result["overhead"] = run_overhead_bench(epochs=2 if tiny else args.overhead_epochs,
                                                     overrides=TINY_DEMO if tiny else None, log=log)
+        elif name == "methods":
+            from drl_tune.bench.methods import run_methods_bench
+
+            result["methods"] = run_methods_bench(
+                methods=[m for m in (args.methods or "").split(",") if m] or None,
+                epochs=2 if tiny else args.method_epochs, overrides=[*TINY_DEMO, *args.set] if tiny else args.set,
+                log=log)
         elif name == "study":
             # tiny: the demo's two methods one trial each (equal budgets need a multiple of the methods)
             result["study"] = run_study_bench(num_samples=2 if tiny else args.num_samples,
@@ -419,7 +428,10 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     keys = {"data": ("ratio", "eval_ratio"), "epoch": ("ratio", "demo_ratio"),
             "overhead": ("ratio", "per_epoch_ratio", "warm_ratio"), "diagnosis": ("fraction_of_epoch",),
             "study": ("trials_per_hour", "speedup")}
-    return {f"{b}.{k}": float(result[b][k]) for b, ks in keys.items() if b in result for k in ks if k in result[b]}
+    out = {f"{b}.{k}": float(result[b][k]) for b, ks in keys.items() if b in result for k in ks if k in result[b]}
+    for method, ratios in result.get("methods", {}).get("methods", {}).items():
+        out[f"methods.{method}.epoch_ratio"] = float(ratios["epoch_ratio"])
+    return out
 
 
 def _ints(text: str) -> list[int]:
@@ -442,7 +454,7 @@ BATCH = flag(Domain(ge=2), integer=True)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m drl_tune.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bench", choices=[*BENCHES, "all", "gpu"])
+    p.add_argument("bench", choices=[*BENCHES, "all", "gpu", "methods"])
     p.add_argument("--json", type=Path, help="write every figure here (summary keys: data.ratio, epoch.ratio, ...)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test; the figures mean nothing)")
     p.add_argument("--workers", type=WORKERS, default=2, help="DataLoader workers / torch threads (2)")
@@ -462,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=flag(Domain(gt=0)), default=400.0,
                    help="gpu: skip the steps that would end past this many seconds (400)")
     p.add_argument("--steps", help="gpu: only these steps, comma-separated (python -m drl_tune.bench.gpu --help)")
+    p.add_argument("--methods", help="methods: only these (comma-separated; joint is always timed)")
+    p.add_argument("--method-epochs", type=ONE_OR_MORE, default=3, help="methods: epochs per method (3)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="methods: a config value for every method's run (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = p.parse_args(argv)
     if args.json:
@@ -478,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     benches = list(BENCHES) if args.bench == "all" else [args.bench]
     try:
         result = run(benches, args)
+    except ConfigError as err:  # a --methods name or a --set value: the user's input
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

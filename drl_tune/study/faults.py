@@ -80,7 +80,8 @@ def refuse_deterministic_retry(trial_dir: str | os.PathLike) -> None:
 
 def error_reason(trial: Any) -> str:
     """One line saying why a Tune trial failed: the trainable's own record, else Ray's error."""
-    recorded = recorded_error(getattr(trial, "local_path", None))
+    # the trainable writes its record into the trial's --storage folder (study/trainable.trial_folder)
+    recorded = recorded_error(getattr(trial, "path", None)) or recorded_error(getattr(trial, "local_path", None))
     if recorded:
         return str(recorded["reason"])
     error: Any = None

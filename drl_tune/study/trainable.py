@@ -39,13 +39,18 @@ def clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def trial_folder() -> str:
-    """The trial's own folder (where drl_tune_worker.json / drl_tune_error.json belong). In a fresh actor
-    ``get_context().get_trial_dir()`` names it; in a reused one (Ray 2.60 ``FunctionTrainable.reset_config``) it
-    names the Ray session's per-trial working directory instead, which nothing reads, so take the path a fresh
-    actor gets: the session storage's trial staging folder."""
+    """The trial's own folder under ``--storage`` (where drl_tune_worker.json / drl_tune_error.json belong).
+
+    Not ``get_context().get_trial_dir()``: in a reused actor (Ray 2.60 ``FunctionTrainable.reset_config``) that
+    names the session's per-trial working directory, which nothing reads; and not Ray's driver staging folder,
+    which lies in the Ray session of the node the trial runs on — on a cluster, a trial on another node than the
+    driver's wrote its record where the driver never looks. The storage folder is shared by every node (the
+    cluster checks require it), so the driver, and a retry on any node, read what the trial wrote."""
     storage = getattr(get_session(), "storage", None)
     if storage is not None and getattr(storage, "trial_dir_name", None):
-        return storage.trial_driver_staging_path
+        folder = Path(storage.trial_fs_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
     return get_context().get_trial_dir()
 
 
