@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
+from drl_tune.methods import REGISTRY
 from drl_tune.train import main
 from tests.conftest import TINY
 
@@ -27,6 +29,18 @@ def test_train_writes_one_json_line_per_epoch(tmp_path, capsys):
     assert printed.count("epoch ") >= 3 and "re-init α" in printed
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "drl" and config["drl.diagnosis_interval"] == 1 and config["epochs"] == 3
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_every_method_trains_two_demo_epochs_through_the_command(method, tmp_path):
+    """``python -m drl_tune.train --space demo --set method=NAME --set epochs=2`` for every registered method, with
+    the demo's official settings for it (tiny data): two epochs, each with finite loss and accuracies."""
+    out = tmp_path / "run"
+    assert main(["--space", "demo", *TINY_SETS, "--set", f"method={method}", "--set", "epochs=2", "--out", str(out),
+                 "--quiet"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(math.isfinite(r["train/loss"]) and 0.0 <= r["val/acc"] <= 1.0 for r in rows), rows
 
 
 def test_train_resume_continues_the_log(tmp_path):
