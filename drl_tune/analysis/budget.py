@@ -25,9 +25,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.ticker import MaxNLocator
 
-from drl_tune.analysis.colors import method_color
+from drl_tune.analysis.colors import MANY_METHODS, method_color
 from drl_tune.analysis.load import SELECT_METRIC, Study
 from drl_tune.core.stats import expected_max
 
@@ -122,25 +123,40 @@ def budget(study: Study, metric: str = SELECT_METRIC) -> Figure:
         raise ValueError(f"study {study.name!r} has no scored search trials besides the official settings")
     officials = official_scores(study, metric)
     methods = sorted(set(curves["method"]) | set(officials))
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    for method in methods:
+    many = len(methods) > MANY_METHODS
+    fig, ax = plt.subplots(figsize=(11.5 if many else 8.5, 5.2))
+    handles, labels = [], []
+    for method in methods:  # one legend entry per method: its curve and its official line together
         mine = curves[curves["method"] == method]
         color = method_color(method, methods)
+        parts, words = [], []
         if len(mine):
-            ax.plot(mine["n"], mine["expected"], "-o", color=color, ms=4, gid=f"budget-{method}",
-                    label=f"{method}: expected best of n (from {int(mine['draws'].iloc[0])} sampled trials)")
+            (curve,) = ax.plot(mine["n"], mine["expected"], "-o", color=color, ms=4, gid=f"budget-{method}")
             ax.fill_between(mine["n"], mine["low"], mine["high"], color=color, alpha=0.18,
                             gid=f"budget-band-{method}")
+            parts.append(curve)
+            words.append(f"expected best of n ({int(mine['draws'].iloc[0])} sampled trials)")
         official = officials.get(method, math.nan)
         if not math.isnan(official):
-            ax.axhline(official, color=color, ls="--", lw=1.2, gid=f"budget-official-{method}",
-                       label=f"{method}: official setting ({official:.3f})"
-                             + ("" if len(mine) else ", nothing else searched"))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            parts.append(ax.axhline(official, color=color, ls="--", lw=1.2, gid=f"budget-official-{method}"))
+            words.append(f"official setting {official:.3f}" + ("" if len(mine) else ", nothing else searched"))
+        if parts:
+            handles.append(tuple(parts))
+            labels.append(f"{method}: " + "; ".join(words))
+    top = max(int(curves["n"].max()), 1)
+    ax.set_xlim(0.5, top + 0.5)
+    if top <= 20:  # whole trials only (MaxNLocator falls back to fractions on a span under one)
+        ax.set_xticks(range(1, top + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("n: search trials of the method (besides its official setting)")
     ax.set_ylabel(f"expected best {metric} (band: ± 1 s.d.)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    legend = {"handles": handles, "labels": labels, "handler_map": {tuple: HandlerTuple(ndivide=None)}}
+    if many:  # beside the axes: inside them, 15 methods' entries would cover the curves
+        ax.legend(**legend, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(**legend, fontsize=8, loc="lower right")
     ax.set_title(f"Study {study.name!r}: budget curves ({'random search' if searcher(study) == 'random' else 'TPE'})",
                  fontsize=11)
     fig.text(0.01, -0.02, assumption_note(curves, study), fontsize=8, wrap=True, va="top", ha="left",

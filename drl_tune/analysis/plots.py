@@ -30,7 +30,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from drl_tune.analysis.budget import budget as budget_figure
-from drl_tune.analysis.colors import EXTRA_COLORS, METHOD_COLORS, method_color  # noqa: F401 (plots.* names)
+from drl_tune.analysis.colors import (  # noqa: F401 (plots.* names)
+    EXTRA_COLORS,
+    MANY_METHODS,
+    METHOD_COLORS,
+    method_color,
+)
 from drl_tune.analysis.front import pareto as pareto_figure
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
 from drl_tune.core.io import atomic_write_with
@@ -80,8 +85,9 @@ def tradeoff(study: Study) -> Figure:
     panels = [("balance/gap", False, LABELS["balance/gap"])]
     if weak:
         panels.append((f"val/acc_{weak}", True, f"weak modality ({weak}) probe accuracy at best-val epoch"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
     methods = study.methods
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8 if len(methods) <= MANY_METHODS else 6.2),
+                             squeeze=False)
     for ax, (xkey, x_higher, xlabel) in zip(axes[0], panels, strict=True):
         data = trials.dropna(subset=[xkey, TEST_METRIC]) if xkey in trials else trials.iloc[0:0]
         for method in methods:
@@ -120,11 +126,33 @@ def tradeoff(study: Study) -> Figure:
         better = "← better" if not x_higher else "better →"
         ax.set_title(f"accuracy vs {'balance gap' if xkey == 'balance/gap' else 'weak-modality probe'} ({better})",
                      fontsize=10)
-        ax.legend(fontsize=7, loc="best")
+        if len(methods) <= MANY_METHODS:
+            ax.legend(fontsize=7, loc="best")
     n = len(trials)
     fig.suptitle(f"Study {study.name!r}: balance-performance trade-off ({n} finished search trials)", fontsize=12)
-    fig.tight_layout()
+    if len(methods) > MANY_METHODS:
+        _key_below(fig, methods, ncol=len(panels) * 3)
+    else:
+        fig.tight_layout()
     return fig
+
+
+def _key_below(fig: Figure, methods: list[str], ncol: int) -> None:
+    """One key under all panels for a study of many methods: a colour per method, then what each mark means (the
+    per-panel legends, an entry per method and mark, would cover the points)."""
+    from matplotlib.lines import Line2D
+
+    def mark(marker: str, label: str, **kw: Any) -> Line2D:
+        return Line2D([], [], marker=marker, ls=kw.pop("ls", ""), label=label, **kw)
+
+    handles = [mark("o", m, color=method_color(m, methods), mec="black", mew=0.4, ms=7) for m in methods]
+    handles += [mark("o", "search trial", color="white", mec="black", mew=0.4, ms=7),
+                mark("o", "stopped early by ASHA", mfc="none", mec="black", mew=0.8, ms=9),
+                mark("o", "Pareto front (ringed)", ls="--", color="black", mfc="none", ms=9, lw=1),
+                mark("D", "confirmed: mean, 95% CI over fresh seeds", color="white", mec="black", ms=7)]
+    rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, 0.045 * rows, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
