@@ -131,3 +131,12 @@ def confirmed_study(tmp_path_factory):
     folder = root / "studies" / "tiny"
     return {"dir": folder, "out": out, "plan": Plan.from_json((folder / PLAN_FILE).read_text()),
             "storage": root / "studies", "name": "tiny"}
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,12 +21,8 @@ TWO = {"audio": "spectrogram", "visual": "frames"}
 THREE = {"audio": "spectrogram", "visual": "frames", "flow": "flow"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the machine is shared: the unit cases here run on one torch thread (the engine cases set their own)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(modalities=TWO, fusion="concat", seed=0) -> MultimodalClassifier:

@@ -32,13 +32,8 @@ MODALITIES = {"audio": "spectrogram", "visual": "frames"}
 COMPARATORS = ["ogm_ge", "opm", "mmpareto", "inforeg", "valuation"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: the unit cases here run on one torch thread (the engine cases set their own)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the machine is shared: the unit cases here run on one torch thread (the engine cases set their own)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Ctx:

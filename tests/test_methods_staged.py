@@ -30,12 +30,8 @@ CHEAP = {"umt__teacher_epochs": 1, "gblending__super_epoch": 1, "reconboost__epo
          "reconboost__correct_epoch": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the machine is shared: the unit cases here run on one torch thread (the engine cases set their own)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Recorder(torch.optim.SGD):

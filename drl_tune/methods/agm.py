@@ -53,8 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import Batch, EpochContext, Method, require_two_modalities
+from drl_tune.methods.base import Batch, EpochContext, Method, check_window, require_two_modalities
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.fusion import SumFusion
 
@@ -67,9 +66,7 @@ class AGMParams:
 
     def __post_init__(self) -> None:
         check_fields(self, "agm.")  # the numbers' domains are declared on the fields (core/domains.py)
-        if self.modulation_ends < self.modulation_starts:
-            raise ConfigError(f"agm.modulation_starts/agm.modulation_ends need starts <= ends, got "
-                              f"{self.modulation_starts} and {self.modulation_ends}")
+        check_window(self, "agm.")
 
 
 def agm_coefficients(s: tuple[float, float], running: tuple[float, float], alpha: float) -> tuple[float, float]:

@@ -205,6 +205,14 @@ def shared_width(model: MultimodalClassifier, method: str) -> int:
     return next(iter(widths.values()))
 
 
+def check_window(params: Any, prefix: str) -> None:
+    """A method's ``modulation_starts``/``modulation_ends`` window (each number's own domain is declared on its
+    field): the window must not end before it starts."""
+    if params.modulation_ends < params.modulation_starts:
+        raise ConfigError(f"{prefix}modulation_starts/{prefix}modulation_ends need 0 <= starts <= ends, got "
+                          f"{params.modulation_starts} and {params.modulation_ends}")
+
+
 def two_modalities_message(method: str, modalities: list[str]) -> str:
     return (f"method {method} is defined for exactly two modalities, this run has {len(modalities)} "
             f"({', '.join(modalities)}); set data.modalities to two of them")

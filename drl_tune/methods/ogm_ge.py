@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import EpochContext, HeadScoredMethod
+from drl_tune.methods.base import EpochContext, HeadScoredMethod, check_window
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -52,11 +51,7 @@ class OGMGEParams:
 
     def __post_init__(self) -> None:
         check_fields(self, "ogm_ge.")  # the numbers' domains are declared on the fields (core/domains.py)
-        if self.modulation_ends < self.modulation_starts:  # each number's own domain is declared on its field
-            raise ConfigError(
-                f"ogm_ge.modulation_starts/ogm_ge.modulation_ends need 0 <= starts <= ends, got "
-                f"{self.modulation_starts} and {self.modulation_ends}"
-            )
+        check_window(self, "ogm_ge.")
 
 
 def ogm_coefficients(score_a: float, score_v: float, alpha: float) -> tuple[float, float]:

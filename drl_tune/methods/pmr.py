@@ -45,8 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import EpochContext, Method, batch_score_tensors, require_two_modalities
+from drl_tune.methods.base import EpochContext, Method, batch_score_tensors, check_window, require_two_modalities
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -59,9 +58,7 @@ class PMRParams:
 
     def __post_init__(self) -> None:
         check_fields(self, "pmr.")  # the numbers' domains are declared on the fields (core/domains.py)
-        if self.modulation_ends < self.modulation_starts:
-            raise ConfigError(f"pmr.modulation_starts/pmr.modulation_ends need starts <= ends, got "
-                              f"{self.modulation_starts} and {self.modulation_ends}")
+        check_window(self, "pmr.")
 
 
 def class_means(features: np.ndarray, labels: np.ndarray, n_classes: int,
