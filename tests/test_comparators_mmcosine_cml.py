@@ -123,7 +123,7 @@ def test_cml_penalty_on_each_case_of_the_official_masks():
     # row 0: fuller right, partial more confident -> 0.8 - 0.6; row 1: less confident -> 0;
     # row 2: both wrong -> 0.7 - 0.5 (fuller detached); row 3: fuller wrong, partial right -> 0
     penalty = calibration_penalty([full, part], labels)
-    assert float(penalty) == pytest.approx(0.2 + 0.2, abs=1e-6)
+    assert float(penalty.detach()) == pytest.approx(0.2 + 0.2, abs=1e-6)
     penalty.backward()
     assert full.grad[0].abs().sum() > 0 and part.grad[0].abs().sum() > 0  # both confidences pushed
     assert torch.equal(full.grad[2], torch.zeros(3)) and part.grad[2].abs().sum() > 0  # only the partial one
