@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import Batch, EpochContext, Method, check_window, require_two_modalities
+from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, check_window, require_two_modalities
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.fusion import SumFusion
 
@@ -118,13 +118,14 @@ class AGM(Method):
         self.running = (0.0, 0.0)  # S_a, S_v
         self.steps = 0
         self.epoch = 0
-        self._sums = [0.0, 0.0, 0]
+        self._diag = EpochMeans()  # diag/coeff_<m>: the coefficients in force, per step
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         require_two_modalities(model, self.name)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
-        self.epoch, self._sums = ctx.epoch, [0.0, 0.0, 0]
+        self.epoch = ctx.epoch
+        self._diag.reset()
 
     def mono_outputs(self, model: MultimodalClassifier, inputs: dict[str, torch.Tensor],
                      total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,9 +155,8 @@ class AGM(Method):
         self.running = (self.running[0] * (t - 1) / t + s[0] / t, self.running[1] * (t - 1) / t + s[1] / t)
         if self.params.modulation_starts <= self.epoch <= self.params.modulation_ends:
             self.coeffs = coeffs
-        self._sums[0] += self.coeffs[0]
-        self._sums[1] += self.coeffs[1]
-        self._sums[2] += 1
+        for m, coeff in zip(model.modalities, self.coeffs, strict=True):
+            self._diag.add(f"coeff_{m}", coeff)
         loss = F.cross_entropy(_ScaleGrad.apply(m_a, self.coeffs[0]) + _ScaleGrad.apply(m_v, self.coeffs[1]), labels)
         if not torch.isfinite(loss):
             return loss.detach()
@@ -165,10 +165,7 @@ class AGM(Method):
         return loss.detach()
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        metrics = {f"diag/score_{m}": self.running[i] for i, m in enumerate(model.modalities)}
-        if self._sums[2]:
-            metrics |= {f"diag/coeff_{m}": self._sums[i] / self._sums[2] for i, m in enumerate(model.modalities)}
-        return metrics
+        return {**{f"diag/score_{m}": self.running[i] for i, m in enumerate(model.modalities)}, **self._diag.means()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"coeffs": list(self.coeffs), "running": list(self.running), "steps": self.steps}

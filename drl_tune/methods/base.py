@@ -189,6 +189,29 @@ class Method:
 # helpers shared by the comparator methods
 
 
+class EpochMeans:
+    """A method's per-epoch diagnostics: ``add(name, value)`` per step, ``means()`` at the epoch's end gives
+    ``diag/<name>`` = the mean of that name's values this epoch (only names added at least once). A tensor is
+    summed where it lives and read once, at the end: a ``float()`` per step would make the host wait for every GPU
+    step."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, Any] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, value: float | torch.Tensor) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        self._sums[name] = self._sums.get(name, 0.0) + value
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {f"diag/{name}": float(total) / self._counts[name] for name, total in self._sums.items()}
+
+
 def like_optimizer(optimizer: torch.optim.Optimizer, params: Any) -> torch.optim.Optimizer:
     """A fresh optimizer of ``optimizer``'s kind and settings (the run's ``optimizer``, ``lr``, ``momentum``,
     ``weight_decay``) over ``params`` — for rules that step their own parameter subsets or copies."""

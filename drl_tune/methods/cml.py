@@ -34,14 +34,13 @@ renamed ``Unimodality_Calculate``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import EpochContext, Method
+from drl_tune.methods.base import EpochContext, EpochMeans, Method
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 CE_INPUTS = ("chain", "full")
@@ -93,13 +92,14 @@ class CML(Method):
     def __init__(self, params: CMLParams) -> None:
         super().__init__(params)
         self._model: MultimodalClassifier | None = None
-        self._sums: list[Any] = [0.0, 0]
+        self._diag = EpochMeans()  # diag/cml_penalty, per step
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         self._model = model
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
-        self._model, self._sums = model, [0.0, 0]
+        self._model = model
+        self._diag.reset()
 
     def chain_logits(self, outputs: ModelOutput) -> list[torch.Tensor]:
         assert self._model is not None
@@ -119,11 +119,8 @@ class CML(Method):
         else:
             ce = F.cross_entropy(chain[0], labels)
         penalty = calibration_penalty(chain, labels, self.params.epsilon)
-        self._sums[0] = self._sums[0] + penalty.detach()
-        self._sums[1] += 1
+        self._diag.add("cml_penalty", penalty)
         return ce + self.params.beta / 100.0 * penalty
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        if not self._sums[1]:
-            return {}
-        return {"diag/cml_penalty": float(self._sums[0]) / self._sums[1]}
+        return self._diag.means()

@@ -37,7 +37,7 @@ from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import EpochContext, HeadScoredMethod, batch_scores, unimodal_logits
+from drl_tune.methods.base import EpochContext, EpochMeans, HeadScoredMethod, batch_scores, unimodal_logits
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -83,8 +83,7 @@ class InfoReg(HeadScoredMethod):
         self.k = 1.0
         self.epoch = 0
         self._fim: dict[str, torch.Tensor] = {}
-        self._beta_sum = [0.0, 0.0]
-        self._steps = 0
+        self._diag = EpochMeans()  # diag/beta_<m>: the proximal weights applied, per step
         self._scores: dict[str, float] = {}
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
@@ -106,7 +105,7 @@ class InfoReg(HeadScoredMethod):
             name: torch.zeros_like(mod.weight)
             for name, mod in self._tracked(model).named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))
         }
-        self._beta_sum, self._steps = [0.0, 0.0], 0
+        self._diag.reset()
 
     def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
@@ -129,17 +128,13 @@ class InfoReg(HeadScoredMethod):
         for name, mod in self._tracked(self.model).named_modules():
             if name in self._fim and mod.weight.grad is not None:
                 self._fim[name] += mod.weight.grad * mod.weight.grad
-        self._beta_sum[0] += beta[0]
-        self._beta_sum[1] += beta[1]
-        self._steps += 1
+        for m, b in zip((first, second), beta, strict=True):
+            self._diag.add(f"beta_{m}", b)
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
         trace = float(sum(f.mean().item() for f in self._fim.values()))
         self.trace.append(trace)
-        metrics = {"diag/trace": trace, "diag/k": self.k}
-        if self._steps:
-            metrics |= {f"diag/beta_{m}": self._beta_sum[i] / self._steps for i, m in enumerate(model.modalities)}
-        return metrics
+        return {"diag/trace": trace, "diag/k": self.k, **self._diag.means()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"trace": list(self.trace), "start_weights": self.start_weights, "k": self.k}

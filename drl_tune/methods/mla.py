@@ -54,7 +54,7 @@ from torch import nn
 
 from drl_tune.core.domains import check_fields
 from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import Batch, EpochContext, Method, shared_width
+from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, shared_width
 from drl_tune.models import MultimodalClassifier
 
 GATINGS = ("batch", "sample", "fixed")
@@ -119,8 +119,7 @@ class MLA(Method):
         self.memory: torch.Tensor | None = None  # P of the applied projection
         self.steps = 0  # modality steps over the run (the official exp_count)
         self.batch_index, self.n_batches, self.chunk = 0, 1, 0
-        self._loss_sums: dict[str, Any] = {}  # summed on the device, read once per epoch
-        self._batches = 0
+        self._diag = EpochMeans()  # diag/loss_<m>: each modality's L_m, per batch
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
         return {"head": nn.Linear(shared_width(model, self.name), n_classes)}
@@ -134,7 +133,7 @@ class MLA(Method):
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.batch_index, self.chunk = 0, ctx.batch_size
         self.n_batches = max(math.ceil(ctx.n_train / ctx.batch_size), 1)  # len() of the official DataLoader
-        self._loss_sums, self._batches = {m: 0.0 for m in model.modalities}, 0
+        self._diag.reset()
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
         assert self.optimizer is not None
@@ -152,10 +151,9 @@ class MLA(Method):
             self.optimizer.zero_grad(set_to_none=not self.params.momentum_all)
             self.steps += 1
             losses.append(loss.detach())
-            self._loss_sums[m] = self._loss_sums[m] + loss.detach()
+            self._diag.add(f"loss_{m}", loss)
         self.optimizer.zero_grad(set_to_none=True)  # the official del p.grad after the batch
         self.batch_index += 1
-        self._batches += 1
         return torch.stack(losses).mean()
 
     @torch.no_grad()
@@ -177,9 +175,7 @@ class MLA(Method):
                           for s in range(0, n, chunk)])
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        if not self._batches:
-            return {}
-        return {f"diag/loss_{m}": float(total) / self._batches for m, total in self._loss_sums.items()}
+        return self._diag.means()
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"steps": self.steps}

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import EpochContext, Method, require_unimodal_head
+from drl_tune.methods.base import EpochContext, EpochMeans, Method, require_unimodal_head
 from drl_tune.models import ModelOutput, MultimodalClassifier
 from drl_tune.models.fusion import ConcatFusion
 
@@ -71,8 +71,7 @@ class MMCosine(Method):
 
     def __init__(self, params: MMCosineParams) -> None:
         super().__init__(params)
-        self._true_logit: dict[str, Any] = {}  # summed on the device, read once per epoch
-        self._steps = 0
+        self._diag = EpochMeans()  # diag/logit_<m>: mean true-class cosine logit, per step
         self._model: MultimodalClassifier | None = None
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
@@ -88,7 +87,7 @@ class MMCosine(Method):
         model.fusion.register_forward_hook(cosine_head)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
-        self._true_logit, self._steps = {m: 0.0 for m in model.modalities}, 0
+        self._diag.reset()
 
     def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         assert self._model is not None
@@ -96,11 +95,8 @@ class MMCosine(Method):
             feats = list(outputs.features.values())
             uni = cosine_logits(feats, head_blocks(self._model.fusion, [f.shape[1] for f in feats]), self.params.scale)
             for m, z in zip(outputs.features, uni, strict=True):
-                self._true_logit[m] = self._true_logit.get(m, 0.0) + z.gather(1, labels.view(-1, 1)).mean()
-            self._steps += 1
+                self._diag.add(f"logit_{m}", z.gather(1, labels.view(-1, 1)).mean())
         return F.cross_entropy(outputs.logits, labels)  # outputs.logits are the hooked cosine logits
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        if not self._steps:
-            return {}
-        return {f"diag/logit_{m}": float(v) / self._steps for m, v in self._true_logit.items()}
+        return self._diag.means()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import EpochContext, HeadScoredMethod, check_window
+from drl_tune.methods.base import EpochContext, EpochMeans, HeadScoredMethod, check_window
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -86,10 +86,11 @@ class OGMGE(HeadScoredMethod):
         self.model: MultimodalClassifier | None = None
         self.epoch = 0
         self.coeffs: tuple[float, float] = (1.0, 1.0)
-        self._sums = [0.0, 0.0, 0]
+        self._diag = EpochMeans()  # diag/coeff_<m>: the coefficients applied, per modulated step
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
-        self.model, self.epoch, self._sums = model, ctx.epoch, [0.0, 0.0, 0]
+        self.model, self.epoch = model, ctx.epoch
+        self._diag.reset()
 
     def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         assert self.model is not None
@@ -104,15 +105,11 @@ class OGMGE(HeadScoredMethod):
             return
         for m, coeff in zip(self.model.modalities, self.coeffs, strict=True):
             modulate_encoder(self.model.encoders[m], coeff, self.params.ge)
-        self._sums[0] += self.coeffs[0]
-        self._sums[1] += self.coeffs[1]
-        self._sums[2] += 1
+        for m, coeff in zip(self.model.modalities, self.coeffs, strict=True):
+            self._diag.add(f"coeff_{m}", coeff)
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        steps = self._sums[2]
-        if not steps:
-            return {}
-        return {f"diag/coeff_{m}": self._sums[i] / steps for i, m in enumerate(model.modalities)}
+        return self._diag.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # coefficients are recomputed every batch; the noise RNG is the engine's torch RNG

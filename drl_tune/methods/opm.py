@@ -44,7 +44,14 @@ import torch
 
 from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import Batch, EpochContext, HeadScoredMethod, batch_score_tensors, unimodal_logits
+from drl_tune.methods.base import (
+    Batch,
+    EpochContext,
+    EpochMeans,
+    HeadScoredMethod,
+    batch_score_tensors,
+    unimodal_logits,
+)
 from drl_tune.models import MultimodalClassifier
 
 
@@ -114,13 +121,13 @@ class OPM(HeadScoredMethod):
         super().__init__(params)
         self.model: MultimodalClassifier | None = None
         self.epoch = 0
-        self._q_sum = [0.0, 0.0]
-        self._steps = 0
+        self._diag = EpochMeans()  # diag/q_<m>: the drop probabilities, per step after warm-up
         self._dropped_batches = 0
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.model, self.epoch = model, ctx.epoch
-        self._q_sum, self._steps, self._dropped_batches = [0.0, 0.0], 0, 0
+        self._diag.reset()
+        self._dropped_batches = 0
 
     def modify_features(
         self, features: dict[str, torch.Tensor], labels: torch.Tensor, batch: Batch
@@ -139,9 +146,8 @@ class OPM(HeadScoredMethod):
             scores = self.head_scores(self.model, features, labels, detach_head=True)
         q_tensors = drop_probabilities(scores[first], scores[second], self.params.q_base, self.params.lam)
         q = (float(torch.as_tensor(q_tensors[0]).detach()), float(torch.as_tensor(q_tensors[1]).detach()))
-        self._q_sum[0] += q[0]
-        self._q_sum[1] += q[1]
-        self._steps += 1
+        self._diag.add(f"q_{first}", q[0])
+        self._diag.add(f"q_{second}", q[1])
         if float(torch.rand(1)) >= self.params.p_exe:  # official: rand >= 1 - p_exe executes
             return features, labels
         self._dropped_batches += 1
@@ -162,8 +168,7 @@ class OPM(HeadScoredMethod):
         return {first: kept_1[alive], second: kept_2[alive]}, labels[alive]
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        if not self._steps:
-            return {}
-        metrics = {f"diag/q_{m}": self._q_sum[i] / self._steps for i, m in enumerate(model.modalities)}
-        metrics["diag/modulated_batches"] = float(self._dropped_batches)
+        metrics = self._diag.means()
+        if metrics:  # nothing before warm-up ends
+            metrics["diag/modulated_batches"] = float(self._dropped_batches)
         return metrics

@@ -45,7 +45,14 @@ import torch
 import torch.nn.functional as F
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import EpochContext, Method, batch_score_tensors, check_window, require_two_modalities
+from drl_tune.methods.base import (
+    EpochContext,
+    EpochMeans,
+    Method,
+    batch_score_tensors,
+    check_window,
+    require_two_modalities,
+)
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -99,14 +106,14 @@ class PMR(Method):
         self.prototypes: dict[str, torch.Tensor] = {}
         self.epoch = 0
         self._absent = 0
-        self._sums: dict[str, Any] = {}
+        self._diag = EpochMeans()  # diag/rho and diag/weak_<m> (the share of steps m got the prototype term)
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         require_two_modalities(model, self.name)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.epoch = ctx.epoch
-        self._sums = {"rho": 0.0, "steps": 0, **{f"weak_{m}": 0 for m in model.modalities}}
+        self._diag.reset()
         indices = prototype_sample(ctx.n_train, ctx.batch_size, ctx.seed, ctx.epoch)
         feats, labels = ctx.features("train", indices)
         blend = ctx.epoch >= 2 and bool(self.prototypes)
@@ -129,26 +136,22 @@ class PMR(Method):
         with torch.no_grad():
             scores = batch_score_tensors(proto, labels)
             rho = scores[first] / scores[second]
-        self._sums["rho"] = self._sums.get("rho", 0.0) + rho
-        self._sums["steps"] = self._sums.get("steps", 0) + 1
+        self._diag.add("rho", rho)
         if not self.params.modulation_starts <= self.epoch <= self.params.modulation_ends:
+            self._diag.add(f"weak_{first}", 0.0)
+            self._diag.add(f"weak_{second}", 0.0)
             return ce
         # ρ > 1: the first modality leads, the second gets the prototype term; ρ < 1 the other way; a tie: none
         weak_second = (rho > 1).to(ce.dtype)
         weak_first = (rho < 1).to(ce.dtype)
-        self._sums[f"weak_{second}"] = self._sums.get(f"weak_{second}", 0) + weak_second
-        self._sums[f"weak_{first}"] = self._sums.get(f"weak_{first}", 0) + weak_first
+        self._diag.add(f"weak_{second}", weak_second)
+        self._diag.add(f"weak_{first}", weak_first)
         alpha = self.params.alpha
         return (ce + alpha * weak_second * F.cross_entropy(proto[second], labels)
                 + alpha * weak_first * F.cross_entropy(proto[first], labels))
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
-        steps = self._sums.get("steps", 0)
-        metrics = {"diag/proto_absent": float(self._absent)}
-        if steps:
-            metrics["diag/rho"] = float(self._sums["rho"]) / steps
-            metrics |= {f"diag/weak_{m}": float(self._sums.get(f"weak_{m}", 0)) / steps for m in model.modalities}
-        return metrics
+        return {"diag/proto_absent": float(self._absent), **self._diag.means()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"prototypes": {m: p.detach().cpu() for m, p in self.prototypes.items()}}

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import Batch, EpochContext, Method, like_optimizer, shared_width
+from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, like_optimizer, shared_width
 from drl_tune.models import MultimodalClassifier
 
 
@@ -120,7 +120,7 @@ class ReconBoost(Method):
         self.optimizer: torch.optim.Optimizer | None = None
         self._key: tuple[int, bool] | None = None  # the phase self.optimizer belongs to
         self._pending: dict[str, Any] | None = None  # a restored phase optimizer's state
-        self._ga: list[Any] = [0.0, 0]  # summed on the device, read once per epoch
+        self._diag = EpochMeans()  # diag/ga: the memory-consolidation MSE, per step it is computed
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
         return {"head": Head(shared_width(model, self.name), n_classes),
@@ -151,7 +151,7 @@ class ReconBoost(Method):
             if self._pending is not None and tuple(self._pending["key"]) == key:
                 self.optimizer.load_state_dict(self._pending["optimizer"])
             self._key, self._pending = key, None
-        self._ga = [0.0, 0]
+        self._diag.reset()
 
     def _outputs(self, model: MultimodalClassifier, batch: Batch, names: list[str]) -> dict[str, torch.Tensor]:
         head = model.method_modules["head"]
@@ -177,8 +177,7 @@ class ReconBoost(Method):
                 mine = torch.softmax(out if self.params.ga_grad else out.detach(), dim=1)
                 ga = F.mse_loss(mine, torch.softmax(other_out[previous], dim=1))
                 loss = loss + self.params.alpha * ga
-                self._ga[0] = self._ga[0] + ga.detach()
-                self._ga[1] += 1
+                self._diag.add("ga", ga)
         if not torch.isfinite(loss):
             return loss.detach()
         loss.backward()
@@ -194,9 +193,7 @@ class ReconBoost(Method):
         stage, index, rectifying = self.phase
         metrics = {"diag/stage": float(stage), "diag/stage_modality": float(index), "diag/rectify": float(rectifying),
                    "diag/boost_rate": model.method_modules["boost_rate"].value.item()}
-        if self._ga[1]:
-            metrics["diag/ga"] = float(self._ga[0]) / self._ga[1]
-        return metrics
+        return metrics | self._diag.means()
 
     def state_dict(self) -> dict[str, Any]:
         if self.optimizer is None or self._key is None:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import Batch, EpochContext, Method, like_optimizer
+from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, like_optimizer
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
@@ -67,7 +67,7 @@ class UMT(Method):
         super().__init__(params)
         self.trained = False  # the teacher stage has run (restored from the checkpoint on resume)
         self._targets: dict[str, torch.Tensor] = {}
-        self._sums: list[Any] = [0.0, 0]
+        self._diag = EpochMeans()  # diag/distill: the epoch's mean Σ_m MSE, per step
         self._teacher_report: dict[str, float] = {}
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
@@ -78,7 +78,7 @@ class UMT(Method):
         return modules
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
-        self._sums = [0.0, 0]
+        self._diag.reset()
         if not self.trained:
             self.train_teachers(model, ctx)
 
@@ -121,15 +121,12 @@ class UMT(Method):
 
     def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         distill = distillation_loss(outputs.features, self._targets)
-        self._sums[0] = self._sums[0] + distill.detach()
-        self._sums[1] += 1
+        self._diag.add("distill", distill)
         return F.cross_entropy(outputs.logits, labels) + self.params.distill * distill
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
         metrics, self._teacher_report = dict(self._teacher_report), {}
-        if self._sums[1]:
-            metrics["diag/distill"] = float(self._sums[0]) / self._sums[1]  # the epoch's mean Σ_m MSE
-        return metrics
+        return metrics | self._diag.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"trained": self.trained}  # the teachers' weights are in the model's state
