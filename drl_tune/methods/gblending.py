@@ -103,23 +103,30 @@ class GBlending(Method):
     def heads(self, model: MultimodalClassifier) -> list[str]:
         return [*model.modalities, FUSED]
 
-    def head_logits(self, model: MultimodalClassifier, inputs: dict[str, torch.Tensor], k: str) -> torch.Tensor:
-        """Head k's logits; a uni-modal head runs its own encoder only."""
-        if k == FUSED:
-            return model.fuse(model.encode(inputs))
-        return model.method_modules[f"head_{k}"](model.encoders[k](inputs[k]))
+    @staticmethod
+    def needed(model: MultimodalClassifier, heads: list[str]) -> list[str]:
+        """The encoders ``heads`` read: every one for the fused head, a uni-modal head's own otherwise."""
+        return list(model.modalities) if FUSED in heads else heads
+
+    @staticmethod
+    def head_logits(model: MultimodalClassifier, features: dict[str, torch.Tensor], k: str) -> torch.Tensor:
+        """Head k's logits from the encoders' features (of :meth:`needed`)."""
+        return model.fuse(features) if k == FUSED else model.method_modules[f"head_{k}"](features[k])
+
+    def encode(self, model: MultimodalClassifier, inputs: dict[str, torch.Tensor], heads: list[str]
+               ) -> dict[str, torch.Tensor]:
+        return {m: model.encoders[m](inputs[m]) for m in self.needed(model, heads)}
 
     @torch.no_grad()
     def losses(self, model: MultimodalClassifier, ctx: EpochContext, indices: np.ndarray, heads: list[str]
                ) -> dict[str, float]:
         """Eval-mode mean cross-entropy of each of ``heads`` over the training samples ``indices``."""
         model.eval()
-        needed = model.modalities if FUSED in heads else heads  # a uni-modal head's losses need its encoder only
         sums: dict[str, list[torch.Tensor]] = {k: [] for k in heads}
-        for inputs, labels in ctx.train_batches(indices, training=False, modalities=list(needed)):
-            features = {m: model.encoders[m](inputs[m]) for m in needed}
+        for inputs, labels in ctx.train_batches(indices, training=False, modalities=self.needed(model, heads)):
+            features = self.encode(model, inputs, heads)
             for k in heads:
-                logits = model.fuse(features) if k == FUSED else model.method_modules[f"head_{k}"](features[k])
+                logits = self.head_logits(model, features, k)
                 sums[k].append(F.cross_entropy(logits.float(), labels, reduction="sum").double())
         return {k: float(torch.stack(v).sum()) / len(indices) for k, v in sums.items()}
 
@@ -134,8 +141,8 @@ class GBlending(Method):
             optimizer = like_optimizer(ctx.optimizer, model.parameters())
             for _ in range(self.params.super_epoch):
                 model.train()
-                for inputs, labels in ctx.train_batches(train, modalities=None if k == FUSED else [k]):
-                    loss = F.cross_entropy(self.head_logits(model, inputs, k), labels)
+                for inputs, labels in ctx.train_batches(train, modalities=self.needed(model, [k])):
+                    loss = F.cross_entropy(self.head_logits(model, self.encode(model, inputs, [k]), k), labels)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"G-Blending's nested {k} loss became {float(loss)}; lower lr")
                     optimizer.zero_grad(set_to_none=True)
