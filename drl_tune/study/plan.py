@@ -17,6 +17,7 @@ from typing import Any
 from drl_tune.core.config import make_config
 from drl_tune.core.errors import ConfigError
 from drl_tune.core.io import atomic_write_text
+from drl_tune.data import GENERATED
 from drl_tune.methods import REGISTRY
 from drl_tune.study.spaces import Param, SchedulerSpec, Space, parse_objectives
 
@@ -186,7 +187,7 @@ class Plan:
         lines.append("  fixed:")
         # a generated dataset's knobs (data.synthetic.*, data.avdigits.*) only matter when it is the one read
         dataset = self.constants.get("data.name")
-        other = tuple(f"data.{name}." for name in ("synthetic", "avdigits") if dataset and name != dataset)
+        other = tuple(f"data.{name}." for name in sorted(GENERATED) if dataset and name != dataset)
         lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items()) if not k.startswith(other)]
         return "\n".join(lines)
 
