@@ -73,14 +73,12 @@ def _machine() -> dict[str, Any]:
 
 def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, log: Log, label: str) -> dict[str, Any]:
     """Training samples/s of the engine vs the reference-style loop on ``data``, alternating epochs."""
-    from drl_tune.core.engine import Engine
-    from drl_tune.models import MultimodalClassifier
+    from drl_tune.core.engine import Engine, build_model
 
     engine = Engine(config, data)
     split = engine.data.splits["train"]
     torch.manual_seed(config.seed)
-    model = MultimodalClassifier(engine.data.modalities, engine.data.n_classes, config.model.width,
-                                 config.fusion).to(engine.device)
+    model = build_model(config, engine.data).to(engine.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     loader = DataLoader(ReferenceSamples(split.inputs, engine.data.modalities, split.labels, config.data.augment),

@@ -219,15 +219,15 @@ def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier
     math), cross-entropy, backward, SGD; and its evaluation forward per clip."""
     from torch.utils.data import DataLoader
 
+    from drl_tune.core.engine import build_model
     from drl_tune.data.cache import load_cache
-    from drl_tune.models import MultimodalClassifier
 
     config = _engine_config(spec)
     data = load_cache(spec["cache"])
     train, val = data.splits["train"], data.splits["val"]
     n = min(len(train), spec["reference_batches"] * config.batch_size)
     torch.manual_seed(config.seed)
-    model = MultimodalClassifier(data.modalities, data.n_classes, config.model.width, config.fusion).to(device)
+    model = build_model(config, data).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     workers = spec["loader_workers"]
