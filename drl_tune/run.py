@@ -186,15 +186,14 @@ def check_methods_fit(plan: Plan, modalities: list[str]) -> None:
     """Every method the study runs is defined for this many modalities (a comparator whose authors' rule compares
     a pair refuses three before anything starts, not in every one of its trials)."""
     from drl_tune.methods import REGISTRY
-    from drl_tune.methods.base import two_modalities_message
+    from drl_tune.methods.base import modality_mismatch
 
     method = next((p for p in plan.search if p.key == "method"), None)
     methods = list(method.samples()) if method is not None else [plan.constants.get("method", "joint")]
     for name in methods:
-        wanted = REGISTRY[name].modalities
-        if wanted is not None and wanted != len(modalities):
-            raise UsageError(two_modalities_message(name, modalities)
-                             + (" (or leave it out of search.method)" if method is not None else ""))
+        mismatch = modality_mismatch(REGISTRY[name], name, modalities)
+        if mismatch:
+            raise UsageError(mismatch + (" (or leave it out of search.method)" if method is not None else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------

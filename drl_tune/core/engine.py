@@ -38,7 +38,7 @@ from drl_tune.core.metrics import accuracy, balance_gap, macro_f1, probe_accurac
 from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import BatchBuffers, prepare_input
 from drl_tune.methods import REGISTRY
-from drl_tune.methods.base import Batch
+from drl_tune.methods.base import Batch, modality_mismatch
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.encoders import FeatureSizes
 
@@ -90,6 +90,9 @@ class Engine:
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.data)
         self.method = REGISTRY[config.method](config.params)
+        mismatch = modality_mismatch(type(self.method), config.method, self.model.modalities)
+        if mismatch:
+            raise ConfigError(mismatch)
         extra = self.method.extra_modules(self.model, self.data.n_classes)
         if extra:  # trained, checkpointed and moved with the model (MMPareto's uni-modal heads)
             self.model.add_module("method_modules", nn.ModuleDict(extra))

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, check_window, require_two_modalities
+from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, check_window
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.fusion import SumFusion
 
@@ -119,9 +119,6 @@ class AGM(Method):
         self.steps = 0
         self.epoch = 0
         self._diag = EpochMeans()  # diag/coeff_<m>: the coefficients in force, per step
-
-    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.epoch = ctx.epoch

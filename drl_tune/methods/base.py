@@ -102,7 +102,8 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     # how many modalities the authors' rule is defined for (None: any number); a study checks it against the
-    # dataset before anything starts (run.check_dataset), a run in setup (require_two_modalities)
+    # dataset before anything starts (run.check_methods_fit), a run when it builds the method (Engine), both
+    # through modality_mismatch
     modalities: ClassVar[int | None] = None
     # True: training_step steps the optimizer(s) itself; the engine then skips its own step (module docstring)
     steps_optimizer: ClassVar[bool] = False
@@ -236,16 +237,18 @@ def check_window(params: Any, prefix: str) -> None:
                           f"{params.modulation_starts} and {params.modulation_ends}")
 
 
-def two_modalities_message(method: str, modalities: list[str]) -> str:
-    return (f"method {method} is defined for exactly two modalities, this run has {len(modalities)} "
-            f"({', '.join(modalities)}); set data.modalities to two of them")
+COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 
 
-def require_two_modalities(model: MultimodalClassifier, method: str) -> tuple[str, str]:
-    """The comparator methods are defined for an audio-visual pair; refuse anything else clearly."""
-    if len(model.modalities) != 2:
-        raise ConfigError(two_modalities_message(method, model.modalities))
-    return model.modalities[0], model.modalities[1]
+def modality_mismatch(method: type[Method], name: str, modalities: list[str]) -> str | None:
+    """Why ``method`` (registered as ``name``) cannot run on ``modalities`` — its rule is defined for another number
+    of them (``Method.modalities``) — or None when it can."""
+    wanted = method.modalities
+    if wanted is None or wanted == len(modalities):
+        return None
+    count = COUNT_WORDS.get(wanted, str(wanted))
+    return (f"method {name} is defined for exactly {count} modalities, this run has {len(modalities)} "
+            f"({', '.join(modalities)}); set data.modalities to {count} of them")
 
 
 def require_unimodal_head(model: MultimodalClassifier, method: str) -> None:
@@ -297,12 +300,12 @@ def unimodal_logits(
 
 class HeadScoredMethod(Method):
     """A comparator that compares two modalities by their uni-modal logits read off the fused head (OGM-GE,
-    OPM, InfoReg): :meth:`setup` refuses other models, :meth:`head_scores` gives each modality's batch score."""
+    OPM, InfoReg): :meth:`setup` refuses fusions without them, :meth:`head_scores` gives each modality's batch
+    score."""
 
     modalities: ClassVar[int | None] = 2
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
         require_unimodal_head(model, self.name)
 
     @staticmethod

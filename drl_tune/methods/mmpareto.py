@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.core.domains import bounded, check_fields
-from drl_tune.methods.base import Batch, EpochContext, Method, require_two_modalities
+from drl_tune.methods.base import Batch, EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
 
@@ -86,9 +86,6 @@ class MMPareto(Method):
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
         return {f"head_{m}": nn.Linear(model.encoders[m].out_dim, n_classes) for m in model.modalities}
-
-    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self._cos = {m: [] for m in model.modalities}

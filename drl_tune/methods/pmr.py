@@ -51,7 +51,6 @@ from drl_tune.methods.base import (
     Method,
     batch_score_tensors,
     check_window,
-    require_two_modalities,
 )
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
@@ -107,9 +106,6 @@ class PMR(Method):
         self.epoch = 0
         self._absent = 0
         self._diag = EpochMeans()  # diag/rho and diag/weak_<m> (the share of steps m got the prototype term)
-
-    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.epoch = ctx.epoch

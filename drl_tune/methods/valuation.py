@@ -39,7 +39,7 @@ import torch
 
 from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import EpochContext, Method, require_two_modalities
+from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
 
@@ -115,9 +115,6 @@ class Valuation(Method):
         super().__init__(params)
         self.rows: np.ndarray | None = None
         self.keep: np.ndarray | None = None
-
-    def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
-        require_two_modalities(model, self.name)
 
     def training_rows(self, n_train: int) -> tuple[np.ndarray, np.ndarray | None]:
         if self.rows is None:
