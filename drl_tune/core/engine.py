@@ -151,16 +151,23 @@ class Engine:
         ``training`` = the epoch's recipe (shuffled by the run's generator, batch_size, augmentation, no batch of
         one); otherwise in order, eval.batch_size, no augmentation; only ``modalities``' inputs if given."""
         indices = np.asarray(indices, dtype=np.int64)
-        if training:
-            indices = indices[torch.randperm(len(indices), generator=self.generator).numpy()]
-        size = self.config.batch_size if training else self.config.eval.batch_size
-        for start in range(0, len(indices), size):
-            chosen = indices[start : start + size]
-            if training:
-                if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
-                    continue
-                chosen = np.sort(chosen)  # file order, as the epoch's batches
-            yield self._batch("train", chosen, train=training, modalities=modalities)
+        if not training:
+            size = self.config.eval.batch_size
+            for start in range(0, len(indices), size):
+                yield self._batch("train", indices[start : start + size], train=False, modalities=modalities)
+            return
+        for chosen in self._shuffled_batches(len(indices)):
+            yield self._batch("train", np.sort(indices[chosen]), train=True, modalities=modalities)
+
+    def _shuffled_batches(self, n: int) -> Iterator[np.ndarray]:
+        """Positions 0..n-1 shuffled by the run's generator, in training batches of ``batch_size`` (a batch of one is
+        dropped: BatchNorm cannot train on it) — the epoch's batches and a method's own training passes alike."""
+        order = torch.randperm(n, generator=self.generator).numpy()
+        size = self.config.batch_size
+        for start in range(0, n, size):
+            chosen = order[start : start + size]
+            if len(chosen) >= 2:
+                yield chosen
 
     # -- training --------------------------------------------------------------------------------------
 
@@ -171,20 +178,15 @@ class Engine:
         self._feature_cache.clear()
         self.model.train()
         rows, keep = self.method.training_rows(len(self.data.splits["train"]))
-        order = torch.randperm(len(rows), generator=self.generator).numpy()
-        size = self.config.batch_size
         # the loss is summed on the device and read once per epoch: a per-step .item() would make the host wait
         # for every step, so it could not gather the next batch while the GPU trains (float64: the same sum as
         # adding the float32 losses' Python floats one by one)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
-        for start in range(0, len(order), size):
+        for chosen in self._shuffled_batches(len(rows)):
             # rows sorted by sample index read memory-mapped arrays in file order; order inside a batch is
             # irrelevant (with the default rows, this is the sorted slice of the permutation)
-            chosen = order[start : start + size]
             chosen = chosen[np.argsort(rows[chosen], kind="stable")]
-            if len(chosen) < 2:  # BatchNorm cannot train on a batch of one
-                continue
             inputs, labels = self._batch("train", rows[chosen], train=True)
             batch_keep = None if keep is None else self.accel.host_to_device(keep[chosen])
             self.optimizer.zero_grad(set_to_none=True)
