@@ -113,6 +113,15 @@ class Job:
     def lines(self, prefix: str) -> list[str]:
         return [line for line in self.text().splitlines() if line.startswith(prefix)]
 
+    def expect(self, state: str, exit_code: str | None = None) -> None:
+        """Fail with everything needed to tell why (the whole job log, then the tail of the cluster's daemon
+        logs) unless the job ended in ``state`` (and ``exit_code``): an assertion's message would be cut short."""
+        if self.state == state and exit_code in (None, self.exit_code):
+            return
+        pytest.fail(f"job {self.id} ({self.name}) ended {self.state}, exit {self.exit_code} after {self.seconds:.0f} s;"
+                    f" expected {state}{f', exit {exit_code}' if exit_code else ''}\n--- job log {self.log}\n"
+                    f"{self.text()}\n{self.cluster.logs(tail=3000)}", pytrace=False)
+
 
 def submit_study(cluster: SlurmCluster, name: str, epochs: int) -> Job:
     """The demo-sized study of tests/test_study_address.py (2 trials, 1 CPU each, 2 at a time)."""
@@ -214,7 +223,7 @@ def test_script_is_shellcheck_clean_and_slurm_accepts_it(slurm, capsys):
 def test_study_runs_on_both_nodes_and_leaves_nothing(slurm, capsys):
     job = submit_study(slurm, "full", FULL_EPOCHS).wait()
     text = job.text()
-    assert job.state == "COMPLETED" and job.exit_code == "0:0", (job.state, job.exit_code, text[-6000:])
+    job.expect("COMPLETED", "0:0")
     allocation = job.lines("slurm.sbatch: allocation:")
     assert len(allocation) == 1 and "2 node(s) n1 n2" in allocation[0], text[:3000]
     addresses = nodes_joined(job)
@@ -270,7 +279,7 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
     assert slurm.run("scancel", str(job.id)).returncode == 0
     job.wait()
     gone = time.monotonic() - cancelled
-    assert job.state == "CANCELLED", (job.state, job.text()[-4000:])
+    job.expect("CANCELLED")
     left = slurm.leftovers(job.id)
     assert not left, [f"{p} {cmdline(p)[:100]}" for p in left]
     assert not list(slurm.ray_tmp.iterdir())
@@ -286,7 +295,7 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
     resumed = Job(slurm, "cut-resume", ["--resume", "--name", "cut", "--storage", str(storage),
                                         "--progress-interval", "0"]).wait()
     text = resumed.text()
-    assert resumed.state == "COMPLETED" and resumed.exit_code == "0:0", (resumed.state, text[-6000:])
+    resumed.expect("COMPLETED", "0:0")
     assert "resuming study 'cut'" in text and "search of study 'cut' (2 trials" in text
     rows = check_finished(study, CANCEL_EPOCHS)
     assert not slurm.leftovers(resumed.id) and not list(slurm.ray_tmp.iterdir())
