@@ -12,6 +12,9 @@ allocation.
    and on no command line; after the cancel no Ray, srun or slurmstepd process of that job is left (found by the
    cluster's marker in each process's environment, so no other Slurm or Ray on the machine is looked at); a
    resubmitted ``--resume`` finishes it.
+4. A Ray node that fails to start (a stand-in ``ray`` whose first ``ray start`` on a node fails and leaves a
+   process behind) is started once more, its leftover stopped, and the study runs; one that always fails ends
+   the job with an error naming it, and nothing is left.
 
 Each phase prints the lines a reviewer needs (allocation, nodes joined, trials per node, clean-up, wall time).
 """
@@ -75,12 +78,12 @@ def slurm():
 
 
 class Job:
-    def __init__(self, cluster: SlurmCluster, name: str, args: list[str]):
+    def __init__(self, cluster: SlurmCluster, name: str, args: list[str], env: dict[str, str] | None = None):
         self.cluster, self.name = cluster, name
         self.log = cluster.base / f"{name}.out"
         env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "DRL_TUNE_RAY_TMP": str(cluster.ray_tmp)}
+               "DRL_TUNE_RAY_TMP": str(cluster.ray_tmp), **(env or {})}
         self.submitted = time.monotonic()
         self.id = cluster.sbatch(*ALLOCATION, f"--output={self.log}", f"--chdir={cluster.base}", str(SCRIPT),
                                  *args, env=env)
@@ -123,10 +126,46 @@ class Job:
                     f"{self.text()}\n{self.cluster.logs(tail=3000)}", pytrace=False)
 
 
-def submit_study(cluster: SlurmCluster, name: str, epochs: int) -> Job:
+def submit_study(cluster: SlurmCluster, name: str, epochs: int, env: dict[str, str] | None = None) -> Job:
     """The demo-sized study of tests/test_study_address.py (2 trials, 1 CPU each, 2 at a time)."""
     return Job(cluster, name, ["--space", str(cluster.space), "--storage", str(cluster.base / "studies"), "--name",
-                               name, "--progress-interval", "0", f"--set=epochs={epochs}", *tiny_sets()])
+                               name, "--progress-interval", "0", f"--set=epochs={epochs}", *tiny_sets()], env)
+
+
+# Stands in for `ray` in a job's PATH: its first N `ray start`s on a node fail as a Ray that runs out a start-up
+# window does (exit 1, no "Ray runtime started.", a process of it left running that names the node's temp folder,
+# as a raylet's --session_dir does); everything else is the real ray. N per node: RAY_START_FAILS, e.g.
+# "n1:1,n2:1"; the count of failures so far lives in RAY_START_FAILS_DIR.
+LEFTOVER = "leftover-of-a-failed-ray-start"
+FAILING_RAY = """#!/bin/bash
+if [[ $1 == start ]]; then
+  want=$(tr ',' '\\n' <<<"$RAY_START_FAILS" | sed -n "s/^$SLURMD_NODENAME://p")
+  count="$RAY_START_FAILS_DIR/$SLURMD_NODENAME"
+  done=$(cat "$count" 2>/dev/null || echo 0)
+  if ((done < ${want:-0})); then
+    echo $((done + 1)) >"$count"
+    for ((i = 1; i < $#; i++)); do
+      j=$((i + 1))
+      [[ ${!i} != --temp-dir ]] || tmp=${!j}
+    done
+    (exec -a "@LEFTOVER@ --session_dir=$tmp/session_1" sleep 600) &
+    echo "Exception: The current node timed out during startup. (the test's failing ray, try $((done + 1)))"
+    exit 1
+  fi
+fi
+exec "$REAL_RAY" "$@"
+""".replace("@LEFTOVER@", LEFTOVER)
+
+
+def failing_ray(cluster: SlurmCluster, name: str, fails: str) -> dict[str, str]:
+    """A job environment whose `ray start` fails ``fails`` times per node ("n1:1,n2:1") before it works."""
+    folder = cluster.base / f"failing-ray-{name}"
+    (folder / "count").mkdir(parents=True)
+    (folder / "ray").write_text(FAILING_RAY)
+    (folder / "ray").chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "REAL_RAY": str(Path(sys.executable).with_name("ray")), "RAY_START_FAILS": fails,
+            "RAY_START_FAILS_DIR": str(folder / "count")}
 
 
 def result_rows(trial_dir: Path) -> list[dict]:
@@ -307,3 +346,40 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
         f"  trials finished per node: {', '.join(f'{n} {c}' for n, c in per_node.items())}; every trial "
         f"{CANCEL_EPOCHS}/{CANCEL_EPOCHS} epochs, one finished MLflow child run each; the token in no job log",
         "  processes of the job left: none; private folders left: none")
+
+
+@pytest.mark.slow
+def test_a_ray_node_that_fails_to_start_gets_one_more_try(slurm, capsys):
+    """The head and the worker each fail their first `ray start` (as Ray does when a busy node runs out its
+    start-up window): each is started once more and the study runs. A node that fails twice ends the job with
+    an error naming it, and the job still leaves nothing behind."""
+    job = submit_study(slurm, "retry", 2, failing_ray(slurm, "retry", "n1:1,n2:1"))
+    while "slurm.sbatch: nodes joined:" not in job.text():  # what the failed starts left was stopped before
+        assert time.monotonic() - job.submitted < JOB_TIMEOUT and slurm.job_state(job.id), job.text()[-4000:]
+        time.sleep(0.5)
+    assert not [p for p in slurm.leftovers(job.id) if LEFTOVER in cmdline(p)]
+    job.wait()
+    job.expect("COMPLETED", "0:0")
+    text = job.text()
+    for node in ("n1", "n2"):
+        assert len(job.lines(f"slurm.sbatch: Ray on {node} failed to start (code 1,")) == 1, text[-4000:]
+    assert text.count("the test's failing ray, try 1") == 2 and "try 2" not in text
+    assert nodes_joined(job) == {"n1": "127.0.0.1", "n2": "127.0.0.2"}
+    assert "slurm.sbatch: study: exit code 0" in text
+    check_finished(slurm.base / "studies" / "retry", 2)
+    assert not slurm.leftovers(job.id) and not list(slurm.ray_tmp.iterdir())
+
+    broken = submit_study(slurm, "broken", 2, failing_ray(slurm, "broken", "n2:9")).wait()
+    broken.expect("FAILED", "2:0")
+    text = broken.text()
+    assert len(broken.lines("slurm.sbatch: Ray on n2 failed to start (code 1,")) == 1, text[-4000:]
+    assert len(broken.lines("slurm.sbatch: error: Ray on n2 exited by itself (code 1,")) == 1, text[-4000:]
+    assert broken.lines("slurm.sbatch: error: Ray on n2 stopped before all nodes joined"), text[-4000:]
+    assert "try 2" in text and "try 3" not in text and "nodes joined:" not in text and "study:" not in text
+    assert len(broken.lines("slurm.sbatch: clean-up: Ray stopped on 2 node(s)")) == 1, text[-3000:]
+    assert not slurm.leftovers(broken.id) and not list(slurm.ray_tmp.iterdir())
+    say(capsys, f"job {job.id} (each node's first `ray start` fails): {job.state}, exit {job.exit_code}, "
+                f"{job.seconds:.0f} s", *script_lines(job),
+        f"job {broken.id} (n2's `ray start` always fails): {broken.state}, exit {broken.exit_code}, "
+        f"{broken.seconds:.0f} s", *script_lines(broken),
+        "  processes of both jobs left: none; private folders left: none")
