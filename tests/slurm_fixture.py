@@ -25,6 +25,10 @@ from tests.test_study_address import free_port
 MARKER = "DRL_TUNE_SLURM_TEST"
 TOOLS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 PROC = Path("/proc")
+# a job's states once it has ended and Slurm has ended every process of it (while they are being ended, scontrol
+# shows COMPLETING instead)
+ENDED = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                   "BOOT_FAIL", "DEADLINE"})
 
 
 def missing() -> str | None:
@@ -95,7 +99,7 @@ class SlurmCluster:
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             "MailProg=/bin/true", "ReturnToService=2",
-            "MinJobAge=4",  # finished jobs leave squeue within seconds, so a test polls squeue, not sbatch --wait
+            "MinJobAge=300",  # a job's final state (scontrol show job) stays readable for the tests after its end
             "KillWait=10",  # after scancel: SIGTERM, then SIGKILL 10 s later (Slurm's default is 30 s)
             f"StateSaveLocation={b}/state", f"SlurmdSpoolDir={b}/spool/%n",
             f"SlurmctldPidFile={b}/slurmctld.pid", f"SlurmdPidFile={b}/slurmd-%n.pid",
@@ -191,22 +195,31 @@ class SlurmCluster:
         return int(out.stdout.strip().split(";")[0])
 
     def job_state(self, job: int) -> str | None:
-        """PENDING, RUNNING, COMPLETING, ...; None once the job has left the queue (MinJobAge)."""
-        out = self.run("squeue", "-h", "-j", str(job), "-o", "%T")
-        state = out.stdout.strip()
-        return state or None
+        """PENDING, RUNNING, COMPLETING (its processes are being ended), then a state of :data:`ENDED`; None
+        once slurmctld has forgotten the job (MinJobAge, 300 s, after its end). Asks again while slurmctld does not
+        answer: a missing answer is not taken for a job that is gone."""
+        deadline = time.monotonic() + 60
+        while (info := self.job_info(job)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"slurmctld did not answer `scontrol show job {job}` for 60 s\n" + self.logs())
+            time.sleep(0.5)
+        return info.get("JobState") if info else None
 
-    def job_info(self, job: int) -> dict[str, str]:
-        """``scontrol show job`` as a dict (while the job is known to slurmctld)."""
-        out = self.run("scontrol", "show", "job", "-o", str(job)).stdout
-        return dict(re.findall(r"(\w+)=(\S*)", out))
+    def job_info(self, job: int) -> dict[str, str] | None:
+        """``scontrol show job`` as a dict; {} once slurmctld has forgotten the job, None if it did not answer.
+        (squeue is not asked: it may leave out a job that is still COMPLETING.)"""
+        out = self.run("scontrol", "show", "job", "-o", str(job))
+        if out.returncode != 0:
+            return {} if "Invalid job id" in out.stderr else None
+        return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
     def wait_gone(self, job: int, timeout: float) -> float:
-        """Wait until ``job`` has left the queue (ended and every process of it gone); returns the seconds."""
+        """Wait until ``job`` has ended and every process of it is gone (a state of :data:`ENDED`, or forgotten);
+        returns the seconds."""
         start = time.monotonic()
-        while self.job_state(job) is not None:
+        while (state := self.job_state(job)) is not None and state not in ENDED:
             if time.monotonic() - start > timeout:
-                raise TimeoutError(f"job {job} still {self.job_state(job)} after {timeout:g} s")
+                raise TimeoutError(f"job {job} still {state} after {timeout:g} s")
             time.sleep(0.5)
         return time.monotonic() - start
 

@@ -39,7 +39,7 @@ from mlflow import MlflowClient
 
 from drl_tune.study.faults import WORKER_FILE
 from drl_tune.study.plan import PLAN_FILE, Plan
-from tests.slurm_fixture import SlurmCluster, cmdline, missing, process_env
+from tests.slurm_fixture import ENDED, SlurmCluster, cmdline, missing, process_env
 from tests.test_study_address import SPACE
 from tests.test_study_e2e import tiny_sets
 
@@ -91,15 +91,12 @@ class Job:
         self.seconds = 0.0
 
     def wait(self, timeout: float = JOB_TIMEOUT) -> Job:
-        """Until the job has left the queue (Slurm: every process of it ended); keeps its last state."""
+        """Until the job has ended and Slurm has ended every process of it; keeps its last state and exit code."""
         while True:
             info = self.cluster.job_info(self.id)
             if info:
                 self.state, self.exit_code = info.get("JobState", ""), info.get("ExitCode", "")
-            if self.cluster.job_state(self.id) is None:
-                info = self.cluster.job_info(self.id)  # kept MinJobAge (4 s) after the end
-                if info:
-                    self.state, self.exit_code = info.get("JobState", ""), info.get("ExitCode", "")
+            if info == {} or self.state in ENDED:  # {}: forgotten (MinJobAge), seen last in self.state
                 break
             if time.monotonic() - self.submitted > timeout:
                 raise TimeoutError(f"job {self.id} ({self.name}) not done after {timeout} s:\n{self.text()[-4000:]}")
@@ -355,7 +352,8 @@ def test_a_ray_node_that_fails_to_start_gets_one_more_try(slurm, capsys):
     an error naming it, and the job still leaves nothing behind."""
     job = submit_study(slurm, "retry", 2, failing_ray(slurm, "retry", "n1:1,n2:1"))
     while "slurm.sbatch: nodes joined:" not in job.text():  # what the failed starts left was stopped before
-        assert time.monotonic() - job.submitted < JOB_TIMEOUT and slurm.job_state(job.id), job.text()[-4000:]
+        assert time.monotonic() - job.submitted < JOB_TIMEOUT, job.text()[-4000:]
+        assert slurm.job_state(job.id) not in ENDED | {None}, job.text()[-4000:]
         time.sleep(0.5)
     assert not [p for p in slurm.leftovers(job.id) if LEFTOVER in cmdline(p)]
     job.wait()
