@@ -213,15 +213,20 @@ class SlurmCluster:
             return {} if "Invalid job id" in out.stderr else None
         return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
-    def wait_gone(self, job: int, timeout: float) -> float:
-        """Wait until ``job`` has ended and every process of it is gone (a state of :data:`ENDED`, or forgotten);
-        returns the seconds."""
-        start = time.monotonic()
-        while (state := self.job_state(job)) is not None and state not in ENDED:
-            if time.monotonic() - start > timeout:
-                raise TimeoutError(f"job {job} still {state} after {timeout:g} s")
+    def wait_ended(self, job: int, timeout: float) -> dict[str, str]:
+        """Wait until ``job`` has ended and Slurm has ended every process of it (a state of :data:`ENDED`, or
+        forgotten); returns the last ``scontrol show job`` answer seen ({} if there was none)."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, str] = {}
+        while True:
+            info = self.job_info(job)  # None (no answer): ask again
+            if info:
+                last = info
+            if info == {} or last.get("JobState") in ENDED:
+                return last
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job} still {last.get('JobState', '?')} after {timeout:g} s")
             time.sleep(0.5)
-        return time.monotonic() - start
 
     def leftovers(self, job: int | None = None) -> list[int]:
         """PIDs of live processes this cluster started (its marker in their environment), other than its own

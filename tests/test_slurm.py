@@ -92,15 +92,11 @@ class Job:
 
     def wait(self, timeout: float = JOB_TIMEOUT) -> Job:
         """Until the job has ended and Slurm has ended every process of it; keeps its last state and exit code."""
-        while True:
-            info = self.cluster.job_info(self.id)
-            if info:
-                self.state, self.exit_code = info.get("JobState", ""), info.get("ExitCode", "")
-            if info == {} or self.state in ENDED:  # {}: forgotten (MinJobAge), seen last in self.state
-                break
-            if time.monotonic() - self.submitted > timeout:
-                raise TimeoutError(f"job {self.id} ({self.name}) not done after {timeout} s:\n{self.text()[-4000:]}")
-            time.sleep(0.5)
+        try:
+            info = self.cluster.wait_ended(self.id, timeout - (time.monotonic() - self.submitted))
+        except TimeoutError as err:
+            raise TimeoutError(f"{err} ({self.name}):\n{self.text()[-4000:]}") from None
+        self.state, self.exit_code = info.get("JobState", ""), info.get("ExitCode", "")
         self.seconds = time.monotonic() - self.submitted
         return self
 
@@ -112,6 +108,15 @@ class Job:
 
     def lines(self, prefix: str) -> list[str]:
         return [line for line in self.text().splitlines() if line.startswith(prefix)]
+
+    def check_left_nothing(self) -> None:
+        """The script's one clean-up line stopped both Ray nodes; no process of the job and no private folder is
+        left."""
+        cleaned = self.lines("slurm.sbatch: clean-up:")
+        assert len(cleaned) == 1 and "Ray stopped on 2 node(s)" in cleaned[0], self.text()[-3000:]
+        left = self.cluster.leftovers(self.id)
+        assert not left, [f"{p} {cmdline(p)[:100]}" for p in left]
+        assert not list(self.cluster.ray_tmp.iterdir())
 
     def expect(self, state: str, exit_code: str | None = None) -> None:
         """Fail with everything needed to tell why (the whole job log, then the tail of the cluster's daemon
@@ -273,9 +278,7 @@ def test_study_runs_on_both_nodes_and_leaves_nothing(slurm, capsys):
     # node without the driver: the driver reads failures from there (study/trainable.trial_folder)
     folders = [p for p in (slurm.base / "studies" / "full").iterdir() if p.is_dir() and (p / "result.json").exists()]
     assert len(folders) == 2 and all((f / WORKER_FILE).is_file() for f in folders), folders
-    cleaned = job.lines("slurm.sbatch: clean-up:")
-    assert cleaned == [cleaned[0]] and "Ray stopped on 2 node(s)" in cleaned[0], text[-3000:]
-    assert not slurm.leftovers(job.id) and not list(slurm.ray_tmp.iterdir())
+    job.check_left_nothing()
     assert "Traceback" not in text and "ray stop" not in text
     say(capsys, f"job {job.id} (study, 2 trials x {FULL_EPOCHS} epochs): {job.state}, exit {job.exit_code}, "
                 f"{job.seconds:.0f} s from sbatch until every process of it had ended", *script_lines(job),
@@ -316,11 +319,7 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
     job.wait()
     gone = time.monotonic() - cancelled
     job.expect("CANCELLED")
-    left = slurm.leftovers(job.id)
-    assert not left, [f"{p} {cmdline(p)[:100]}" for p in left]
-    assert not list(slurm.ray_tmp.iterdir())
-    cleaned = job.lines("slurm.sbatch: clean-up:")
-    assert len(cleaned) == 1 and "Ray stopped on 2 node(s)" in cleaned[0], job.text()[-3000:]
+    job.check_left_nothing()
     say(capsys, f"job {job.id} (study to cancel, 2 trials x {CANCEL_EPOCHS} epochs): scancel {running:.0f} s after "
                 f"sbatch, at a trial's first checkpoint -> {job.state}; every process of it ended {gone:.1f} s "
                 "after scancel", *script_lines(job),
@@ -334,7 +333,7 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
     resumed.expect("COMPLETED", "0:0")
     assert "resuming study 'cut'" in text and "search of study 'cut' (2 trials" in text
     rows = check_finished(study, CANCEL_EPOCHS)
-    assert not slurm.leftovers(resumed.id) and not list(slurm.ray_tmp.iterdir())
+    resumed.check_left_nothing()
     for log in (job, resumed):
         assert token not in log.text()
     per_node = trials_per_node(rows, nodes_joined(resumed))
@@ -365,7 +364,7 @@ def test_a_ray_node_that_fails_to_start_gets_one_more_try(slurm, capsys):
     assert nodes_joined(job) == {"n1": "127.0.0.1", "n2": "127.0.0.2"}
     assert "slurm.sbatch: study: exit code 0" in text
     check_finished(slurm.base / "studies" / "retry", 2)
-    assert not slurm.leftovers(job.id) and not list(slurm.ray_tmp.iterdir())
+    job.check_left_nothing()
 
     broken = submit_study(slurm, "broken", 2, failing_ray(slurm, "broken", "n2:9")).wait()
     broken.expect("FAILED", "2:0")
@@ -374,8 +373,7 @@ def test_a_ray_node_that_fails_to_start_gets_one_more_try(slurm, capsys):
     assert len(broken.lines("slurm.sbatch: error: Ray on n2 exited by itself (code 1,")) == 1, text[-4000:]
     assert broken.lines("slurm.sbatch: error: Ray on n2 stopped before all nodes joined"), text[-4000:]
     assert "try 2" in text and "try 3" not in text and "nodes joined:" not in text and "study:" not in text
-    assert len(broken.lines("slurm.sbatch: clean-up: Ray stopped on 2 node(s)")) == 1, text[-3000:]
-    assert not slurm.leftovers(broken.id) and not list(slurm.ray_tmp.iterdir())
+    broken.check_left_nothing()
     say(capsys, f"job {job.id} (each node's first `ray start` fails): {job.state}, exit {job.exit_code}, "
                 f"{job.seconds:.0f} s", *script_lines(job),
         f"job {broken.id} (n2's `ray start` always fails): {broken.state}, exit {broken.exit_code}, "
