@@ -120,7 +120,8 @@ def test_cremad_official_layout_and_split_csvs_with_bom_crlf_header(variant, tmp
         assert split.clip_ids.tolist() == [c for c, _ in rows]  # the CSV's order
         assert [data.classes[y] for y in split.labels] == [e for _, e in rows]
         assert split.inputs["visual"].shape == (6, 2, 3, 224, 224)  # default: the training resolution
-        check_frames(split.inputs["visual"], split.labels, [1, 3], tol=6)  # 4 frames → 2nd and 4th
+        # 4 frames numbered 1-4: the official loader opens numbers i*seg + seg//2 = 1 and 3 (1st and 3rd)
+        check_frames(split.inputs["visual"], split.labels, [0, 2], tol=6)
         # the official .pt fbank is stored as is (value = label), zero-padded from 50 to 300 frames
         audio = split.inputs["audio"].astype(np.float32)
         assert audio.shape == (6, 300, 128)
@@ -176,7 +177,11 @@ def test_kinetics_sounds_ogm_ge_layout_with_videos(tmp_path):
     truth = {clip: label for split in rows.values() for clip, label in split}
     for split in data.splits.values():
         assert [truth[c] for c in split.clip_ids] == split.labels.tolist()
-        check_frames(split.inputs["visual"], split.labels, [1, 5, 8], tol=10)  # 10 frames at 1 fps → 3
+        # 10 frames at 1 fps → 3: a frame folder (frame_00001 … frame_00010) gives the numbers OGM-GE's loader
+        # opens, seg*i + 1 = 1, 4, 7 (positions 0, 3, 6); a video the centres of equal segments (1, 5, 8)
+        for clip_id, frames, label in zip(split.clip_ids, split.inputs["visual"], split.labels, strict=True):
+            from_video = (tmp_path / "src" / "video" / f"{clip_id}.mp4").is_file()
+            check_frames(frames[None], label[None], [1, 5, 8] if from_video else [0, 3, 6], tol=10)
     # validation is carved from train by YouTube video: no video straddles train and val
     videos = {s: {c[:11] for c in data.splits[s].clip_ids} for s in ("train", "val")}
     assert not videos["train"] & videos["val"]

@@ -18,8 +18,12 @@ Class order: sorted names (ANG, DIS, FEA, HAP, NEU, SAD), as the DRL code's ``so
 Audio: Kaldi fbank, 128 mel bins, 25 ms window, 10 ms shift, 16 kHz, per-clip mean removed per mel bin
 (``log_fbank``), cropped / zero-padded to ``--audio-frames`` (300 = 3 s, the window OGM-GE trains on; CREMA-D
 clips last 1–5 s, 2.5 s on average). Official ``.pt`` tensors are stored as they are (their unpublished
-script's normalisation), only cropped / padded. Visual: ``--frames`` (2) frames, the centres of equal
-segments of the clip, resized to ``--size`` (224)² like the official evaluation transform.
+script's normalisation), only cropped / padded. Visual: ``--frames`` (2) frames resized to ``--size`` (224)²
+like the official evaluation transform (``Resize((224, 224))``, ``code/dataset/av_dataset.py`` lines 92-97); from
+a frame folder the very frames the official DRL loader opens for every split its training script reads
+(``my_train``, ``val``, ``test``: ``av_dataset.py`` lines 99-109, frame number i·⌊F/2⌋ + ⌊F/4⌋ of F, by file
+name — ``sources.FRAME_RULES["drl"]``), from a video the centres of equal segments (the official frames were
+extracted by a script that is not published).
 """
 
 from __future__ import annotations
@@ -178,5 +182,4 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
         splits[split] = require_items(items, split, src)
 
     return audio_visual_plan(NAME, classes, splits, args, {"source_layout": layout, "splits": split_source},
-                             skipped, precomputed="precomputed official .pt fbank",
-                             sampling="centre of each of N equal segments of the clip")
+                             skipped, precomputed="precomputed official .pt fbank", frame_rule="drl")

@@ -16,7 +16,10 @@ Source layout (OGM-GE's):
 Validation: ``my_val.txt`` if given, else ``--val-fraction`` (10%) of the training list, stratified by class
 and disjoint by YouTube video (clips cut from one video never straddle train and val).
 Audio: Kaldi fbank, 128 mel bins, 10 ms shift, 16 kHz, per-clip mean removed, ``--audio-frames`` 1024 (the
-official 10 s length). Visual: ``--frames`` (3) frames, the centres of equal segments, resized to 224².
+official 10 s length). Visual: ``--frames`` (3) frames resized to 224² (the evaluation ``Resize``); from a frame
+folder the frames OGM-GE's loader opens in every split (``dataset/dataset.py`` lines 95-105: frame number
+seg·i + 1, seg = ⌊F/3⌋, by file name — ``sources.FRAME_RULES["ogm_ge"]``; the DRL README points to OGM-GE's
+preprocessing, DRL's own Kinetics-Sounds code is not published), from a video the centres of equal segments.
 """
 
 from __future__ import annotations
@@ -141,5 +144,4 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
     }
     return audio_visual_plan(NAME, classes, splits, args,
                              {"source_layout": "ogm-ge", "class_list": class_file, "splits": split_source}, skipped,
-                             precomputed="precomputed .npy fbank",
-                             sampling="centre of each of N equal segments of the clip's frames")
+                             precomputed="precomputed .npy fbank", frame_rule="ogm_ge")

@@ -206,6 +206,36 @@ def pick_evenly(available: int, n: int) -> list[int]:
     return [min(available - 1, int((i + 0.5) * available / n)) for i in range(n)]
 
 
+# The frame numbers the official loaders open in a clip's folder of F numbered frames, seg = F // n. They name a
+# frame by the number in its file name, not by its position in the folder (the two differ by one where numbering
+# starts at 1), so these rules pick by number (:func:`folder_frames`).
+FRAME_RULES: dict[str, str] = {
+    # DRL code/dataset/av_dataset.py lines 99-109, the branch every split but the baseline's 'train' takes:
+    # seg = int(file_num / pick_num); index = i*seg + int(seg/2); 'frame_000' + str(index).zfill(2) + '.jpg'
+    "drl": "frame number i*seg + seg//2 of the folder's F frames, seg = F//n (the official DRL loader, "
+           "code/dataset/av_dataset.py lines 99-109)",
+    # OGM-GE dataset/dataset.py lines 95-105, train and test alike: t[i] = seg * i + 1; 'frame_0000' + str(t[i])
+    "ogm_ge": "frame number seg*i + 1 of the folder's F frames, seg = F//n (the OGM-GE loader, "
+              "dataset/dataset.py lines 95-105)",
+}
+
+
+def official_frame_numbers(rule: str, available: int, n: int) -> list[int]:
+    """The frame numbers (as in the file names) that ``rule`` (a key of :data:`FRAME_RULES`) opens."""
+    seg = available // n
+    if rule == "drl":
+        return [i * seg + seg // 2 for i in range(n)]
+    if rule == "ogm_ge":
+        return [seg * i + 1 for i in range(n)]
+    raise ValueError(f"unknown frame rule {rule!r}; known: {', '.join(FRAME_RULES)}")
+
+
+def frame_number(path: Path) -> int | None:
+    """The frame number a file name carries (its last run of digits: ``frame_00007.jpg`` -> 7), or None."""
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else None
+
+
 def _resize(image: Any, size: int) -> np.ndarray:
     from PIL import Image
 
@@ -236,10 +266,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise PrepareError(f"{path}: cannot decode image ({err}); replace the file or leave the clip out") from None
 
 
-def folder_frames(folder: str | Path, n: int, size: int) -> np.ndarray:
-    """uint8 [n, 3, size, size]: n frames picked evenly from a folder of images."""
+def folder_frames(folder: str | Path, n: int, size: int, rule: str | None = None) -> np.ndarray:
+    """uint8 [n, 3, size, size]: n frames of a folder of images — the ones an official loader opens (``rule``, a
+    key of :data:`FRAME_RULES`) where the folder has files of those numbers, else picked evenly (centres)."""
     frames = list_frames(folder)
-    return np.stack([read_image(frames[i], size) for i in pick_evenly(len(frames), n)])
+    chosen = [frames[i] for i in pick_evenly(len(frames), n)]
+    if rule is not None:
+        by_number = {frame_number(p): p for p in frames}
+        wanted = official_frame_numbers(rule, len(frames), n)
+        if all(k in by_number for k in wanted):
+            chosen = [by_number[k] for k in wanted]
+    return np.stack([read_image(path, size) for path in chosen])
 
 
 def video_frames(path: str | Path, n: int, size: int) -> np.ndarray:
@@ -293,10 +330,11 @@ def video_size(path: str | Path) -> tuple[int, int]:
         raise PrepareError(f"{path}: cannot decode video ({err}); replace the file or leave the clip out") from None
 
 
-def visual_frames(sources: dict[str, str], n: int, size: int) -> np.ndarray:
-    """Frames of a clip from its frame folder if it has one, else from its video file."""
+def visual_frames(sources: dict[str, str], n: int, size: int, rule: str | None = None) -> np.ndarray:
+    """Frames of a clip from its frame folder if it has one (``rule``: see :func:`folder_frames`), else from its
+    video file (centres of equal segments: no official loader reads video)."""
     if "frames" in sources:
-        return folder_frames(sources["frames"], n, size)
+        return folder_frames(sources["frames"], n, size, rule)
     return video_frames(sources["video"], n, size)
 
 
@@ -340,10 +378,11 @@ class AVDecoder:
     n_mels: int
     audio_frames: int
     sample_rate: int
+    frame_rule: str | None = None  # the official loader's frames in a frame folder (FRAME_RULES); None: centres
 
     def __call__(self, item: Item) -> dict[str, np.ndarray]:
         audio = audio_features(item.sources["audio"], self.sample_rate, self.n_mels, self.audio_frames)
-        visual = visual_frames(item.sources, self.frames, self.size)
+        visual = visual_frames(item.sources, self.frames, self.size, self.frame_rule)
         return {"audio": audio, "visual": visual}
 
 
@@ -359,10 +398,14 @@ def audio_visual_source(args: Any, dataset: str) -> Path:
 
 def audio_visual_plan(dataset: str, classes: list[str], splits: dict[str, list[Item]], args: Any,
                       preprocessing: dict[str, Any], skipped: dict[str, list[str]], *, precomputed: str,
-                      sampling: str) -> PreparePlan:
+                      frame_rule: str | None = None) -> PreparePlan:
     """The plan CREMA-D and Kinetics-Sounds share: audio as a Kaldi fbank spectrogram, visual as frames, both
-    decoded by :class:`AVDecoder` from ``args`` (``--frames --size --n-mels --audio-frames --sample-rate``).
+    decoded by :class:`AVDecoder` from ``args`` (``--frames --size --n-mels --audio-frames --sample-rate``) and
+    ``frame_rule`` (the official loader's frames of a frame folder, :data:`FRAME_RULES`).
     ``preprocessing`` holds the dataset's own manifest entries; the audio and visual ones are added here."""
+    centres = "the centre of each of N equal segments of the clip"
+    sampling = (f"frame folders: {FRAME_RULES[frame_rule]}, where the folder has those numbers, else {centres}; "
+                f"videos: {centres}") if frame_rule else centres
     first = splits["train"][0]
     audio_kind = Path(first.sources["audio"]).suffix.lstrip(".")
     return PreparePlan(
@@ -373,7 +416,7 @@ def audio_visual_plan(dataset: str, classes: list[str], splits: dict[str, list[I
             "visual": (ModalityKind.FRAMES, (args.frames, 3, args.size, args.size)),
         },
         splits=splits,
-        decode=AVDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate),
+        decode=AVDecoder(args.frames, args.size, args.n_mels, args.audio_frames, args.sample_rate, frame_rule),
         preprocessing={
             **preprocessing,
             "audio": audio_preprocessing(audio_kind, args.n_mels, args.sample_rate, args.audio_frames, precomputed),
