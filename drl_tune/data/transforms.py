@@ -4,9 +4,11 @@ Cached arrays stay uint8/float16 until they reach the device; augmentation then 
 instead of per-sample PIL work in DataLoader workers.
 
 What the official code does (DRL ``av_dataset.py``, OGM-GE, per frame, each call drawing new random
-parameters): training ``RandomResizedCrop(224)`` (scale 0.08–1, ratio 3/4–4/3, torchvision's sampling
-rule, 10 tries then a centre crop) + ``RandomHorizontalFlip()`` + ``ToTensor`` + ImageNet ``Normalize``;
-evaluation ``Resize((224, 224))`` + ``ToTensor`` + ``Normalize``. Frames are cached already resized to the
+parameters): augmented training (DRL's mode ``'train'``, which only its *baseline* script reads; OGM-GE's
+training) ``RandomResizedCrop(224)`` (scale 0.08–1, ratio 3/4–4/3, torchvision's sampling rule, 10 tries then
+a centre crop) + ``RandomHorizontalFlip()`` + ``ToTensor`` + ImageNet ``Normalize``; evaluation — and DRL's own
+training, mode ``'my_train'`` (``ours.py`` line 354; ``av_dataset.py`` lines 92–97) — ``Resize((224, 224))`` +
+``ToTensor`` + ``Normalize``, which is what ``data.augment=false`` gives. Frames are cached already resized to the
 training resolution (``Resize((224, 224))`` of the source frame, done once by ``prepare``), so here:
 
 * evaluation = normalise the stored frame (exactly the official evaluation input);

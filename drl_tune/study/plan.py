@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ class Plan:
     searcher: str = "tpe"  # Optuna sampler: tpe | random | nsga2 (plans written before the choice existed: tpe)
     # a multi-objective search: Objective.to_dict() entries (metric, mode, key, summary); empty: single objective
     objectives: list[dict[str, str]] = field(default_factory=list)
+    # the space's data protocol: [{"key", "source", and for a config key "value": the protocol's value}]
+    protocol: list[dict[str, Any]] = field(default_factory=list)
     parent_run_id: str = ""
     experiment_id: str = ""
     format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
@@ -158,6 +161,7 @@ class Plan:
                          f"(on val/acc_best) re-trained with {self.confirm_seeds} fresh seeds, full epochs")
         else:
             lines.append("  confirmation: none (single-seed search results only)")
+        lines += self.describe_protocol()
         lines.append("  searched:")
         lines += [f"    {p.key:<32} {p.describe()}" for p in self.search] or ["    (nothing: one configuration)"]
         method = next((p for p in self.search if p.key == "method"), None)
@@ -190,6 +194,35 @@ class Plan:
         other = tuple(f"data.{name}." for name in sorted(GENERATED) if dataset and name != dataset)
         lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items()) if not k.startswith(other)]
         return "\n".join(lines)
+
+
+    def describe_protocol(self) -> list[str]:
+        """The space's data protocol, each choice with its source; a config key set otherwise says so."""
+        if not self.protocol:
+            return []
+        lines = ["  data protocol (every method alike; each choice with its source):"]
+        searched = {p.key for p in self.search}
+        for entry in self.protocol:
+            key, source = entry["key"], entry["source"]
+            if "value" not in entry:
+                text = f"{key}: {source}"
+            elif key in searched:
+                text = f"{key}: SEARCHED, a departure from the protocol's {entry['value']}: {source}"
+            elif self.constants.get(key) != entry["value"]:
+                text = (f"{key} = {self.constants.get(key)}: CHANGED, a departure from the protocol's "
+                        f"{entry['value']}: {source}")
+            else:
+                text = f"{key} = {entry['value']}: {source}"
+            lines.append(textwrap.fill(text, width=118, initial_indent="    ", subsequent_indent="      ",
+                                       break_on_hyphens=False))
+        return lines
+
+
+def protocol_entries(space: Space) -> list[dict[str, Any]]:
+    """The plan's form of ``space.protocol``: a config key's entry carries the space's value of that key."""
+    base = space.base_values()
+    return [{"key": k, "source": text, **({"value": base[k]} if k in base else {})}
+            for k, text in space.protocol.items()]
 
 
 def official_point(space: Space, search: dict[str, Param], values: dict[str, Any]) -> dict[str, Any]:
@@ -273,5 +306,6 @@ def build_plan(space: Space, *, overrides: dict[str, Any], name: str, storage: P
         objectives=[o.to_dict() for o in parse_objectives(
             objectives if objectives is not None else space.study.objectives, space.study.weak_modality,
             "--objectives" if objectives is not None else f"{space.path}: 'study.objectives'")],
+        protocol=protocol_entries(space),
     )
     return plan

@@ -15,7 +15,11 @@ A space file has these top-level blocks (all optional but ``dataset``):
   ``confirm: {top_k, seeds}`` (the confirmation stage after the search; ``seeds: 0`` skips it),
   ``equal_trials_per_method`` (default: on whenever ``method`` is searched — every method gets the same number
   of trials; ``false`` opts out) and ``searcher`` (``tpe`` or ``random``);
-* ``resources``: ``cpus_per_trial`` and ``gpus_per_trial`` (used only when the cluster has GPUs).
+* ``resources``: ``cpus_per_trial`` and ``gpus_per_trial`` (used only when the cluster has GPUs);
+* ``protocol``: the data protocol every method of the space trains under, one entry per choice (which split
+  trains, which frames, augmentation) -> where it comes from (the official file and line). An entry named like a
+  config key the space sets (``data.augment``) is that key's protocol value: the plan prints each entry and marks
+  a ``--set`` that departs from it.
 
 Every error names the file, the key and what is allowed, before anything starts.
 """
@@ -47,7 +51,8 @@ from drl_tune.study.params import (  # noqa: F401  (pickled studies name them dr
     _Range,
 )
 
-TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources")
+TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources",
+             "protocol")
 # ASHA compares trials at rungs on this metric. It must be a running best: DRL's re-initialisation dips
 # val/acc for an epoch or two, and a per-epoch metric would let ASHA stop a DRL trial in that dip.
 SCHEDULER_METRICS = ("val/acc_best",)
@@ -125,6 +130,7 @@ class Space:
     study: StudySpec = field(default_factory=StudySpec)
     confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    protocol: dict[str, str] = field(default_factory=dict)  # data choice -> its source (official file and line)
 
     def base_values(self) -> dict[str, Any]:
         """Flat config values: dataset block, then fixed values, then the defaults of searched keys."""
@@ -263,6 +269,22 @@ def _typed_value(value: Any, typ: Any, where: str) -> Any:
             raise SpaceError(f"{where} must be a number, got {value!r}")
         return float(value)
     return value
+
+
+def _protocol(raw: dict[str, Any], path: Path) -> dict[str, str]:
+    """The ``protocol`` block: each entry a sentence saying where that data choice comes from. An entry named like a
+    config key (it has a dot) must be a key the space sets in ``dataset``/``fixed``/``defaults``, so the plan can
+    compare it with the value a study runs."""
+    block = _block(raw, "protocol", path)
+    base = {f"data.{k}" for k in _block(raw, "dataset", path)} | set(_block(raw, "fixed", path)) \
+        | set(_block(raw, "defaults", path))
+    for key, text in block.items():
+        if not isinstance(text, str) or not text.strip():
+            raise SpaceError(f"{path}: 'protocol.{key}' must be a sentence saying where that choice comes from")
+        if "." in str(key) and key not in base:
+            raise SpaceError(f"{path}: 'protocol.{key}' names a config key the space does not set; set it in "
+                             f"'dataset', 'fixed' or 'defaults', or name the entry without a dot")
+    return {str(k): str(v).strip() for k, v in block.items()}
 
 
 def _check_study(space: Space) -> None:
@@ -443,6 +465,7 @@ def load_space(name_or_path: str) -> Space:
         study=study,
         confirm=_typed(ConfirmSpec, study.confirm, "study.confirm", path),
         resources=_typed(ResourcesSpec, _block(raw, "resources", path), "resources", path),
+        protocol=_protocol(raw, path),
     )
     try:  # fail now, naming the file, if fixed/defaults are not a valid configuration
         space.config()
