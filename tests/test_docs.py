@@ -36,3 +36,31 @@ def test_every_docs_page_is_in_the_nav():
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     nav = {next(iter(item.values())) for item in config["nav"]}
     assert nav == {p.name for p in (ROOT / "docs").glob("*.md")}
+
+
+def repeated_runs(text: str, words: int = 14) -> list[str]:
+    """Runs of ``words`` consecutive words that occur twice in ``text``'s prose (code blocks and tables left out): a paragraph,
+    or a piece of one, spliced in twice."""
+    prose = re.sub(r"```.*?```", " ", text, flags=re.S)
+    prose = re.sub(r"^\|.*$", " ", prose, flags=re.M)  # table rows repeat their separators by design
+    tokens = prose.split()
+    seen: dict[tuple[str, ...], int] = {}
+    repeats = []
+    for i in range(len(tokens) - words + 1):
+        run = tuple(tokens[i:i + words])
+        if run in seen and seen[run] + words <= i:  # a second, non-overlapping occurrence
+            repeats.append(" ".join(run))
+        seen.setdefault(run, i)
+    return repeats
+
+
+def test_no_page_repeats_a_passage():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        repeats = repeated_runs(page.read_text())
+        assert not repeats, f"{page.name} repeats a passage: {repeats[0]!r}"
+
+
+def test_the_repeat_check_finds_a_spliced_passage():
+    sentence = "a method is one file in the methods folder implementing the hooks of the base module plus one line"
+    assert repeated_runs(f"{sentence}; then more words.\n\nOther text. {sentence}.")
+    assert not repeated_runs(f"{sentence}; then more words.")
