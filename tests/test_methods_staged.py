@@ -394,7 +394,7 @@ def test_gblending_reestimates_every_k_epochs_online_and_once_offline(mode, esti
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("mla.gating", "entropy"), ("mla.projection", "paper"), ("reconboost.epochs_per_stage", 0),
+    ("mla.gating", "entropy"), ("mla.projection", "scalar"), ("reconboost.epochs_per_stage", 0),
     ("reconboost.weight1", -1), ("reconboost.boost_rate", 0), ("umt.distill", -0.1), ("umt.teacher_epochs", -1),
     ("gblending.super_epoch", 0), ("gblending.mode", "batch"), ("gblending.holdout", 1.0),
 ])
