@@ -45,8 +45,9 @@ def test_feature_level_methods_accept_film_fusion(method, tiny_config, tiny_data
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("mmcosine.scale", 0), ("cml.beta", -1), ("cml.epsilon", -0.1), ("cml.ce", "partial"), ("pmr.alpha", -1),
-    ("pmr.momentum", 1.5), ("pmr.modulation_ends", -1), ("agm.alpha", 0), ("agm.modulation_starts", -1),
+    ("mmcosine.scale", 0), ("cml.beta", -1), ("cml.epsilon", -0.1), ("cml.ce", "partial"), ("cml.inner_steps", 0),
+    ("pmr.alpha", -1), ("pmr.momentum", 1.5), ("pmr.modulation_ends", -1), ("agm.alpha", 0),
+    ("agm.modulation_starts", -1),
 ])
 def test_bad_parameters_are_refused_with_their_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

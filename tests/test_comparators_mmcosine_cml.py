@@ -143,14 +143,11 @@ def test_cml_removal_chain_is_nested_with_a_random_order_per_sample():
 
 
 @pytest.mark.parametrize("ce", ["chain", "full"])
-def test_cml_loss_is_the_cross_entropy_plus_beta_over_100_times_the_penalty(ce, monkeypatch):
-    import drl_tune.methods.cml as cml_module
-
+def test_cml_loss_is_the_cross_entropy_plus_beta_over_100_times_the_penalty(ce):
     model = _model()
     method = CML(CMLParams(beta=10.0, ce=ce))
     method.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
     keep = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0, 2 lose visual; 1, 3 audio
-    monkeypatch.setattr(cml_module, "removal_masks", lambda n, m, device: [torch.ones(n, m), keep])
     g = torch.Generator().manual_seed(2)
     feats = {"audio": torch.rand(4, 32, generator=g), "visual": torch.rand(4, 32, generator=g)}
     labels = torch.tensor([0, 1, 2, 0])
@@ -166,8 +163,86 @@ def test_cml_loss_is_the_cross_entropy_plus_beta_over_100_times_the_penalty(ce, 
                   if pred_f[i] == labels[i] or (pred_p[i] != labels[i] and pred_f[i] != labels[i]))
     ce_value = ((F.cross_entropy(full, labels) + F.cross_entropy(partial, labels)) / 2 if ce == "chain"
                 else F.cross_entropy(full, labels))
-    got = method.loss(ModelOutput(full, feats), labels)
+    got, got_penalty = method.chain_loss(ModelOutput(full, feats), labels, [torch.ones(4, 2), keep])
     assert float(got.detach()) == pytest.approx(float(ce_value.detach()) + 0.1 * penalty, rel=1e-5)
+    assert float(got_penalty.detach()) == pytest.approx(penalty, rel=1e-5, abs=1e-7)
+
+
+def _hinge_by_loop(chain: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The official masked hinge (ε = 0), sample by sample: for each adjacent pair, relu(conf_partial − conf_fuller)
+    where the fuller input is right, relu(conf_partial − detached conf_fuller) where both are wrong, else 0."""
+    total = torch.zeros(())
+    for fuller, partial in zip(chain, chain[1:], strict=False):
+        p_f, p_p = torch.softmax(fuller, 1), torch.softmax(partial, 1)
+        for i in range(len(labels)):
+            right_f = int(p_f[i].argmax()) == int(labels[i])
+            right_p = int(p_p[i].argmax()) == int(labels[i])
+            if right_f:
+                total = total + torch.clamp(p_p[i].max() - p_f[i].max(), min=0)
+            elif not right_p:
+                total = total + torch.clamp(p_p[i].max() - p_f[i].max().detach(), min=0)
+    return total
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2, 5])
+def test_cml_takes_inner_steps_sgd_steps_per_batch_on_one_draw_of_the_chain(inner_steps, monkeypatch):
+    """The official stage 2 (miwae/train.py lines 274–308): masks drawn once per batch, then per inner step a full
+    forward on the same inputs and masks, the loss, backward, step — here by hand with plain SGD on a twin model
+    (inner_steps 1 is the single step per batch the method took before inner_steps existed)."""
+    import drl_tune.methods.cml as cml_module
+
+    keep = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    draws = []
+    monkeypatch.setattr(cml_module, "removal_masks",
+                        lambda n, m, device: draws.append((n, m)) or [torch.ones(n, m), keep])
+    g = torch.Generator().manual_seed(1)
+    x = {"audio": torch.randn(6, 20, 16, generator=g), "visual": torch.randn(6, 2, 3, 16, 16, generator=g)}
+    y = torch.arange(6) % 3
+    lr, beta = 0.5, 100.0  # β/100 = 1: the penalty weighs as much as the cross-entropy
+    model = _model()
+    model.train()
+    twin = copy.deepcopy(model)
+
+    losses, penalties = [], []
+    params = [p for p in twin.parameters() if p.requires_grad]
+    for _ in range(inner_steps):
+        feats = twin.encode(x)
+        full = twin.fuse(feats)
+        partial = twin.fuse({"audio": feats["audio"] * keep[:, :1], "visual": feats["visual"] * keep[:, 1:]})
+        penalty = _hinge_by_loop([full, partial], y)
+        loss = (F.cross_entropy(full, y) + F.cross_entropy(partial, y)) / 2 + beta / 100 * penalty
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for p, grad in zip(params, grads, strict=True):
+                if grad is not None:
+                    p -= lr * grad
+        losses.append(float(loss.detach()))
+        penalties.append(float(penalty.detach()))
+    assert penalties[0] > 0  # the hinge is active on this batch
+
+    method = CML(CMLParams(beta=beta, inner_steps=inner_steps))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    method.setup(model, optimizer)
+    assert CML.steps_optimizer  # the engine does not step after training_step
+    got = method.training_step(model, Batch(x, y))
+    assert draws == [(6, 2)]  # one draw of the chain for the whole batch
+    assert float(got) == pytest.approx(np.mean(losses), rel=1e-5)  # train/loss: the mean over the inner steps
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):  # BN statistics: one pass per step
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cml_steps_the_runs_optimizer_inner_steps_times_per_engine_batch(tiny_config, tiny_data):
+    engine = Engine(tiny_config(method="cml", epochs=1, cml__inner_steps=3), tiny_data)
+    steps = []
+    original = engine.optimizer.step
+    engine.optimizer.step = lambda *a, **k: (steps.append(1), original(*a, **k))[1]
+    batches = []
+    training_step = engine.method.training_step
+    engine.method.training_step = lambda model, batch: (batches.append(1), training_step(model, batch))[1]
+    engine.run_epoch()
+    assert batches and len(steps) == 3 * len(batches)
 
 
 def test_cml_runs_on_one_modality_with_no_penalty(tiny_config, tiny_data):

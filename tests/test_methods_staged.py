@@ -97,46 +97,63 @@ def test_train_batches_give_chosen_training_samples_through_the_engines_batches(
 def test_mla_projection_update_and_projected_gradient_match_a_hand_computation():
     r = np.array([[1.0, 2.0, 2.0]])
     alpha = 0.1
-    raw = np.eye(3) - r.T @ r / (alpha + 9.0)  # k = P·rᵀ = rᵀ for P = I, and r·k = |r|² = 9
-    p = raw / np.sqrt((raw * raw).sum())
+    # official (utils/utils.py line 36): k = P·rᵀ = rᵀ for P = I; k·r is the 3×3 outer product, divided element-wise:
+    # entry (i, j) loses k_i·k_j / (α + k_i·r_j)
+    raw = np.array([[1 - 1 / 1.1, -2 / 2.1, -2 / 2.1],
+                    [-2 / 2.1, 1 - 4 / 4.1, -4 / 4.1],
+                    [-2 / 2.1, -4 / 4.1, 1 - 4 / 4.1]])
     got = projection_update(torch.eye(3, dtype=torch.float64), torch.tensor(r), alpha)
-    np.testing.assert_allclose(got.numpy(), p, rtol=1e-12)
-    # r's own direction keeps only α/(α + |r|²) of its length (before the Frobenius normalisation)
-    np.testing.assert_allclose(got.numpy() @ r.T, r.T * alpha / (alpha + 9.0) / np.sqrt((raw * raw).sum()), rtol=1e-10)
+    np.testing.assert_allclose(got.numpy(), raw / np.sqrt((raw * raw).sum()), rtol=1e-12)
+    # from a memory that is not the identity, entry by entry: k_i = Σ_j P_ij r_j
+    memory = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
+    k = [sum(memory[i, j] * r[0, j] for j in range(3)) for i in range(3)]  # [4, 2, 1]
+    raw = np.array([[memory[i, j] - k[i] * k[j] / (alpha + k[i] * r[0, j]) for j in range(3)] for i in range(3)])
+    got = projection_update(torch.tensor(memory), torch.tensor(r), alpha)
+    np.testing.assert_allclose(got.numpy(), raw / np.sqrt((raw * raw).sum()), rtol=1e-12)
+    # rank_one (ours): the scalar α + r·k = 0.1 + 4 + 4 + 2
+    raw = memory - np.outer(k, k) / (alpha + 10.0)
+    got = projection_update(torch.tensor(memory), torch.tensor(r), alpha, rank_one=True)
+    np.testing.assert_allclose(got.numpy(), raw / np.sqrt((raw * raw).sum()), rtol=1e-12)
     assert projection_alpha(0, 4) == pytest.approx(0.1) and projection_alpha(2, 4) == pytest.approx(0.1**1.5)
 
 
-def test_mla_official_gate_leaves_the_head_gradient_alone_and_applied_projects_it():
+def _updated(p: np.ndarray, r: np.ndarray, alpha: float, rank_one: bool) -> np.ndarray:
+    """GSPlugin's update by hand: k = P·rᵀ, then P − k·kᵀ ⊘ (α + k·r) (official) or / (α + r·k) (rank one), /‖·‖_F."""
+    k = p @ r.T
+    raw = p - k @ k.T / (alpha + ((r @ k).item() if rank_one else k @ r))
+    return raw / np.linalg.norm(raw)
+
+
+@pytest.mark.parametrize("projection", ["official", "applied", "rank_one"])
+def test_mla_official_gate_leaves_the_head_gradient_alone_and_applied_projects_it(projection):
     x, y = inputs()
-    for projection in ("official", "applied"):
-        method = MLA(MLAParams(projection=projection))
-        model = with_method(method)
-        model.train()
-        recorder = Recorder(model.parameters())
-        method.setup(model, recorder)
-        method.on_epoch_start(model, Ctx(n_train=12, batch_size=6))  # two batches per epoch
-        method.training_step(model, Batch(x, y))
-        head = model.method_modules["head"]
-        feats = model.encode(x)  # lr 0: the same weights, so the same train-mode features
-        plain = {m: grad_of(F.cross_entropy(head(feats[m]), y), head.weight) for m in MODALITIES}
-        seen_a, seen_v = (step[id(head.weight)] for step in recorder.seen)
-        torch.testing.assert_close(seen_a, plain["audio"])  # the run's first step is never projected
-        if projection == "official":
-            torch.testing.assert_close(seen_v, plain["visual"])
-            assert method.memory is None
-            continue
-        r = feats["visual"].detach().double().mean(0, keepdim=True).numpy()
-        p = np.eye(r.shape[1]) - r.T @ r / (0.1 + (r @ r.T).item())  # α = 0.1 at batch 0
-        p /= np.linalg.norm(p)
-        np.testing.assert_allclose(seen_v.double().numpy(), plain["visual"].double().numpy() @ p.T, rtol=1e-4,
-                                   atol=1e-7)
-        method.training_step(model, Batch(x, y))  # batch 1: the audio step is projected by the updated memory
-        r2 = feats["audio"].detach().double().mean(0, keepdim=True).numpy()
-        k = p @ r2.T
-        p2 = p - k @ k.T / (0.1**1.5 + (r2 @ k).item())
-        p2 /= np.linalg.norm(p2)
-        np.testing.assert_allclose(recorder.seen[2][id(head.weight)].double().numpy(),
-                                   plain["audio"].double().numpy() @ p2.T, rtol=1e-4, atol=1e-7)
+    method = MLA(MLAParams(projection=projection))
+    model = with_method(method)
+    model.train()
+    recorder = Recorder(model.parameters())
+    method.setup(model, recorder)
+    method.on_epoch_start(model, Ctx(n_train=12, batch_size=6))  # two batches per epoch
+    method.training_step(model, Batch(x, y))
+    head = model.method_modules["head"]
+    feats = model.encode(x)  # lr 0: the same weights, so the same train-mode features
+    plain = {m: grad_of(F.cross_entropy(head(feats[m]), y), head.weight) for m in MODALITIES}
+    seen_a, seen_v = (step[id(head.weight)] for step in recorder.seen)
+    torch.testing.assert_close(seen_a, plain["audio"])  # the run's first step is never projected
+    if projection == "official":
+        torch.testing.assert_close(seen_v, plain["visual"])
+        assert method.memory is None
+        return
+    rank_one = projection == "rank_one"
+    r = feats["visual"].detach().double().mean(0, keepdim=True).numpy()
+    p = _updated(np.eye(r.shape[1]), r, 0.1, rank_one)  # α = 0.1 at batch 0
+    np.testing.assert_allclose(seen_v.double().numpy(), plain["visual"].double().numpy() @ p.T, rtol=1e-4,
+                               atol=1e-7)
+    method.training_step(model, Batch(x, y))  # batch 1: the audio step is projected by the updated memory
+    r2 = feats["audio"].detach().double().mean(0, keepdim=True).numpy()
+    p2 = _updated(p, r2, 0.1**1.5, rank_one)
+    np.testing.assert_allclose(recorder.seen[2][id(head.weight)].double().numpy(),
+                               plain["audio"].double().numpy() @ p2.T, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(p2, _updated(p, r2, 0.1**1.5, not rank_one))  # the two updates differ here
 
 
 @pytest.mark.parametrize("momentum_all", [True, False])
@@ -170,25 +187,41 @@ def test_mla_steps_once_per_modality_and_zeroes_rather_than_drops_between_steps(
 def test_mla_gating_weights_for_hand_built_logits():
     za = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     zv = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 3.0]])
+    zt = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 2.0]])
+    z = [torch.tensor(za), torch.tensor(zv)]
 
     def ent(z, axis):
         p = np.exp(z - z.max(axis=axis, keepdims=True))
         p /= p.sum(axis=axis, keepdims=True)
         return -(p * np.log(p)).sum(axis=axis)
 
-    e = np.array([ent(za, 0).sum(), ent(zv, 0).sum()])  # official: softmax over the batch's samples, summed
+    e = np.array([ent(za, 0).sum(), ent(zv, 0).sum()])  # official (line 66): softmax over the batch's samples, summed
     lam = np.exp(e.max() - e) / np.exp(e.max() - e).sum()
-    got = gated_logits([torch.tensor(za), torch.tensor(zv)], "batch").numpy()
-    np.testing.assert_allclose(got, lam[0] * za + lam[1] * zv, rtol=1e-6)
-    e = np.stack([ent(za, 1), ent(zv, 1)])  # the paper: per sample, over classes
+    np.testing.assert_allclose(gated_logits(z, "batch").numpy(), lam[0] * za + lam[1] * zv, rtol=1e-6)
+    e = np.array([ent(za, 1).sum(), ent(zv, 1).sum()])  # commented-out line 67: over classes, still summed (line 69)
+    lam = np.exp(e.max() - e) / np.exp(e.max() - e).sum()
+    np.testing.assert_allclose(gated_logits(z, "classes").numpy(), lam[0] * za + lam[1] * zv, rtol=1e-6)
+    e = np.stack([ent(za, 1), ent(zv, 1)])  # ours: per sample, over classes
     lam = np.exp(e.max(0) - e) / np.exp(e.max(0) - e).sum(0)
-    got = gated_logits([torch.tensor(za), torch.tensor(zv)], "sample").numpy()
-    np.testing.assert_allclose(got, lam[0][:, None] * za + lam[1][:, None] * zv, rtol=1e-6)
-    np.testing.assert_allclose(gated_logits([torch.tensor(za), torch.tensor(zv)], "fixed").numpy(), (za + zv) / 2)
+    np.testing.assert_allclose(gated_logits(z, "sample").numpy(), lam[0][:, None] * za + lam[1][:, None] * zv,
+                               rtol=1e-6)
+    # official fixed fusion: av_alpha = 0.55 on the first output (main.py lines 651, 968); 0.35/0.25/0.4 for three
+    np.testing.assert_allclose(gated_logits(z, "fixed").numpy(), 0.55 * za + 0.45 * zv, rtol=1e-6)
+    np.testing.assert_allclose(gated_logits(z + [torch.tensor(zt)], "fixed").numpy(),
+                               0.35 * za + 0.25 * zv + 0.4 * zt, rtol=1e-6)
+    np.testing.assert_allclose(gated_logits(z + [torch.tensor(zt)], "equal").numpy(), (za + zv + zt) / 3, rtol=1e-6)
+    with pytest.raises(ConfigError, match="two modalities .* and three .* this run has 4: use mla.gating: equal"):
+        gated_logits(z + z, "fixed")
 
 
-def test_mla_batch_gating_follows_the_runs_batches_at_evaluation():
-    method = MLA(MLAParams())
+def test_mla_fixed_gating_refuses_a_count_without_official_weights(tiny_config, tiny_data):
+    with pytest.raises(ConfigError, match="this run has 1"):
+        Engine(tiny_config(method="mla", data__modalities="visual", mla__gating="fixed", epochs=1), tiny_data)
+
+
+@pytest.mark.parametrize("gating", ["batch", "classes", "fixed"])
+def test_mla_gating_follows_the_runs_batches_at_evaluation(gating):
+    method = MLA(MLAParams(gating=gating))
     model = with_method(method)
     model.eval()
     method.on_epoch_start(model, Ctx(batch_size=2))
@@ -197,8 +230,10 @@ def test_mla_batch_gating_follows_the_runs_batches_at_evaluation():
     with torch.no_grad():
         got = method.eval_logits(model, feats)
         z = [head(feats[m]) for m in MODALITIES]
-        expected = torch.cat([gated_logits([t[s:s + 2] for t in z], "batch") for s in (0, 2, 4)])
+        expected = torch.cat([gated_logits([t[s:s + 2] for t in z], gating) for s in (0, 2, 4)])
     torch.testing.assert_close(got, expected)
+    if gating == "fixed":  # audio (the model's first modality) weighs 0.55, as out_a in the official
+        torch.testing.assert_close(got, 0.55 * z[0] + 0.45 * z[1])
 
 
 def test_a_shared_head_refuses_unequal_feature_widths():
@@ -359,7 +394,7 @@ def test_gblending_reestimates_every_k_epochs_online_and_once_offline(mode, esti
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("mla.gating", "entropy"), ("mla.projection", "paper"), ("reconboost.epochs_per_stage", 0),
+    ("mla.gating", "entropy"), ("mla.projection", "scalar"), ("reconboost.epochs_per_stage", 0),
     ("reconboost.weight1", -1), ("reconboost.boost_rate", 0), ("umt.distill", -0.1), ("umt.teacher_epochs", -1),
     ("gblending.super_epoch", 0), ("gblending.mode", "batch"), ("gblending.holdout", 1.0),
 ])

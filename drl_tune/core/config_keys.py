@@ -94,17 +94,23 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("cml.epsilon", "ε: tolerance margin inside the penalty's hinge"),
     ("cml.ce", "`chain`: cross-entropy averaged over the nested chain of inputs (official); `full`: of the full "
                "input only"),
+    ("cml.inner_steps", "optimizer steps per batch on the batch's one draw of the removal chain (official 5: "
+                        "`miwae/train.py`'s stage 2); 1: one step per batch"),
     ("pmr.alpha, pmr.momentum", "α: weight of the weaker modality's prototype cross-entropy; μ: share of the "
                                 "previous prototypes in each update"),
     ("pmr.modulation_starts, pmr.modulation_ends", "the prototype term acts while starts ≤ epoch ≤ ends"),
     ("agm.alpha", "α of AGM's coefficient exp(α·min(reference − ratio, 10))"),
     ("agm.modulation_starts, agm.modulation_ends", "coefficients updated while starts ≤ epoch ≤ ends (0-based; the "
                                                    "last ones stay in force after)"),
-    ("mla.gating", "MLA's fusion at evaluation: `batch` (official: entropies of softmax over each evaluation "
-                   "batch's samples), `sample` (per sample, over classes: the commented-out `dim=1`), `fixed` "
-                   "(equal weights)"),
+    ("mla.gating", "MLA's fusion at evaluation: `batch` (official `--dynamic`: entropies of softmax over each "
+                   "evaluation batch's samples), `classes` (the commented-out official `dim=1`: over each sample's "
+                   "classes, still summed over the batch), `sample` (ours: one weight per sample), `fixed` (official "
+                   "fixed weights in modality order: 0.55/0.45, or 0.35/0.25/0.4 for three; other counts refused), "
+                   "`equal` (ours: 1/M each)"),
     ("mla.projection", "`official`: the shared head's gradient is never projected (the official gate "
-                       "`n == \"module.weight\"` never matches); `applied`: the projection that gate was written for"),
+                       "`n == \"module.weight\"` never matches); `applied`: the projection that gate was written for, "
+                       "as the official lines compute it (element-wise division by α + k·r); `rank_one` (ours): the "
+                       "same with the scalar α + r·k"),
     ("mla.momentum_all", "true (official, torch 1.8.1's zero_grad): a later modality's step in the batch also moves "
                          "the earlier modalities by momentum and weight decay; false: only what its loss reached"),
     ("reconboost.weight1, reconboost.weight2", "w₁, w₂ of the boosting loss (1/C)·(−w₁ + w₂·q_y)·log p_y"),

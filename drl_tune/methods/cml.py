@@ -16,12 +16,20 @@ official imputes the removed view's raw input with the training mean):
   Σ_i relu((conf_{k+1} − sg(conf_k))·[pred_{k+1} ≠ y ∧ pred_k ≠ y] − ε) — where the fuller input is right
   both confidences are pushed, where both are wrong only the partial one (sg = stop-gradient, the official
   ``.detach()``); a right partial after a wrong fuller input is not penalised;
-* loss = classification + (β/100)·penalty.
+* loss = classification + (β/100)·penalty;
+* ``inner_steps`` (default 5, the official) optimizer steps per batch on the same chain: the official stage 2
+  (``step = [0, 0, 5]`` at line 200, the loop at lines 274–308) draws the removal masks once per batch
+  (``get_multi_mask``, line 224) and then, 5 times, runs the full forward on the same inputs and masks, computes
+  the loss and takes ``zero_grad``, ``backward``, ``step``. Here the run's optimizer steps inside the batch
+  (``steps_optimizer``), the inputs are encoded again at every step (the parameters changed) and the masks are
+  the batch's one draw. ``train/loss`` and ``diag/cml_penalty`` are the mean over the batch's inner steps (the
+  official ``train_total_cls_loss``/``train_total_rank_loss`` add up every inner step's value and are not
+  printed).
 
 ``beta`` is β (``--beta``): the official default 0 switches the penalty off (plain training on the chain);
 the README's run "with MCCA" uses 10, the default here. ``epsilon`` is the tolerance margin ε (``--epsilon``,
-0). The rule is defined for any number of modalities (the official chain has one input per view) and, as it
-only zeroes features, for every fusion.
+0). ``inner_steps: 1`` takes one step per batch, as the other methods here do. The rule is defined for any number
+of modalities (the official chain has one input per view) and, as it only zeroes features, for every fusion.
 
 Departures from the official code: (1) the late-fusion form above (zeroed features instead of mean-imputed raw
 views; no reconstruction loss, which belongs to the MIWAE imputer); (2) the removal order is drawn from
@@ -40,7 +48,7 @@ import torch.nn.functional as F
 
 from drl_tune.core.domains import bounded, check_fields
 from drl_tune.core.errors import ConfigError
-from drl_tune.methods.base import EpochContext, EpochMeans, Method
+from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 CE_INPUTS = ("chain", "full")
@@ -51,6 +59,7 @@ class CMLParams:
     beta: float = bounded(10.0, ge=0)  # β: the penalty's weight is β/100
     epsilon: float = bounded(0.0, ge=0)  # ε: tolerance margin inside the hinge
     ce: str = "chain"  # chain: CE averaged over the chain's inputs (official); full: CE of the full input only
+    inner_steps: int = bounded(5, ge=1)  # optimizer steps per batch on the batch's one removal chain (official 5)
 
     def __post_init__(self) -> None:
         check_fields(self, "cml.")  # the numbers' domains are declared on the fields (core/domains.py)
@@ -88,39 +97,67 @@ class CML(Method):
     name = "cml"
     Params = CMLParams
     params: CMLParams
+    steps_optimizer = True  # inner_steps steps of the run's optimizer per batch
 
     def __init__(self, params: CMLParams) -> None:
         super().__init__(params)
         self._model: MultimodalClassifier | None = None
-        self._diag = EpochMeans()  # diag/cml_penalty, per step
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._diag = EpochMeans()  # diag/cml_penalty, per batch (the mean over its inner steps)
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         self._model = model
+        self.optimizer = optimizer
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self._model = model
         self._diag.reset()
 
-    def chain_logits(self, outputs: ModelOutput) -> list[torch.Tensor]:
+    def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
+        """``inner_steps`` times: encode, the chain's loss under the batch's one draw of removal masks, backward,
+        step (the engine cleared the gradients before the first)."""
+        assert self.optimizer is not None
+        self._model = model
+        masks: list[torch.Tensor] | None = None
+        losses, penalties = [], []
+        for step in range(self.params.inner_steps):
+            if step:
+                self.optimizer.zero_grad()
+            modified = self.modify_features(model.encode(batch.inputs), batch.labels, batch)
+            assert modified is not None  # the default modify_features never skips a batch
+            features, labels = modified
+            if masks is None:
+                masks = removal_masks(len(labels), len(features), labels.device)
+            loss, penalty = self.chain_loss(ModelOutput(model.fuse(features), features), labels, masks)
+            if not torch.isfinite(loss):
+                return loss.detach()  # the engine stops the run with a clear error
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+            penalties.append(penalty.detach())
+        self._diag.add("cml_penalty", torch.stack(penalties).mean())
+        return torch.stack(losses).mean()
+
+    def chain_logits(self, outputs: ModelOutput, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The fused logits of every input of the chain ``masks`` (keep masks [n, M], the first all ones)."""
         assert self._model is not None
         feats = outputs.features
-        n = outputs.logits.shape[0]
-        masks = removal_masks(n, len(feats), outputs.logits.device)
         chain = [outputs.logits]
         for keep in masks[1:]:
             chain.append(self._model.fuse({m: f * keep[:, i : i + 1].to(f.dtype) for i, (m, f) in
                                            enumerate(feats.items())}))
         return chain
 
-    def loss(self, outputs: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
-        chain = self.chain_logits(outputs)
+    def chain_loss(self, outputs: ModelOutput, labels: torch.Tensor, masks: list[torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, penalty) of one step on the chain ``masks``: classification + (β/100)·penalty."""
+        chain = self.chain_logits(outputs, masks)
         if self.params.ce == "chain":
             ce = sum(F.cross_entropy(z, labels) for z in chain) / len(chain)
         else:
             ce = F.cross_entropy(chain[0], labels)
         penalty = calibration_penalty(chain, labels, self.params.epsilon)
-        self._diag.add("cml_penalty", penalty)
-        return ce + self.params.beta / 100.0 * penalty
+        return ce + self.params.beta / 100.0 * penalty, penalty
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
         return self._diag.means()

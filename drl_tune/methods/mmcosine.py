@@ -25,8 +25,14 @@ Departures from the official code: (1) the official CREMA-D ``valid()`` (``main_
 unnormalised features plus bias, line 181), not with the cosine logits it trained; its VoxCeleb script
 (``main_vox2.py``, ``valid``) scores with the cosine logits, as the paper describes, and so does this file;
 (2) the NCE term (``--lam``, weight 0 by default, the supplementary's) is not implemented; (3) the head split
-follows each encoder's width instead of the hard-coded 512 columns. Not reproduced: the earlier ``main_CD.py``
-(b69b9e3) never assigned ``out = out_a + out_v`` in training, so ``--mmcosine`` trained the plain head.
+follows each encoder's width instead of the hard-coded 512 columns; (4) the README's run command (at 00ba0a9,
+``README.md`` line 42: ``--fusion_method gated --mmcosine True --scaling 10``; ``main_CD.py``'s default is
+``concat``, line 56) uses the official gated fusion "revised for mid-concat case" (``models/fusion_modules.py``
+lines 62–91, from eb3a540): x' = σ(fc_y(y))⊙fc_x(x) and y' = σ(fc_x(x))⊙fc_y(y) are concatenated into ``fc_out``,
+whose column blocks the cosine logits then read with x', y' as the features. That fusion is not offered here (this
+project's gated fusion, σ(W₁f₁)⊙W₂f₂ into the output layer, has no per-modality block and is refused); MMCosine
+runs with concat or sum. Not reproduced: the earlier ``main_CD.py`` (b69b9e3) never assigned
+``out = out_a + out_v`` in training, so ``--mmcosine`` trained the plain head.
 """
 
 from __future__ import annotations

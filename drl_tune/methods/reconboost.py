@@ -41,7 +41,9 @@ starts from ``c0`` as here; (2) the run's ``epochs`` end the schedule (the offic
 ``utils.check_status``, and multiplies both learning rates by 0.1 every 30 stages, i.e. every 240 epochs);
 (3) F_{−m} and the previous learner's output come from one train-mode forward of the other encoders: the official
 runs the previous learner a second time for ``ga_loss``, which changes only its BatchNorm running statistics (one
-more update per batch).
+more update per batch); (4) the official train and test loaders drop their last partial batch (``train.py`` lines
+223–232, ``drop_last=True``): here every training sample is trained on (the engine drops only a last batch of a
+single sample, for every method) and every validation and test sample is scored.
 """
 
 from __future__ import annotations
