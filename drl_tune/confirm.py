@@ -18,16 +18,15 @@ import json
 import sys
 from pathlib import Path
 
-from drl_tune.core.config import ConfigError
-from drl_tune.core.guard import guarded
-from drl_tune.core.paths import PathError, check_writable
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.paths import PathError, check_writable
 from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int, _seconds
+from drl_tune.study.answer import ANSWER_JSON, answer_tables
 from drl_tune.study.confirmation import (
-    ANSWER_JSON,
     CONFIRM_DIR,
     CONFIRM_FILE,
     ConfirmError,
-    answer_tables,
     plan_confirmation,
     read_trials,
     run_confirmation,

@@ -35,8 +35,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from drl_tune.core.guard import guarded
-from drl_tune.core.paths import default_root
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.paths import default_root
 
 EXIT_BROKEN = 2
 FAMILY = ("torch", "torchvision", "torchaudio")  # built together: one release's compiled ABI

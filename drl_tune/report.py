@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from drl_tune.core.guard import guarded
-from drl_tune.core.paths import PathError, check_writable
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.paths import PathError, check_writable
 
 EXIT_BAD_INPUT = 2
 
@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from drl_tune.analysis.html_report import write_report
     from drl_tune.analysis.load import StudyError, load_mlflow, resolve_study_dir
-    from drl_tune.analysis.report import write_report
 
     try:
         if args.mlflow_uri:

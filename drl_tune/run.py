@@ -24,17 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.config import ConfigError, make_config, parse_assignments
-from drl_tune.core.config_keys import help_text
-from drl_tune.core.domains import Domain, flag, flag_type
-from drl_tune.core.guard import guarded
-from drl_tune.core.paths import check_writable
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import check_before_start
+from drl_tune.ground.domains import Domain, flag, flag_type
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.paths import check_writable
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.study.safety import redact
 from drl_tune.study.spaces import SEARCHERS, ConfirmSpec, ResourcesSpec, StudySpec, load_space
+from drl_tune.training.config import make_config, parse_assignments
+from drl_tune.training.config_keys import help_text
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -45,7 +46,7 @@ class UsageError(ConfigError):
     """Bad command-line input (reported like a config error: one message, exit code 2)."""
 
 
-# every numeric flag parses through the domain its value has in the space file (core/domains.py): one sentence,
+# every numeric flag parses through the domain its value has in the space file (ground/domains.py): one sentence,
 # naming the flag, the value and what is allowed, before anything starts
 _positive_int = flag_type(StudySpec, "num_samples", integer=True)  # also --top-k of drl_tune.confirm
 _count = flag_type(ConfirmSpec, "seeds", integer=True)  # >= 0; also --seeds of drl_tune.confirm
@@ -267,7 +268,7 @@ def review(plan: Plan, write_report: bool) -> tuple[Path | None, str]:
     report = None
     if write_report:
         try:
-            from drl_tune.analysis.report import write_report as write
+            from drl_tune.analysis.html_report import write_report as write
 
             report = write(plan.study_dir)
         except Exception as err:  # noqa: BLE001 — the study itself succeeded; say what failed, keep going
@@ -302,8 +303,9 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     from ray import tune
 
     from drl_tune.study import ray_session
+    from drl_tune.study.answer import answer_tables
     from drl_tune.study.cluster import preflight, review_command
-    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
+    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
     from drl_tune.study.tables import ProgressTable, outcomes, summary_table
     from drl_tune.study.tracking import MLflowTrialCallback, ui_command
     from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner

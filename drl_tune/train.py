@@ -14,15 +14,16 @@ import math
 import sys
 from pathlib import Path
 
-from drl_tune.core.config import ConfigError, parse_assignments
-from drl_tune.core.config_keys import help_text
-from drl_tune.core.engine import Engine
-from drl_tune.core.guard import guarded
-from drl_tune.core.io import atomic_write_json
-from drl_tune.core.paths import check_writable
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import EXIT_BROKEN, check_before_start
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.io import atomic_write_json
+from drl_tune.ground.paths import check_writable
 from drl_tune.study.spaces import load_space
+from drl_tune.training.config import parse_assignments
+from drl_tune.training.config_keys import help_text
+from drl_tune.training.engine import Engine
 
 
 def format_epoch(m: dict[str, float], epochs: int, modalities: list[str]) -> str:

@@ -17,8 +17,9 @@ import torch
 # generated data never lands in the home directory during tests
 os.environ.setdefault("DRL_TUNE_DATA", tempfile.mkdtemp(prefix="drl_tune_test_data_"))
 
-from drl_tune.core.config import SyntheticConfig, make_config  # noqa: E402
+from drl_tune.data.config import SyntheticConfig
 from drl_tune.data.synthetic import load_synthetic  # noqa: E402
+from drl_tune.training.config import make_config
 
 TINY = {
     "data.synthetic.n_train": 96,

@@ -1,4 +1,4 @@
-"""The GPU path's switches (``perf.*``, drl_tune/core/accel.py) change nothing on a CPU."""
+"""The GPU path's switches (``perf.*``, drl_tune/training/accel.py) change nothing on a CPU."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from drl_tune.core.accel import GPU_MEM_METRIC, Accel
-from drl_tune.core.config import ConfigError, PerfConfig, make_config
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
+from drl_tune.training.accel import GPU_MEM_METRIC, Accel
+from drl_tune.training.config import PerfConfig, make_config
+from drl_tune.training.engine import Engine
 
 ALL_ON = {"perf.bf16": True, "perf.channels_last": True, "perf.pin_memory": True, "perf.gpu_augment": True,
           "perf.compile": True}

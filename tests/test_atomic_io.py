@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drl_tune.core import io as dio
-from drl_tune.core.engine import Engine
+from drl_tune.ground import io as dio
+from drl_tune.training.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def test_sigkill_mid_write_never_exposes_a_partial_file(tmp_path):
     dio.atomic_write_bytes(target, b"previous")
     script = textwrap.dedent(f"""
         import sys, time
-        from drl_tune.core.io import atomic_open
+        from drl_tune.ground.io import atomic_open
         with atomic_open({str(target)!r}, "wb") as f:
             for _ in range(200):
                 f.write(b"x" * 1_000_000)
@@ -100,7 +100,7 @@ ALLOWED = {
     "data/fixtures.py": "builds raw test inputs in a fresh folder (not read back as project state)",
     "bench/data.py": "writes the benchmark's throw-away raw clips",
     "data/cache.py": "writes inside a temporary folder that is renamed into place as a whole",
-    "core/io.py": "the helper itself",
+    "ground/io.py": "the helper itself",
     "study/cluster.py": "a throw-away probe file that checks the storage is writable, deleted at once",
     "train.py": "metrics.jsonl is an append-only log (one complete line per epoch; readers skip a torn line)",
     "experiments/imbalance.py": "metrics.jsonl, an append-only log as in train.py",
@@ -128,7 +128,7 @@ def test_package_writes_read_back_files_atomically():
             if isinstance(func, ast.Name) and func.id == "open" and len(node.args) > 1 and isinstance(
                     node.args[1], ast.Constant) and str(node.args[1].value).startswith(("w", "a", "x")):
                 offenders.append(f"{rel}:{node.lineno} open(..., {node.args[1].value!r})")
-    assert not offenders, f"use drl_tune.core.io's atomic helpers: {offenders}"
+    assert not offenders, f"use drl_tune.ground.io's atomic helpers: {offenders}"
 
 
 def test_storage_error_recognises_full_and_read_only():

@@ -17,10 +17,12 @@ import pytest
 import torch
 import torchaudio
 
-from drl_tune.core.config import AVDigitsConfig, ConfigError, make_config
 from drl_tune.data import avdigits, load_dataset
 from drl_tune.data.audio import log_fbank, log_fbank_batch
 from drl_tune.data.avdigits import N_FRAMES, N_MELS, cache_path, generate, load_avdigits
+from drl_tune.data.config import AVDigitsConfig
+from drl_tune.ground.errors import ConfigError
+from drl_tune.training.config import make_config
 
 needs_espeak = pytest.mark.skipif(
     importlib.util.find_spec("espeakng_loader") is None,

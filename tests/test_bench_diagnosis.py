@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from drl_tune.bench.diagnosis import main, restart_cost, run_diagnosis_bench
+from drl_tune.bench.diagnosis_speed import main, restart_cost, run_diagnosis_bench
 
 
 def test_diagnosis_bench_smoke():

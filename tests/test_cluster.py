@@ -156,9 +156,9 @@ class Cluster:
 
 def fake_prepared_dataset(folder: Path) -> Path:
     """A tiny prepared cache under the name 'cremad' (only whether each node finds it matters here)."""
-    from drl_tune.core.config import make_config
     from drl_tune.data.cache import write_cache
     from drl_tune.data.synthetic import generate
+    from drl_tune.training.config import make_config
 
     data = generate(make_config({"data.synthetic.n_train": 12, "data.synthetic.n_val": 6,
                                  "data.synthetic.n_test": 6, "data.synthetic.image_size": 32}).data.synthetic)
@@ -317,7 +317,7 @@ def test_job_logs_to_an_mlflow_tracking_server(jobs, mlflow_server):
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("cpus", "one trial asks for 3 CPUs + 0 GPUs, but the largest of the cluster's 2 node(s) has 2 CPUs + 0 GPUs"),
-    # the driver's own check of the folders it will write (core/paths.py) now answers first, on the head; the
+    # the driver's own check of the folders it will write (ground/paths.py) now answers first, on the head; the
     # cluster preflight (every node writes the storage) stays for a folder only some nodes cannot write
     ("storage", "a_file is a file, not a folder; pass a folder path"),
     ("dataset", "dataset: dataset 'cremad' is not prepared at"),

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from drl_tune.core.config import ConfigError, make_config
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods import REGISTRY
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 from tests.conftest import straight_and_resumed, without_time
 
 NEW = ["mmcosine", "cml", "pmr", "agm"]

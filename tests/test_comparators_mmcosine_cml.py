@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drl_tune.core.config import ConfigError
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import Batch
 from drl_tune.methods.cml import CML, CMLParams, calibration_penalty, removal_masks
 from drl_tune.methods.mmcosine import MMCosine, MMCosineParams
 from drl_tune.models import ModelOutput, MultimodalClassifier
+from drl_tune.training.engine import Engine
 
 TWO = {"audio": "spectrogram", "visual": "frames"}
 THREE = {"audio": "spectrogram", "visual": "frames", "flow": "flow"}

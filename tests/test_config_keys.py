@@ -1,5 +1,6 @@
-"""The configuration keys are documented once (drl_tune/core/config_keys.py): the docs' table and the --help listing of
-drl_tune.train and drl_tune.run are generated from it, and every key of the typed configuration has a meaning."""
+"""The configuration keys are documented once (drl_tune/training/config_keys.py): the docs' table and the --help
+listing of drl_tune.train and drl_tune.run are generated from it, and every key of the typed configuration has a
+meaning."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from drl_tune import config_keys, run, train
-from drl_tune.core.config import make_config
+from drl_tune import run, train
+from drl_tune.training import config_keys
+from drl_tune.training.config import make_config
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -31,8 +33,8 @@ def test_a_stale_or_missing_entry_fails(monkeypatch):
 
 def test_the_docs_table_is_the_generated_one():
     assert config_keys.markdown_table() in PAGE.read_text(), (
-        "docs/configuration.md's table differs from drl_tune/core/config_keys.py; paste the output of "
-        "python -m drl_tune.core.config_keys --markdown")
+        "docs/configuration.md's table differs from drl_tune/training/config_keys.py; paste the output of "
+        "python -m drl_tune.training.config_keys --markdown")
     assert "| `drl.alpha` | 3 | >= 0 | λ of the paper" in config_keys.markdown_table()  # with its domain
 
 

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from drl_tune import confirm
-from drl_tune.core.stats import paired_difference, t_interval
+from drl_tune.ground.stats import paired_difference, t_interval
 from drl_tune.run import main
 from drl_tune.study.plan import PLAN_FILE
 from tests.conftest import EPOCHS, SEEDS

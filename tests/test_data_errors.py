@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drl_tune.core.config import DataConfig
 from drl_tune.data import fixtures as fx
 from drl_tune.data import load_dataset
 from drl_tune.data.cache import CacheError, load_cache
+from drl_tune.data.config import DataConfig
 from drl_tune.data.prepare import main as prepare
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drl_tune.core.config import DataConfig
 from drl_tune.data import fixtures as fx
 from drl_tune.data import load_dataset
 from drl_tune.data.cache import load_cache
+from drl_tune.data.config import DataConfig
 from drl_tune.data.prepare import main as prepare
 
 CREMAD_CLASSES = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
@@ -147,7 +147,7 @@ def test_cremad_official_layout_without_val_csv_carves_validation(tmp_path):
 
 
 def test_prepared_cremad_loads_through_the_registry_and_trains(cremad_raw, tmp_path, tiny_config, monkeypatch):
-    from drl_tune.core.engine import Engine
+    from drl_tune.training.engine import Engine
 
     out = tmp_path / "c"
     run("cremad", "--src", str(cremad_raw), "--out", str(out), "--size", "32", "--audio-frames", "64")

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from drl_tune.core.engine import Engine
 from drl_tune.data import fixtures as fx
 from drl_tune.data.prepare import main as prepare
 from drl_tune.data.sources import official_frame_numbers
 from drl_tune.study.spaces import load_space
+from drl_tune.training.engine import Engine
 
 # av_dataset.py lines 92-97: the transform every mode but 'train' gets
 OFFICIAL_EVAL = transforms.Compose([

@@ -9,7 +9,14 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from drl_tune.core.diagnosis import cluster_purity, diagnose, purity, reinit_strength, restart_seeds, torch_kmeans
+from drl_tune.methods.drl_diagnosis import (
+    cluster_purity,
+    diagnose,
+    purity,
+    reinit_strength,
+    restart_seeds,
+    torch_kmeans,
+)
 
 
 def test_purity_of_hand_built_clusters():

@@ -10,14 +10,14 @@ from pathlib import Path
 import yaml
 
 from drl_tune.methods import REGISTRY
-from drl_tune.methods.reference import END, START, markdown
+from drl_tune.methods.docs_reference import END, START, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_methods_reference_is_generated_from_the_method_files():
     page = (ROOT / "docs" / "methods.md").read_text()
-    assert markdown() in page, "docs/methods.md is stale: paste python -m drl_tune.methods.reference"
+    assert markdown() in page, "docs/methods.md is stale: paste python -m drl_tune.methods.docs_reference"
     section = page[page.index(START): page.index(END)]
     assert [f"### `{name}`" for name in REGISTRY] == re.findall(r"^### `\w+`", section, flags=re.M)
     assert "theta_grad" in section and "Departures from the official code" in section
@@ -39,8 +39,8 @@ def test_every_docs_page_is_in_the_nav():
 
 
 def repeated_runs(text: str, words: int = 14) -> list[str]:
-    """Runs of ``words`` consecutive words that occur twice in ``text``'s prose (code blocks and tables left out): a paragraph,
-    or a piece of one, spliced in twice."""
+    """Runs of ``words`` consecutive words that occur twice in ``text``'s prose (code blocks and tables left out):
+    a paragraph, or a piece of one, spliced in twice."""
     prose = re.sub(r"```.*?```", " ", text, flags=re.S)
     prose = re.sub(r"^\|.*$", " ", prose, flags=re.M)  # table rows repeat their separators by design
     tokens = prose.split()

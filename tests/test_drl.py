@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from drl_tune.core.config import ConfigError, make_config
-from drl_tune.core.diagnosis import diagnose
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.drl import DRL, DRLParams, soft_reinit
+from drl_tune.methods.drl_diagnosis import diagnose
 from drl_tune.models import MultimodalClassifier
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 
 MODALITIES = {"audio": "spectrogram", "visual": "frames"}
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision.models.resnet import BasicBlock
 
-from drl_tune.core.config import ConfigError
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
 from drl_tune.models import MultimodalClassifier
+from drl_tune.training.engine import Engine
 from tests.conftest import straight_and_resumed, without_time
 
 DESIGN_KEYS = {
@@ -125,7 +125,7 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_config, tiny_data):
 def test_engine_passes_the_manifests_augmentation_policy_and_aspect(tiny_config, tiny_data, monkeypatch):
     import dataclasses
 
-    import drl_tune.core.engine as engine_module
+    import drl_tune.training.engine as engine_module
 
     seen = []
     real = engine_module.prepare_input

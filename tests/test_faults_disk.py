@@ -7,7 +7,7 @@ still loadable — the plan, the dataset cache, every checkpoint Tune had record
 
 Read-only was tried too: ``mount -o remount,ro`` of the tmpfs fails with "busy" while the study holds files
 open for writing, so it cannot be injected mid-study this way; the EROFS path shares the handling tested here
-(``drl_tune.core.io.storage_error`` recognises it, ``tests/test_atomic_io.py``). Measured finding: Tune writes its
+(``drl_tune.ground.io.storage_error`` recognises it, ``tests/test_atomic_io.py``). Measured finding: Tune writes its
 own ``params.json`` in place, and copies the trial's staging folder (``get_trial_dir()``, where the trainable
 writes ``drl_tune_worker.json`` / ``drl_tune_error.json`` atomically) into the storage folder in place too, so
 after the disk fills those copies can be empty; no reader of the project depends on them being complete
@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drl_tune.core.io import TMP_MARK
 from drl_tune.data.cache import load_cache
+from drl_tune.ground.io import TMP_MARK
 from drl_tune.study.plan import PLAN_FILE, Plan
 from drl_tune.study.trainable import CHECKPOINT_FILE
 from tests.conftest import TINY

@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from drl_tune.core.config import make_config
-from drl_tune.core.engine import Engine
 from drl_tune.study import ray_session
 from drl_tune.study.faults import WORKER_FILE
 from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import PLAN_FILE, Plan
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

@@ -122,7 +122,7 @@ def test_optuna_db_holds_the_search_for_the_dashboard(tmp_path):
 
 def test_pareto_figure_draws_the_front_and_the_confirmed_points(tmp_path):
     from drl_tune.analysis import plots
-    from drl_tune.analysis.front import pareto, searched_front
+    from drl_tune.analysis.front_plot import pareto, searched_front
     from drl_tune.analysis.load import load_tune
     from tests.test_analysis import make_study
 

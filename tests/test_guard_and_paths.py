@@ -1,5 +1,5 @@
-"""The boundary: declared domains (core/domains.py), writable output folders (core/paths.py) and the top-level guard
-of every command (core/guard.py) — each answered in one line, exit non-zero, nothing left behind."""
+"""The boundary: declared domains (ground/domains.py), writable output folders (ground/paths.py) and the top-level guard
+of every command (ground/guard.py) — each answered in one line, exit non-zero, nothing left behind."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 from drl_tune import run as run_cli
 from drl_tune import train as train_cli
-from drl_tune.core.domains import Domain, check
-from drl_tune.core.errors import ConfigError
-from drl_tune.core.paths import PathError, check_writable
+from drl_tune.ground.domains import Domain, check
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.paths import PathError, check_writable
 
 COMMANDS = ["drl_tune.run", "drl_tune.train", "drl_tune.confirm", "drl_tune.report", "drl_tune.doctor",
             "drl_tune.bench.cli", "drl_tune.data.prepare"]
@@ -82,7 +82,7 @@ def test_run_refuses_a_storage_it_cannot_write(tmp_path, capsys, argv):
 @pytest.mark.parametrize("module", COMMANDS)
 def test_every_command_is_guarded_and_has_verbose(module):
     mod = importlib.import_module(module)
-    assert hasattr(mod.main, "__wrapped__"), f"{module}.main is not wrapped by core.guard.guarded"
+    assert hasattr(mod.main, "__wrapped__"), f"{module}.main is not wrapped by ground.guard.guarded"
 
 
 def test_the_guard_turns_an_unexpected_error_into_one_line(monkeypatch, capsys, tmp_path):

@@ -13,10 +13,10 @@ import pytest
 import soundfile
 from PIL import Image
 
-from drl_tune.core.config import make_config
-from drl_tune.core.engine import Engine
 from drl_tune.data.cache import load_cache
 from drl_tune.data.prepare import main as prepare
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 
 CLASSES = ["cat", "dog", "owl"]
 SMALL = ["--size", "16", "--n-mels", "16", "--audio-frames", "24", "--frames", "2", "--workers", "0", "--quiet"]

@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drl_tune.core.config import ConfigError, make_config
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch, unimodal_logits
 from drl_tune.methods.inforeg import InfoReg, InfoRegParams, betas, window_k
@@ -26,6 +25,8 @@ from drl_tune.methods.valuation import (
     shapley_values,
 )
 from drl_tune.models import MultimodalClassifier
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 from tests.conftest import straight_and_resumed, without_time
 
 MODALITIES = {"audio": "spectrogram", "visual": "frames"}

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.config import ConfigError, make_config
-from drl_tune.core.engine import Engine
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch, shared_width
 from drl_tune.methods.gblending import FUSED, blend_weights, holdout_split
@@ -22,6 +21,8 @@ from drl_tune.methods.reconboost import ReconBoost, ReconBoostParams, boosting_l
 from drl_tune.methods.umt import UMT, UMTParams
 from drl_tune.models import ModelOutput, MultimodalClassifier
 from drl_tune.models.encoders import FeatureSizes
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 from tests.conftest import straight_and_resumed, without_time
 
 MODALITIES = {"audio": "spectrogram", "visual": "frames"}

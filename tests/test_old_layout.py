@@ -8,6 +8,7 @@ it is unpacked there (and removed afterwards)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -25,26 +26,43 @@ FIXTURE = ROOT / "tests" / "fixtures" / "old_layout_study.tar.gz"
 WHERE = Path("/tmp/drl_tune_old_layout")
 
 
-def test_old_module_names_import_as_the_moved_modules():
-    from drl_tune import MOVED
-    from drl_tune.study import tables, tune
+def test_old_module_names_are_found_once_a_study_folder_is_read(tmp_path):
+    import io
 
-    for old, new in MOVED.items():
-        assert __import__(old, fromlist=["_"]) is __import__(new, fromlist=["_"]), old
-    find = pickle.Unpickler(__import__("io").BytesIO(b"")).find_class
+    from drl_tune import compat
+    from drl_tune.study import params, tables, tune
+
+    compat.install()
+    for old, targets in compat.MOVED.items():
+        module = importlib.import_module(old)
+        for target in targets:  # every public name of where it lives now is found under the old name
+            new = importlib.import_module(target)
+            for name in [n for n in vars(new) if not n.startswith("_")][:20]:
+                assert getattr(module, name) is getattr(new, name), (old, name)
+    find = pickle.Unpickler(io.BytesIO(b"")).find_class
     assert find("drl_tune.study", "DefineByRun") is tune.DefineByRun  # drl_tune.study was one module
     assert find("drl_tune.study", "ProgressTable") is tables.ProgressTable
     assert find("drl_tune.tracking", "MLflowTrialCallback").__module__ == "drl_tune.study.tracking"
-    from drl_tune.study import _OLD_MODULE_NAMES
-
-    for name in _OLD_MODULE_NAMES:  # every name the old drl_tune/study.py module had
-        assert find("drl_tune.study", name) is getattr(tune, name), name
-    from drl_tune.study import params
-
+    for name in compat.OLD_STUDY_NAMES:  # every name the old drl_tune/study.py module had
+        assert find("drl_tune.study", name) is not None, name
     for name in ("Choice", "Uniform", "LogUniform", "IntRange", "Param"):  # the searcher pickles its space's params
         assert find("drl_tune.spaces", name) is getattr(params, name), name
+        assert find("drl_tune.study.spaces", name) is getattr(params, name), name
+    assert find("drl_tune.core.config", "ConfigError").__module__ == "drl_tune.ground.errors"
+    assert find("drl_tune.core.config", "DataConfig").__module__ == "drl_tune.data.config"
     with pytest.raises(AttributeError):
         find("drl_tune.study", "Nothing")
+
+
+def test_the_package_itself_knows_only_its_current_names():
+    """Without compat (nothing of the package imports it), an old name is not importable."""
+    code = ("import importlib, sys, drl_tune.study.plan, drl_tune.run\n"
+            "assert 'drl_tune.compat' not in sys.modules, 'compat loaded'\n"
+            "for old in ('drl_tune.spaces', 'drl_tune.core.config'):\n"
+            "    try:\n        importlib.import_module(old)\n    except ModuleNotFoundError:\n        continue\n"
+            "    raise SystemExit(old + ' imported')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def _names_in_pickles(study: Path) -> set[str]:

@@ -10,10 +10,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from drl_tune.core.config import ConfigError, flatten, make_config
+from drl_tune.ground.errors import ConfigError
 from drl_tune.study.plan import build_plan
 from drl_tune.study.spaces import SpaceError, load_space
 from drl_tune.study.tune import DefineByRun
+from drl_tune.training.config import flatten, make_config
 
 SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "cremad_compare", "avdigits_compare",
            "demo_pareto", "custom"]
@@ -282,8 +283,8 @@ def test_searcher_random_or_tpe(tmp_path):
 def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path):
     import pickle
 
+    from drl_tune.study.params import Choice, IntRange, LogUniform, Param, Uniform
     from drl_tune.study.plan import Plan
-    from drl_tune.study.spaces import Choice, IntRange, LogUniform, Param, Uniform
 
     plan = build_plan(load_space("demo"), overrides={}, name="t", storage=tmp_path, mlflow_uri="x")
     kinds = {type(p) for p in plan.search}

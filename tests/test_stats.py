@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from drl_tune.core.stats import paired_difference, pareto_front, t_interval
+from drl_tune.ground.stats import non_dominated, paired_difference, t_interval
+from drl_tune.study.answer import sentence
 from drl_tune.study.confirmation import (
     ConfirmError,
     TrialRecord,
     fresh_seeds,
     plan_confirmation,
     select_top,
-    sentence,
 )
 
 
@@ -72,7 +72,7 @@ def test_paired_difference_not_significant_and_sentence():
     text = sentence("drl", "joint", "test/acc_at_best_val", diff)
     assert text.startswith("drl − joint: +0.3 points test acc at best val (95% CI ")
     # what 3 seeds can detect at 80% power, and what 1 point would need, from the observed spread of d
-    from drl_tune.core.stats import min_detectable_difference, seeds_needed
+    from drl_tune.ground.stats import min_detectable_difference, seeds_needed
 
     mdd, need = min_detectable_difference(diff.std, 3), seeds_needed(0.01, diff.std)
     assert text.endswith(f"not significant at 3 seeds; 3 seeds detect ≥ {100 * mdd:.1f} points; "
@@ -81,7 +81,7 @@ def test_paired_difference_not_significant_and_sentence():
 
 
 def paired_t_power_of(delta: float, sd: float, n: int) -> float:
-    from drl_tune.core.stats import paired_t_power
+    from drl_tune.ground.stats import paired_t_power
 
     return paired_t_power(delta, sd, n)
 
@@ -89,7 +89,7 @@ def paired_t_power_of(delta: float, sd: float, n: int) -> float:
 def test_several_comparisons_are_judged_after_holm():
     """Two configurations against joint on one metric: each is significant alone (p < 0.05, interval excludes 0),
     but Holm multiplies the smaller p by 2 (> 0.05), so neither is after adjustment; the sentence says so."""
-    from drl_tune.core.stats import paired_t_pvalue
+    from drl_tune.ground.stats import paired_t_pvalue
     from drl_tune.study.confirmation import add_multiplicity_and_power
 
     d1 = paired_difference([0.795, 0.805, 0.785, 0.825, 0.795], [0.78] * 5)  # p = 0.036
@@ -110,12 +110,13 @@ def test_several_comparisons_are_judged_after_holm():
     assert drl["seeds_for_observed"] is not None
 
 
-def test_pareto_front():
+def test_non_dominated():
     points = [(0.8, 0.1), (0.7, 0.05), (0.75, 0.2), (0.8, 0.3), (0.6, 0.01)]
     # accuracy up, gap down: (0.75, 0.2) is beaten by (0.8, 0.1); (0.8, 0.3) too
-    assert pareto_front(points, maximize=(True, False)) == [4, 1, 0]
-    assert pareto_front(points) == [3]
-    assert pareto_front([(0.5, float("nan")), (0.4, 0.4)]) == [1]
+    assert non_dominated(points, ("max", "min")) == [0, 1, 4]
+    assert non_dominated(points, ("max", "max")) == [3]
+    assert non_dominated([(0.5, float("nan")), (0.4, 0.4)], ("max", "max")) == [1]
+    assert non_dominated([(1, 2, 3), (1, 2, 4), (0, 5, 3)], ("max", "max", "min")) == [0, 2]  # any number of objectives
 
 
 def record(trial_id, method, val, status="completed", seed=0, **config):
@@ -169,7 +170,7 @@ def test_plan_confirmation_bad_input():
 def test_holm_on_the_textbook_example():
     # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03,
     # 0.06, 0.06; back in the input order
-    from drl_tune.core.stats import holm
+    from drl_tune.ground.stats import holm
 
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, math.nan, 0.4]) == pytest.approx([0.8, math.nan, 0.8], nan_ok=True)  # NaN not counted
@@ -179,7 +180,7 @@ def test_holm_on_the_textbook_example():
 
 def test_paired_t_pvalue_matches_the_closed_form_for_two_degrees_of_freedom():
     # d = 1, 2, 3: mean 2, s = 1, t = 2·√3; for 2 degrees of freedom P(T > t) = (1 − t/√(t² + 2)) / 2
-    from drl_tune.core.stats import paired_t_pvalue, t_interval
+    from drl_tune.ground.stats import paired_t_pvalue, t_interval
 
     t = 2 * math.sqrt(3)
     assert paired_t_pvalue(t_interval([1.0, 2.0, 3.0])) == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)
@@ -188,7 +189,7 @@ def test_paired_t_pvalue_matches_the_closed_form_for_two_degrees_of_freedom():
 
 
 def test_paired_t_power_matches_known_values_and_a_simulation():
-    from drl_tune.core.stats import min_detectable_difference, paired_t_power, seeds_needed
+    from drl_tune.ground.stats import min_detectable_difference, paired_t_power, seeds_needed
 
     # G*Power's one-sample t test, two-tailed, α = 0.05: d = 1 with n = 10 -> 0.8031; d = 0.5 with n = 34 -> 0.8078
     assert paired_t_power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=1e-4)
@@ -215,7 +216,7 @@ def test_expected_max_matches_brute_force_enumeration_of_every_draw():
     N^n equally likely ordered draws with replacement, enumerated here; values with a tie and unsorted on purpose."""
     import itertools
 
-    from drl_tune.core.stats import expected_max
+    from drl_tune.ground.stats import expected_max
 
     values = [0.52, 0.61, 0.40, 0.61, 0.75]
     for n in range(1, 5):

@@ -16,12 +16,12 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
-from drl_tune.core.config import make_config
-from drl_tune.core.engine import Engine
 from drl_tune.run import main
 from drl_tune.study.faults import ERROR_FILE, WORKER_FILE
 from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import PLAN_FILE, Plan
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 from tests.conftest import TINY
 
 SPACE = """\

@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from drl_tune.analysis.front import searched_front
+from drl_tune.analysis.front_plot import searched_front
 from drl_tune.analysis.load import load_tune
 from tests.test_faults_kill import env_for, epochs_in, start_study, study_cli, wait_for
 

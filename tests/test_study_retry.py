@@ -17,11 +17,11 @@ import ray
 import ray.cloudpickle
 from mlflow import MlflowClient
 
-from drl_tune.core.config import make_config, parse_assignments
-from drl_tune.core.engine import Engine
 from drl_tune.run import main
 from drl_tune.study import tune as study
 from drl_tune.study.plan import PLAN_FILE, Plan
+from drl_tune.training.config import make_config, parse_assignments
+from drl_tune.training.engine import Engine
 from tests.test_study_e2e import local_ray, tiny_sets  # noqa: F401  (local_ray is a fixture)
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drl_tune.core.config import ConfigError, SyntheticConfig, make_config
+from drl_tune.data.config import SyntheticConfig
 from drl_tune.data.synthetic import N_FRAMES, N_MELS, generate, load_synthetic
+from drl_tune.ground.errors import ConfigError
+from drl_tune.training.config import make_config
 
 SMALL = {"n_train": 240, "n_val": 120, "n_test": 60, "n_classes": 4, "image_size": 24}
 

@@ -3,7 +3,7 @@ Used by the notebooks in ``analysis/`` and by ``python -m drl_tune.report``."""
 
 from drl_tune.analysis import plots
 from drl_tune.analysis.budget import budget_curves
+from drl_tune.analysis.html_report import write_report
 from drl_tune.analysis.load import Study, StudyError, load_mlflow, load_study, load_tune
-from drl_tune.analysis.report import write_report
 
 __all__ = ["Study", "StudyError", "budget_curves", "load_mlflow", "load_study", "load_tune", "plots", "write_report"]

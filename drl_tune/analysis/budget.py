@@ -3,7 +3,7 @@
 A method's advantage can depend on the tuning budget it got: at a small budget the method whose official setting
 happens to suit the data wins, at a larger one the method with more to gain from tuning may. The budget curve makes
 that visible: for each method, the expected best ``val/acc_best`` after n = 1 … N of its search trials
-(:func:`drl_tune.core.stats.expected_max`), with a band of ± one standard deviation of that best.
+(:func:`drl_tune.ground.stats.expected_max`), with a band of ± one standard deviation of that best.
 
 What the curve assumes, and what the figure says:
 
@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from drl_tune.analysis.colors import MANY_METHODS, method_color
 from drl_tune.analysis.load import SELECT_METRIC, Study
-from drl_tune.core.stats import expected_max
+from drl_tune.ground.stats import expected_max
 
 CURVE_COLUMNS = ["method", "n", "expected", "std", "low", "high", "draws", "stopped", "errored", "official",
                  "searcher"]

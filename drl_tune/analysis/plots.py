@@ -36,10 +36,10 @@ from drl_tune.analysis.colors import (  # noqa: F401 (plots.* names)
     METHOD_COLORS,
     method_color,
 )
-from drl_tune.analysis.front import pareto as pareto_figure
+from drl_tune.analysis.front_plot import pareto as pareto_figure
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
-from drl_tune.core.io import atomic_write_with
-from drl_tune.core.stats import pareto_front
+from drl_tune.ground.io import atomic_write_with
+from drl_tune.ground.stats import non_dominated
 from drl_tune.study.optuna_db import distribution
 
 DRL_KNOBS = ["drl.alpha", "drl.diagnosis_interval", "drl.n_clusters"]
@@ -59,7 +59,8 @@ def save(fig: Figure, out_dir: Path | str, name: str) -> list[Path]:
 
 def pareto_mask(x: np.ndarray, y: np.ndarray, x_higher_better: bool) -> np.ndarray:
     """Points no other point beats on both axes (y always higher-better)."""
-    front = set(pareto_front(list(zip(x.tolist(), y.tolist(), strict=True)), maximize=(x_higher_better, True)))
+    front = set(non_dominated(list(zip(x.tolist(), y.tolist(), strict=True)),
+                              ("max" if x_higher_better else "min", "max")))
     return np.array([i in front for i in range(len(x))], dtype=bool)
 
 

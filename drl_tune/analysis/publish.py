@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from drl_tune.analysis.budget import budget_curves
-from drl_tune.analysis.front import searched_front
+from drl_tune.analysis.front_plot import searched_front
 from drl_tune.analysis.load import StudyError, load_tune
 from drl_tune.study.tracking import install_review_view, metric_key
 

@@ -13,7 +13,7 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
   ResNet18 width 8, 2 frames 32², 64×40 spectrograms) and at CREMA-D input size (width 64, 2 frames 224²,
   300×128 spectrograms; ``--limit`` generated clips). ``epoch.ratio`` = the CREMA-D size.
 * ``diagnosis``: sklearn vs torch k-means on N × 512 features and the diagnosis as a fraction of one
-  CREMA-D-sized epoch (:func:`drl_tune.bench.diagnosis.run_diagnosis_bench`).
+  CREMA-D-sized epoch (:func:`drl_tune.bench.diagnosis_speed.run_diagnosis_bench`).
 * ``overhead``: the same epochs as one Tune trial (a Ray worker process, a checkpoint and a ``tune.report``
   per epoch, the MLflow callback logging every epoch to a sqlite store) vs the plain engine loop in this
   process (engine built, epochs run). ``overhead.ratio`` = Tune trial wall time / plain wall time (``ray.init``
@@ -48,12 +48,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from drl_tune.bench.reference import ReferenceSamples, cremad_cache, reference_epoch, synchronize, trained_samples
-from drl_tune.core.config import ConfigError, TrainConfig, make_config, parse_assignments
-from drl_tune.core.domains import Domain, flag
-from drl_tune.core.guard import guarded
-from drl_tune.core.io import atomic_write_text
-from drl_tune.core.paths import PathError, check_writable
+from drl_tune.bench.official_loops import (
+    ReferenceSamples,
+    cremad_cache,
+    reference_epoch,
+    synchronize,
+    trained_samples,
+)
+from drl_tune.ground.domains import Domain, flag
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.io import atomic_write_text
+from drl_tune.ground.paths import PathError, check_writable
+from drl_tune.training.config import TrainConfig, make_config, parse_assignments
 
 BENCHES = ("data", "epoch", "diagnosis", "overhead", "study")
 Log = Callable[[str], None]
@@ -73,7 +80,7 @@ def _machine() -> dict[str, Any]:
 
 def time_epochs(config: TrainConfig, data: Any, *, epochs: int, workers: int, log: Log, label: str) -> dict[str, Any]:
     """Training samples/s of the engine vs the reference-style loop on ``data``, alternating epochs."""
-    from drl_tune.core.engine import Engine, build_model
+    from drl_tune.training.engine import Engine, build_model
 
     engine = Engine(config, data)
     split = engine.data.splits["train"]
@@ -200,12 +207,12 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
     from ray.tune import Callback
     from threadpoolctl import threadpool_limits
 
-    from drl_tune.core.engine import Engine
     from drl_tune.study.faults import WORKER_FILE
     from drl_tune.study.spaces import load_space
     from drl_tune.study.tracking import MLflowTrialCallback, StudyTracker
     from drl_tune.study.trainable import train_trial
     from drl_tune.study.tune import REUSE_ACTORS
+    from drl_tune.training.engine import Engine
 
     config = load_space("demo").config(parse_assignments(["method=joint", "threads=1", f"epochs={epochs}",
                                                           *(overrides or [])]))
@@ -375,7 +382,7 @@ def _epochs_trained(study: Path) -> int:
 
 def run(benches: list[str], args: argparse.Namespace, log: Log = print) -> dict[str, Any]:
     from drl_tune.bench.data import run_data_bench
-    from drl_tune.bench.diagnosis import run_diagnosis_bench
+    from drl_tune.bench.diagnosis_speed import run_diagnosis_bench
 
     tiny = args.tiny
     result: dict[str, Any] = {"machine": _machine(), "tiny": tiny}
@@ -442,7 +449,7 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-# the flags' domains (core/domains.py, as every command's): a bad number is one argparse line, not a traceback
+# the flags' domains (ground/domains.py, as every command's): a bad number is one argparse line, not a traceback
 ONE_OR_MORE = flag(Domain(ge=1), integer=True)
 WORKERS = flag(Domain(ge=0, le=256), integer=True)
 BATCH = flag(Domain(ge=2), integer=True)

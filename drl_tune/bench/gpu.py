@@ -23,8 +23,8 @@ skipped — without stopping the others:
   training — what Ray's fractional GPUs do (each trial is a process). Aggregate samples/s against N = 1,
   per-process peak allocated / reserved memory, the device's used memory (``torch.cuda.mem_get_info`` and
   ``nvidia-smi``) while all N are alive; from these the trials per GPU and the ``gpus_per_trial`` to use.
-* ``reference``: the official script's way (fp32, per-sample PIL pipeline, ``drl_tune.bench.reference``) on the same
-  GPU, one process: training samples/s and the per-clip evaluation.
+* ``reference``: the official script's way (fp32, per-sample PIL pipeline, ``drl_tune.bench.official_loops``) on
+  the same GPU, one process: training samples/s and the per-clip evaluation.
 * ``train_off``: ``train`` with every ``perf.*`` switch off, for the GPU path's speed-up.
 * ``projection``: GPU-hours of a 40-trial ASHA study of the ``cremad`` space against the official script's
   (the formula, the inputs and every assumption are in the JSON and the log).

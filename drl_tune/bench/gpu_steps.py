@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from drl_tune.bench.reference import cremad_cache
-from drl_tune.core.io import atomic_write_text
+from drl_tune.bench.official_loops import cremad_cache
 from drl_tune.data.cremad import OFFICIAL as CREMAD  # the prepared CREMA-D splits' sizes
+from drl_tune.ground.io import atomic_write_text
 
 Log = Callable[[str], None]
 PHASES = ("ready", "done", "snap")  # warmed up -> timed work finished -> memory read (all processes alive)

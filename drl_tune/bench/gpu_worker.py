@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from drl_tune.bench.gpu_steps import PHASES
-from drl_tune.bench.reference import ReferenceSamples, reference_epoch, synchronize, trained_samples
-from drl_tune.core.io import atomic_write_text
+from drl_tune.bench.official_loops import ReferenceSamples, reference_epoch, synchronize, trained_samples
+from drl_tune.ground.io import atomic_write_text
 
 # -- worker processes ------------------------------------------------------------------------------------------
 
@@ -87,8 +87,8 @@ def _role_facts(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
 
 def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
     """Warm up, then time ``epochs`` training epochs of the engine (and, with ``eval``, the evaluation pieces)."""
-    from drl_tune.core.engine import Engine
     from drl_tune.data.cache import load_cache
+    from drl_tune.training.engine import Engine
 
     out["imported_s"] = time.time() - spec["t_launch"]
     config = _engine_config(spec)
@@ -127,7 +127,7 @@ def _role_train(spec: dict[str, Any], device: torch.device, barrier: Barrier, ou
 
 def _time_eval(engine: Any, device: torch.device, spec: dict[str, Any]) -> dict[str, Any]:
     """The eval forward pass per clip, one whole evaluation, and k-means of DRL's diagnosis at ``kmeans_n``."""
-    from drl_tune.bench.diagnosis import time_diagnosis
+    from drl_tune.bench.diagnosis_speed import time_diagnosis
     from drl_tune.methods.drl import STABILITY_RESTARTS
 
     splits = engine.data.splits
@@ -160,8 +160,8 @@ def _role_profile(spec: dict[str, Any], device: torch.device, barrier: Barrier, 
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from drl_tune.core.engine import Engine
     from drl_tune.data.cache import load_cache
+    from drl_tune.training.engine import Engine
 
     engine = Engine(_engine_config(spec), load_cache(spec["cache"]))
     engine.train_epoch()  # warm-up
@@ -219,8 +219,8 @@ def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier
     math), cross-entropy, backward, SGD; and its evaluation forward per clip."""
     from torch.utils.data import DataLoader
 
-    from drl_tune.core.engine import build_model
     from drl_tune.data.cache import load_cache
+    from drl_tune.training.engine import build_model
 
     config = _engine_config(spec)
     data = load_cache(spec["cache"])
@@ -270,7 +270,7 @@ def _role_reference(spec: dict[str, Any], device: torch.device, barrier: Barrier
 
 def _role_kmeans(spec: dict[str, Any], device: torch.device, barrier: Barrier, out: dict[str, Any]) -> None:
     """sklearn vs torch k-means at growing N until the next size would pass ``deadline`` (wall clock)."""
-    from drl_tune.bench.diagnosis import time_diagnosis
+    from drl_tune.bench.diagnosis_speed import time_diagnosis
 
     barrier.phase("ready")
     time_diagnosis(64, dim=8, device=device, backends=("torch",))  # first-call costs are not the diagnosis'

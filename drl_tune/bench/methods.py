@@ -1,6 +1,6 @@
 """``python -m drl_tune.bench methods``: each registered method's epoch cost relative to joint training.
 
-Every method gets its own :class:`~drl_tune.core.engine.Engine` on the demo space's data and model (its official
+Every method gets its own :class:`~drl_tune.training.engine.Engine` on the demo space's data and model (its official
 setting: the demo space's defaults, the method's own defaults), all in this one process with one torch thread, and
 the methods take turns epoch by epoch (round robin), so a change of the machine's load falls on all of them alike.
 An epoch is timed in CPU time of this process (``time.process_time``), which another process's load on a shared
@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drl_tune.core.config import ConfigError, parse_assignments
+from drl_tune.ground.errors import ConfigError
+from drl_tune.training.config import parse_assignments
 
 Log = Callable[[str], None]
 
@@ -31,10 +32,10 @@ def run_methods_bench(*, methods: list[str] | None = None, epochs: int = 3, over
     docstring."""
     import torch
 
-    from drl_tune.core.engine import Engine
     from drl_tune.data import load_dataset
     from drl_tune.methods import REGISTRY
     from drl_tune.study.spaces import load_space
+    from drl_tune.training.engine import Engine
 
     names = list(dict.fromkeys(["joint", *(methods or REGISTRY)]))
     unknown = [m for m in names if m not in REGISTRY]

@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from drl_tune.core.config import DataConfig
-from drl_tune.core.paths import default_root
 from drl_tune.data.avdigits import load_avdigits
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache
+from drl_tune.data.config import DataConfig
 from drl_tune.data.synthetic import load_synthetic
+from drl_tune.ground.paths import default_root
 
 
 def _prepared(name: str) -> Callable[[DataConfig], MultimodalData]:

@@ -43,10 +43,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drl_tune.core.config import AVDigitsConfig, ConfigError
-from drl_tune.core.paths import default_root
 from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
+from drl_tune.data.config import AVDigitsConfig
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.paths import default_root
 
 GENERATOR_VERSION = 1  # part of the cache key: bump whenever generate() changes what a config produces
 SAMPLE_RATE = 16000

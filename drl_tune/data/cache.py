@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from drl_tune.core.modality import ModalityKind
+from drl_tune.ground.modality import ModalityKind
 
 CACHE_VERSION = 1
 SPLITS = ("train", "val", "test")

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from drl_tune.core.modality import ModalityKind
 from drl_tune.data.sources import (
     IMAGE_EXTS,
     AVDecoder,
@@ -51,6 +50,7 @@ from drl_tune.data.sources import (
     read_image,
     video_frames,
 )
+from drl_tune.ground.modality import ModalityKind
 
 NAME = "manifest"
 NEEDS_SRC = False  # the manifest file names everything (prepare's --src is for folder-shaped datasets)

@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from drl_tune.core.domains import Domain, flag
-from drl_tune.core.guard import guarded
-from drl_tune.core.paths import PathError, check_writable, default_root
 from drl_tune.data import cremad, kinetics_sounds, manifest, ucf101
 from drl_tune.data.cache import CacheError, CacheWriter, load_cache
 from drl_tune.data.sources import Item, PrepareError, PreparePlan
+from drl_tune.ground.domains import Domain, flag
+from drl_tune.ground.guard import guarded
+from drl_tune.ground.paths import PathError, check_writable, default_root
 
 PREPARERS: dict[str, ModuleType] = {"cremad": cremad, "kinetics_sounds": kinetics_sounds, "ucf101": ucf101,
                                      "manifest": manifest}
-# the flags' domains (core/domains.py, as every command's): a bad number is one argparse line, not a traceback
+# the flags' domains (ground/domains.py, as every command's): a bad number is one argparse line, not a traceback
 SIZE = flag(Domain(ge=8), integer=True)
 MELS = flag(Domain(ge=1), integer=True)
 SEED = flag(Domain(ge=0, le=2**32 - 1), integer=True)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from drl_tune.core.modality import ModalityKind
 from drl_tune.data.audio import log_fbank
 from drl_tune.data.cache import CacheError
+from drl_tune.ground.modality import ModalityKind
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".flv", ".mp4", ".avi", ".mkv", ".webm", ".mov")

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from drl_tune.core.config import SyntheticConfig
-from drl_tune.core.paths import default_root
 from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
+from drl_tune.data.config import SyntheticConfig
+from drl_tune.ground.paths import default_root
 
 SAMPLE_RATE = 8000
 CLIP_SAMPLES = 5280  # 0.66 s: 64 frames of 25 ms every 10 ms (the real-audio frame settings)

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from drl_tune.core.accel import to_device_async
-from drl_tune.core.modality import ModalityKind
+from drl_tune.ground.device import to_device_async
+from drl_tune.ground.modality import ModalityKind
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -44,10 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from drl_tune.core.config import ConfigError, parse_assignments
-from drl_tune.core.engine import Engine
 from drl_tune.data import CacheError, load_dataset
+from drl_tune.ground.errors import ConfigError
 from drl_tune.study.spaces import load_space
+from drl_tune.training.config import parse_assignments
+from drl_tune.training.engine import Engine
 
 RUNS: dict[str, dict[str, Any]] = {
     "joint": {"method": "joint"},

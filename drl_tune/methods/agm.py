@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
+from drl_tune.ground.domains import bounded, check_fields
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, check_window
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.fusion import SumFusion
@@ -65,7 +65,7 @@ class AGMParams:
     modulation_ends: int = bounded(19, ge=0)
 
     def __post_init__(self) -> None:
-        check_fields(self, "agm.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "agm.")  # the numbers' domains are declared on the fields (ground/domains.py)
         check_window(self, "agm.")
 
 

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.errors import ConfigError
 from drl_tune.models import ModelOutput, MultimodalClassifier
 from drl_tune.models.fusion import ConcatFusion, SumFusion
 

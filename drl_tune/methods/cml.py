@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
@@ -62,7 +62,7 @@ class CMLParams:
     inner_steps: int = bounded(5, ge=1)  # optimizer steps per batch on the batch's one removal chain (official 5)
 
     def __post_init__(self) -> None:
-        check_fields(self, "cml.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "cml.")  # the numbers' domains are declared on the fields (ground/domains.py)
         if self.ce not in CE_INPUTS:
             raise ConfigError(f"cml.ce must be one of {', '.join(CE_INPUTS)}, got {self.ce!r}")
 

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from drl_tune.core.diagnosis import BACKENDS, diagnose
-from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
+from drl_tune.methods.drl_diagnosis import BACKENDS, diagnose
 from drl_tune.models import MultimodalClassifier
 
 # measured on the demo (docs/faithfulness.md, "The diagnosis' noise"): each restart costs ~5% of a diagnosis,
@@ -52,7 +52,7 @@ class DRLParams:
     kmeans_backend: str = "sklearn"  # "torch": the same k-means on the features' device (diagnosis.torch_kmeans)
 
     def __post_init__(self) -> None:
-        check_fields(self, "drl.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "drl.")  # the numbers' domains are declared on the fields (ground/domains.py)
         if self.kmeans_seed not in KMEANS_SEEDS:
             raise ConfigError(
                 f"drl.kmeans_seed must be 'official' (k-means random_state=0, as the paper's code) or 'trial' "

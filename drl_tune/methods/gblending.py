@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method, like_optimizer
 from drl_tune.models import ModelOutput, MultimodalClassifier
 

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import EpochContext, EpochMeans, HeadScoredMethod, batch_scores, unimodal_logits
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
@@ -50,7 +50,7 @@ class InfoRegParams:
     trace_modality: str = ""  # whose encoder's trace gives k; "" = the first modality (audio)
 
     def __post_init__(self) -> None:
-        check_fields(self, "inforeg.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "inforeg.")  # the numbers' domains are declared on the fields (ground/domains.py)
 
 
 def window_k(trace: list[float], window: int = 10) -> float:

@@ -64,8 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, shared_width
 from drl_tune.models import MultimodalClassifier
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
+from drl_tune.ground.domains import bounded, check_fields
 from drl_tune.methods.base import EpochContext, EpochMeans, Method, require_unimodal_head
 from drl_tune.models import ModelOutput, MultimodalClassifier
 from drl_tune.models.fusion import ConcatFusion
@@ -55,7 +55,7 @@ class MMCosineParams:
     scale: float = bounded(10.0, gt=0)  # s: the cosine logits' scale (official --scaling)
 
     def __post_init__(self) -> None:
-        check_fields(self, "mmcosine.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "mmcosine.")  # the numbers' domains are declared on the fields (ground/domains.py)
 
 
 def head_blocks(fusion: nn.Module, dims: list[int]) -> list[torch.Tensor]:

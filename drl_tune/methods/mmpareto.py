@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
+from drl_tune.ground.domains import bounded, check_fields
 from drl_tune.methods.base import Batch, EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
@@ -42,7 +42,7 @@ class MMParetoParams:
     gamma: float = bounded(1.5, gt=0)  # the official γ that scales the encoders' recombined gradients
 
     def __post_init__(self) -> None:
-        check_fields(self, "mmpareto.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "mmpareto.")  # the numbers' domains are declared on the fields (ground/domains.py)
 
 
 def min_norm_two(v1v1: float, v1v2: float, v2v2: float) -> float:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
+from drl_tune.ground.domains import bounded, check_fields
 from drl_tune.methods.base import EpochContext, EpochMeans, HeadScoredMethod, check_window
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
@@ -50,7 +50,7 @@ class OGMGEParams:
     ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false = plain OGM
 
     def __post_init__(self) -> None:
-        check_fields(self, "ogm_ge.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "ogm_ge.")  # the numbers' domains are declared on the fields (ground/domains.py)
         check_window(self, "ogm_ge.")
 
 

@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import (
     Batch,
     EpochContext,
@@ -64,7 +64,7 @@ class OPMParams:
     theta_grad: str = "official"  # official: θ's gradient as the authors' code (see the module); none: θ constant
 
     def __post_init__(self) -> None:
-        check_fields(self, "opm.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "opm.")  # the numbers' domains are declared on the fields (ground/domains.py)
         if self.theta_grad not in THETA_GRADS:
             raise ConfigError(f"opm.theta_grad must be one of {', '.join(THETA_GRADS)}, got {self.theta_grad!r}")
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drl_tune.core.domains import bounded, check_fields
+from drl_tune.ground.domains import bounded, check_fields
 from drl_tune.methods.base import (
     EpochContext,
     EpochMeans,
@@ -63,7 +63,7 @@ class PMRParams:
     modulation_ends: int = bounded(100, ge=0)
 
     def __post_init__(self) -> None:
-        check_fields(self, "pmr.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "pmr.")  # the numbers' domains are declared on the fields (ground/domains.py)
         check_window(self, "pmr.")
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.core.domains import bounded, check_fields
+from drl_tune.ground.domains import bounded, check_fields
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, like_optimizer
 from drl_tune.models import ModelOutput, MultimodalClassifier
 

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from drl_tune.core.domains import bounded, check_fields
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
@@ -51,7 +51,7 @@ class ValuationParams:
     alpha: float = bounded(1.0, ge=0)  # modality level: scales the number of re-sampled copies
 
     def __post_init__(self) -> None:
-        check_fields(self, "valuation.")  # the numbers' domains are declared on the fields (core/domains.py)
+        check_fields(self, "valuation.")  # the numbers' domains are declared on the fields (ground/domains.py)
         if self.level not in ("sample", "modality"):
             raise ConfigError(f"valuation.level must be 'sample' or 'modality', got {self.level!r}")
 

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.ops import MLP
 
-from drl_tune.core.modality import ModalityKind
+from drl_tune.ground.modality import ModalityKind
 
 
 class ResNet18Trunk(ResNet):

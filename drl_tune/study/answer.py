@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.io import atomic_write_text
-from drl_tune.core.stats import Interval, holm, min_detectable_difference, seeds_needed
+from drl_tune.ground.io import atomic_write_text
+from drl_tune.ground.stats import Interval, holm, min_detectable_difference, seeds_needed
 from drl_tune.study.tables import render_table
 
 ANSWER_JSON = "answer.json"

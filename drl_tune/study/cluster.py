@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.config import ConfigError
+from drl_tune.ground.errors import ConfigError
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's entrypoint (Ray 2.60)
 PROBE_TIMEOUT_S = 3.0  # connecting to a GCS port that is listening takes milliseconds, even across a data centre
@@ -211,8 +211,8 @@ def probe_storage(storage: str) -> str | None:
 
 def node_check(data_values: dict[str, Any], storage: str) -> dict[str, Any]:
     """Runs on one node (a Ray task): can this node load the dataset and write the results storage?"""
-    from drl_tune.core.config import make_config
     from drl_tune.data import load_dataset
+    from drl_tune.training.config import make_config
 
     problems = []
     try:

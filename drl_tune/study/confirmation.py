@@ -28,28 +28,15 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from drl_tune.core.io import atomic_write_text
-from drl_tune.core.stats import (
-    Interval,
-    paired_difference,
-    paired_t_pvalue,
-    t_interval,
-)
-from drl_tune.study.answer import (  # noqa: F401  (the answer's names, also imported from here)
-    ANSWER_CSV,
-    ANSWER_JSON,
-    ANSWER_TXT,
+from drl_tune.ground.io import atomic_write_text
+from drl_tune.ground.stats import Interval, paired_difference, paired_t_pvalue, t_interval
+from drl_tune.study.answer import (
     BASE_METRICS,
     HEADLINE_METRIC,
-    LABELS,
     SELECT_METRIC,
     _finite,
     add_multiplicity_and_power,
-    answer_csv,
-    answer_tables,
-    metric_label,
     parent_metrics,
-    sentence,
     write_answer,
 )
 from drl_tune.study.front import front_section, select_front

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.config import ConfigError
-from drl_tune.core.io import atomic_write_json, storage_error
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.io import atomic_write_json, storage_error
 from drl_tune.study.safety import redact
 
 WORKER_FILE = "drl_tune_worker.json"

@@ -21,20 +21,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from drl_tune.ground.stats import dominates, non_dominated
 from drl_tune.study.tables import render_table
-
-
-def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
-    """``a`` at least as good as ``b`` on every objective and better on one (``modes``: max or min each)."""
-    sign = [1.0 if m == "max" else -1.0 for m in modes]
-    at_least = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
-    return at_least and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
-
-
-def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
-    """Indices of the points no other point dominates (points with a NaN are never on the front)."""
-    ok = [i for i, p in enumerate(points) if not any(math.isnan(v) for v in p)]
-    return [i for i in ok if not any(dominates(points[j], points[i], modes) for j in ok if j != i)]
 
 
 def spread(n: int, k: int) -> list[int]:

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.io import atomic_write_text
+from drl_tune.ground.io import atomic_write_text
 
 CHECKPOINT_HISTORY = "history.json"  # in every checkpoint folder: the trial's metrics rows up to that epoch
 RESTORED_KEY = "restored_from"  # marks a row filled from a checkpoint ("checkpoint"); not a metric

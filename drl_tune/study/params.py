@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.errors import ConfigError
 
 
 class SpaceError(ConfigError):

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.config import make_config
-from drl_tune.core.errors import ConfigError
-from drl_tune.core.io import atomic_write_text
 from drl_tune.data import GENERATED
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.io import atomic_write_text
 from drl_tune.methods import REGISTRY
 from drl_tune.study.spaces import Param, SchedulerSpec, Space, parse_objectives
+from drl_tune.training.config import make_config
 
 PLAN_FILE = "drl_tune_study.json"
 # how the plan names its sampler; the budget curve (drl_tune.analysis.budget) says the same on its figure
@@ -119,6 +119,9 @@ class Plan:
     def read(cls, study_dir: Path) -> Plan:
         """The plan of the study folder ``study_dir`` (``--resume``, ``drl_tune.confirm``). Its storage is where
         the folder is now: a study folder may have been moved or copied."""
+        from drl_tune import compat
+
+        compat.install()  # the folder's pickles may name modules of an earlier layout
         path = study_dir / PLAN_FILE
         if not path.is_file():
             raise ConfigError(f"no study {study_dir.name!r} in {study_dir.parent}: {study_dir} is not a study folder "

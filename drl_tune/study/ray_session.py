@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drl_tune.core.io import atomic_write_json
+from drl_tune.ground.io import atomic_write_json
 
 SESSION_FILE = "drl_tune_ray.json"
 PROC = Path("/proc")

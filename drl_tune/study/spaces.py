@@ -36,20 +36,16 @@ from typing import Any
 
 import yaml
 
-from drl_tune.core.config import TrainConfig, make_config
-from drl_tune.core.domains import DOMAIN, bounded, check
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.domains import DOMAIN, bounded, check
+from drl_tune.ground.errors import ConfigError
 from drl_tune.methods import REGISTRY
-from drl_tune.study.params import (  # noqa: F401  (pickled studies name them drl_tune.spaces.*)
+from drl_tune.study.params import (
     DISTRIBUTIONS,
     Choice,
-    IntRange,
-    LogUniform,
     Param,
     SpaceError,
-    Uniform,
-    _Range,
 )
+from drl_tune.training.config import TrainConfig, make_config
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources",
              "protocol")

@@ -1,4 +1,4 @@
-"""The Tune function trainable: one trial = one :class:`~drl_tune.core.engine.Engine`, one report per epoch.
+"""The Tune function trainable: one trial = one :class:`~drl_tune.training.engine.Engine`, one report per epoch.
 
 Every epoch's metrics are reported together with a checkpoint of the full engine state, so a trial that
 fails (or a study that is interrupted) continues from its last finished epoch exactly as if it had never
@@ -21,10 +21,10 @@ from ray import tune
 from ray.train._internal.session import get_session  # the trial's storage: Ray has no public API for it
 from ray.tune import get_context
 
-from drl_tune.core.config import make_config
-from drl_tune.core.engine import Engine
 from drl_tune.study import faults
 from drl_tune.study.history import load_checkpoint_history, write_checkpoint_history
+from drl_tune.training.config import make_config
+from drl_tune.training.engine import Engine
 
 CHECKPOINT_FILE = "engine.pt"
 # the worker's torch threads as Ray started it (OMP_NUM_THREADS = the trial's CPUs): a reused actor

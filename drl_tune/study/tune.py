@@ -31,7 +31,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from drl_tune.study.plan import Plan
 from drl_tune.study.spaces import Param, SchedulerSpec
-from drl_tune.study.tables import ProgressTable as ProgressTable  # study folders' pickles may name it here
 from drl_tune.study.trainable import train_trial
 
 

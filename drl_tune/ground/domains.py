@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from drl_tune.core.errors import ConfigError
+from drl_tune.ground.errors import ConfigError
 
 DOMAIN = "drl_tune.domain"  # the key in a dataclass field's metadata
 

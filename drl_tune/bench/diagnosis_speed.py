@@ -1,9 +1,9 @@
 """How long DRL's diagnosis takes: sklearn vs torch k-means on N × 512 features, and the diagnosis as a
 fraction of one CREMA-D-sized epoch.
 
-    python -m drl_tune.bench.diagnosis                      # N = 1k, 5k, 20k (CPU); up to 200k on a GPU
-    python -m drl_tune.bench.diagnosis --large --json d.json  # also 50k, 100k, 200k on a CPU
-    python -m drl_tune.bench.diagnosis --restart-cost       # what drl.stability_restarts costs on the demo
+    python -m drl_tune.bench.diagnosis_speed                      # N = 1k, 5k, 20k (CPU); up to 200k on a GPU
+    python -m drl_tune.bench.diagnosis_speed --large --json d.json  # also 50k, 100k, 200k on a CPU
+    python -m drl_tune.bench.diagnosis_speed --restart-cost       # what drl.stability_restarts costs on the demo
 
 Per size N: both modalities are diagnosed (k-means on N training and N/8 validation features, CREMA-D's
 ratio 744/5954) with each backend, side by side on the same constructed features — one modality with
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drl_tune.bench.reference import synchronize
-from drl_tune.core.diagnosis import BACKENDS, diagnose
-from drl_tune.core.io import atomic_write_text
+from drl_tune.bench.official_loops import synchronize
+from drl_tune.ground.io import atomic_write_text
 from drl_tune.methods.drl import STABILITY_RESTARTS
+from drl_tune.methods.drl_diagnosis import BACKENDS, diagnose
 from drl_tune.models import MultimodalClassifier
 
 CPU_SIZES = (1_000, 5_000, 20_000)
@@ -174,9 +174,9 @@ def restart_cost(epochs: int = 10, restarts: Sequence[int] = (1, 3, 5, 10), repe
     its first diagnosis), then time the diagnosis (training-feature extraction + clustering of both modalities;
     the validation features come with the epoch's evaluation) with 0 and with R restarts on the same features;
     medians of ``repeats``."""
-    from drl_tune.core.config import parse_assignments
-    from drl_tune.core.engine import Engine
     from drl_tune.study.spaces import load_space
+    from drl_tune.training.config import parse_assignments
+    from drl_tune.training.engine import Engine
 
     config = load_space("demo").config(parse_assignments(["method=drl", "threads=1"]))
     engine = Engine(config)
@@ -212,7 +212,7 @@ def restart_cost(epochs: int = 10, restarts: Sequence[int] = (1, 3, 5, 10), repe
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m drl_tune.bench.diagnosis", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m drl_tune.bench.diagnosis_speed", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", help="comma-separated N (default: 1k,5k,20k on CPU; up to 200k on a GPU)")
     p.add_argument("--large", action="store_true", help="also 50k, 100k, 200k on a CPU (slow)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")

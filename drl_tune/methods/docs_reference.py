@@ -1,7 +1,7 @@
 """The methods page's reference section (docs/methods.md): every registered method's rule and departures from
 its authors' code, as its module docstring states them — written once, in the method's file.
 
-    python -m drl_tune.methods.reference      # the section to paste between the markers of docs/methods.md
+    python -m drl_tune.methods.docs_reference      # the section to paste between the markers of docs/methods.md
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 from drl_tune.methods import REGISTRY
 
-START = "<!-- methods reference: python -m drl_tune.methods.reference -->"
+START = "<!-- methods reference: python -m drl_tune.methods.docs_reference -->"
 END = "<!-- end of methods reference -->"
 
 

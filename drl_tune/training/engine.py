@@ -31,16 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from drl_tune.core.accel import Accel
-from drl_tune.core.config import ConfigError, TrainConfig
-from drl_tune.core.io import atomic_save_torch
-from drl_tune.core.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
 from drl_tune.data import MultimodalData, Split, load_dataset
 from drl_tune.data.transforms import BatchBuffers, prepare_input
+from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.io import atomic_save_torch
+from drl_tune.ground.metrics import accuracy, balance_gap, macro_f1, probe_accuracy
 from drl_tune.methods import REGISTRY
 from drl_tune.methods.base import Batch, modality_mismatch
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.encoders import FeatureSizes
+from drl_tune.training.accel import Accel
+from drl_tune.training.config import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:

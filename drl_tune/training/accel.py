@@ -1,7 +1,7 @@
 """The GPU path of the engine: bf16 autocast, channels_last, pinned non-blocking transfers, batch-wise
 augmentation on the GPU, optional ``torch.compile``, and the per-epoch peak GPU memory.
 
-Each switch (config block ``perf.*``, see :class:`~drl_tune.core.config.PerfConfig`) acts only when the run's
+Each switch (config block ``perf.*``, see :class:`~drl_tune.training.config.PerfConfig`) acts only when the run's
 device is CUDA: on a CPU, bf16 autocast would change the arithmetic and channels_last / pinning / compiling
 buy little, so a CPU run computes exactly what it computed before these switches existed (the tests check
 that the losses and weights are identical with every switch on and off).
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from drl_tune.core.config import PerfConfig
+from drl_tune.ground.device import to_device_async
+from drl_tune.training.config import PerfConfig
 
 GPU_MEM_METRIC = "time/gpu_mem_peak_mb"
 
@@ -47,15 +48,6 @@ def _bf16_forward(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.T
         return out.float()
 
     return run
-
-
-def to_device_async(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x.to(device)`` that does not stall the GPU's queue: a plain copy from pageable host memory waits for
-    every kernel queued before it (PyTorch synchronises the stream), so on CUDA the tensor goes through pinned
-    memory and is copied non-blocking (safe: the caching host allocator keeps the pinned copy until it is read)."""
-    if torch.device(device).type != "cuda" or x.device.type != "cpu":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
 
 
 class Accel:

@@ -6,7 +6,7 @@ Pure functions on plain numbers (no pandas, no torch), shared by the confirmatio
 * :func:`paired_difference`: the same interval over d_s = a_s − b_s for seeds s measured under both
   configurations (same seed ⇒ same data order and initialisation, so the seed-to-seed noise shared by the two
   largely cancels — the reason the paired interval is narrower than comparing two unpaired means).
-* :func:`pareto_front`: the points no other point beats on both objectives (trade-off plots).
+* :func:`non_dominated`: the points no other point beats on every objective (the confirmed front, the trade-off plots).
 * :func:`paired_t_pvalue`, :func:`holm`: the two-sided paired-t p-value of a difference, and Holm's step-down
   adjustment of several (each method against the same reference: one family of comparisons).
 * :func:`paired_t_power`, :func:`min_detectable_difference`, :func:`seeds_needed`: what N seeds can detect, from
@@ -80,24 +80,18 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     return t_interval([float(x) - float(y) for x, y in zip(a, b, strict=True)], level)
 
 
-def pareto_front(points: Sequence[tuple[float, float]], maximize: tuple[bool, bool] = (True, True)) -> list[int]:
-    """Indices of the non-dominated points, sorted by the first coordinate.
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """``a`` at least as good as ``b`` on every objective and better on one (``modes``: max or min each)."""
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    at_least = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return at_least and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
 
-    A point is dominated when another is at least as good on both coordinates and better on one;
-    ``maximize`` says the direction of each (e.g. ``(True, False)`` for accuracy up, balance gap down)."""
-    sign = [1.0 if m else -1.0 for m in maximize]
-    pts = [(sign[0] * x, sign[1] * y) for x, y in points]
-    front = []
-    for i, (x, y) in enumerate(pts):
-        if any(math.isnan(v) for v in (x, y)):
-            continue
-        dominated = any(
-            (ox >= x and oy >= y) and (ox > x or oy > y)
-            for j, (ox, oy) in enumerate(pts) if j != i and not any(math.isnan(v) for v in (ox, oy))
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
+
+def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """Indices of the points no other point dominates, in their given order (points with a NaN are never on the
+    front); any number of objectives, ``modes`` saying max or min for each."""
+    ok = [i for i, p in enumerate(points) if not any(math.isnan(v) for v in p)]
+    return [i for i in ok if not any(dominates(points[j], points[i], modes) for j in ok if j != i)]
 
 
 def paired_t_pvalue(diff: Interval) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study, load_tune
-from drl_tune.core.io import atomic_write_text
+from drl_tune.ground.io import atomic_write_text
 
 CAPTIONS = {
     "tradeoff": "Multimodal accuracy (test, at each trial's best-validation epoch) against balance: the gap between "

@@ -4,7 +4,7 @@ table and of the key listing in ``python -m drl_tune.train --help`` and ``python
 The defaults are read from the typed configuration itself (``make_config({})``), the meanings from
 :data:`KEY_DOCS`; a key without a meaning, or a meaning for a key that no longer exists, fails the tests
 (``tests/test_config_keys.py``, which also checks that the table in docs/configuration.md is this module's
-output). Print that table with ``python -m drl_tune.core.config_keys --markdown``.
+output). Print that table with ``python -m drl_tune.training.config_keys --markdown``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import textwrap
 import typing
 from typing import Any
 
-from drl_tune.core.config import TrainConfig, make_config
-from drl_tune.core.domains import Domain, domain_of
+from drl_tune.ground.domains import Domain, domain_of
 from drl_tune.methods import REGISTRY
+from drl_tune.training.config import TrainConfig, make_config
 
 HELP_WIDTH = 100
 
@@ -49,8 +49,8 @@ KEY_DOCS: list[tuple[str, str]] = [
     ("eval.probe_samples", "training samples the uni-modal linear probe is fitted on"),
     ("eval.batch_size", "batch size of evaluation and feature extraction"),
     ("perf.bf16, perf.channels_last, perf.pin_memory, perf.gpu_augment, perf.compile",
-     "the GPU path (`drl_tune/core/accel.py`, \"Performance\"): bf16 autocast of the encoders, NHWC weights, pinned "
-     "non-blocking batch copies, crop/flip/normalise on the GPU, `torch.compile` of the encoders. They act only "
+     "the GPU path (`drl_tune/training/accel.py`, \"Performance\"): bf16 autocast of the encoders, NHWC weights, "
+     "pinned non-blocking batch copies, crop/flip/normalise on the GPU, `torch.compile` of the encoders. They act only "
      "on a CUDA device (a CPU run is identical with them on or off); set one false to rule it out"),
     ("drl.alpha", "λ of the paper (`move_lambda` in the official code): the re-init strength α = tanh(λ·gap) is "
                   "what `diag/alpha_<m>` logs"),
@@ -209,7 +209,7 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m drl_tune.core.config_keys", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m drl_tune.training.config_keys", description=__doc__.split("\n\n")[0])
     p.add_argument("--markdown", action="store_true", help="print the docs table instead of the --help listing")
     args = p.parse_args(argv)
     print(markdown_table() if args.markdown else help_text())

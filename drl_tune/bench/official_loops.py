@@ -1,7 +1,7 @@
 """What the benchmarks compare the engine against, shared by ``drl_tune.bench.cli`` (CPU sub-benchmarks) and
 ``drl_tune.bench.gpu`` (the one-shot GPU measurement): the official DRL script's per-sample input pipeline and
 training step, a generated CREMA-D-layout cache made by the real ``prepare cremad``, and the timers' device
-synchronisation (``drl_tune.bench.diagnosis`` too).
+synchronisation (``drl_tune.bench.diagnosis_speed`` too).
 
 A module of its own so that both benchmarks import it without importing each other (``bench`` dispatches to
 ``drl_tune.bench.gpu``). Nothing here imports Ray, MLflow or Optuna: the GPU machines have none of them.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from drl_tune.core.modality import ModalityKind
 from drl_tune.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from drl_tune.ground.modality import ModalityKind
 
 
 class ReferenceSamples(Dataset):
