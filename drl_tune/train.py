@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="demo", help="search space name or path to a .yaml file (default: demo)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set method=drl --set drl.alpha=2 (repeatable)")
+                   help="override a config key, e.g. --set method=drl --set drl.lam=2 (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train-<method>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")

@@ -94,7 +94,7 @@ fixed: {threads: 1, lr: 0.05}
 defaults: {method: drl, drl.diagnosis_interval: 1, drl.max_reinits: 2}
 search:
   method: {type: choice, values: [joint, drl]}
-  drl.alpha: {type: uniform, low: 1, high: 5}
+  drl.lam: {type: uniform, low: 1, high: 5}
   drl.n_clusters: {type: choice, values: [null, 12]}
 scheduler: {type: none}
 study: {num_samples: 4, max_concurrent: 2, seed: 3, max_failures: 0, overrides: {epochs: 3}}

@@ -24,7 +24,7 @@ from tests.analysis_fixtures import write_answer
 SEARCH = [{"key": "method", "kind": "choice", "values": ["joint", "drl"], "method": None, "low": None, "high": None,
            "step": None},
           {"key": "lr", "kind": "loguniform", "low": 0.001, "high": 0.1, "step": None, "values": [], "method": None},
-          {"key": "drl.alpha", "kind": "uniform", "low": 0.5, "high": 6.0, "step": None, "values": [],
+          {"key": "drl.lam", "kind": "uniform", "low": 0.5, "high": 6.0, "step": None, "values": [],
            "method": "drl"}]
 
 
@@ -71,9 +71,9 @@ def make_study(root: Path, name: str = "hand", *, trials: bool = True, all_error
         trial(folder, "drl", "e1", [], error=True)
         trial(folder, "joint", "e2", epoch_rows([0.3])[:1], error=True)
         return folder
-    trial(folder, "drl", "d1", epoch_rows([0.3, 0.4, 0.5, 0.45, 0.55], (1, 3), spread=spread), **{"drl.alpha": 3.0})
-    trial(folder, "drl", "d2", epoch_rows([0.2, 0.25, 0.3, 0.35, 0.6], (2,)), **{"drl.alpha": 1.0}, lr=0.05)
-    trial(folder, "drl", "d3", epoch_rows([0.1, 0.12]), **{"drl.alpha": 5.0}, epochs=5, lr=0.002)  # stopped early
+    trial(folder, "drl", "d1", epoch_rows([0.3, 0.4, 0.5, 0.45, 0.55], (1, 3), spread=spread), **{"drl.lam": 3.0})
+    trial(folder, "drl", "d2", epoch_rows([0.2, 0.25, 0.3, 0.35, 0.6], (2,)), **{"drl.lam": 1.0}, lr=0.05)
+    trial(folder, "drl", "d3", epoch_rows([0.1, 0.12]), **{"drl.lam": 5.0}, epochs=5, lr=0.002)  # stopped early
     trial(folder, "joint", "j1", epoch_rows([0.3, 0.35, 0.4, 0.42, 0.44]))
     trial(folder, "joint", "j2", epoch_rows([0.25, 0.3, 0.33, 0.36, 0.5]), lr=0.08)
     trial(folder, "joint", "j3", [], error=True)
@@ -90,7 +90,7 @@ def test_frames_summaries_and_status(tmp_path):
     assert t.loc["d1", "balance/gap"] == pytest.approx(0.4 - 0.05 * 4)
     assert t.loc["d1", "val/acc_visual"] == pytest.approx(0.2 + 0.05 * 4)
     assert study.weak_modality() == "visual" and study.modalities == ["audio", "visual"]
-    assert study.searched_keys("joint") == ["lr"] and study.searched_keys("drl") == ["lr", "drl.alpha"]
+    assert study.searched_keys("joint") == ["lr"] and study.searched_keys("drl") == ["lr", "drl.lam"]
 
 
 def test_tradeoff_one_point_per_finished_trial_one_colour_per_method(tmp_path):
@@ -153,10 +153,10 @@ def test_importance_and_knobs(tmp_path):
     study = load_tune(make_study(tmp_path))
     imp = plots.importances(study)
     assert set(imp) == {"drl"}  # joint has 2 finished trials: too few for an estimate
-    assert set(imp["drl"]["fANOVA"]) == {"lr", "drl.alpha"}
+    assert set(imp["drl"]["fANOVA"]) == {"lr", "drl.lam"}
     assert sum(imp["drl"]["fANOVA"].values()) == pytest.approx(1.0)
     fig = plots.knobs(study)
-    val = next(c for c in fig.axes[0].collections if c.get_gid() == "knob-drl.alpha-val")
+    val = next(c for c in fig.axes[0].collections if c.get_gid() == "knob-drl.lam-val")
     assert sorted(val.get_offsets()[:, 0]) == pytest.approx([1.0, 3.0, 5.0])
 
 
@@ -181,7 +181,7 @@ def test_budget_curves_from_the_sampled_trials_official_settings_apart(tmp_path)
 
     folder = make_study(tmp_path)
     plan = json.loads((folder / "drl_tune_study.json").read_text())
-    plan["points_to_evaluate"] = [{"method": "drl", "lr": 0.01, "drl.alpha": 3.0}, {"method": "joint", "lr": 0.01}]
+    plan["points_to_evaluate"] = [{"method": "drl", "lr": 0.01, "drl.lam": 3.0}, {"method": "joint", "lr": 0.01}]
     (folder / "drl_tune_study.json").write_text(json.dumps(plan))
     study = load_tune(folder)
     curves = budget_curves(study)

@@ -25,7 +25,7 @@ defaults: {method: drl, lr: 0.05, drl.diagnosis_interval: 1, drl.max_reinits: 1}
 search:
   method: {type: choice, values: [joint, drl]}
   lr: {type: choice, values: [0.05, 0.02]}
-  drl.alpha: {type: uniform, low: 1, high: 5}
+  drl.lam: {type: uniform, low: 1, high: 5}
 scheduler: {type: none}
 study: {num_samples: 4, max_concurrent: 2, seed: 5, max_failures: 0, overrides: {epochs: 2},
         confirm: {top_k: 1, seeds: 2}}

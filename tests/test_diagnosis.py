@@ -77,7 +77,7 @@ def test_reinit_strength_is_tanh_of_alpha_times_gap():
     assert reinit_strength(0.6, 0.9, reinit_lambda=3.0) == pytest.approx(math.tanh(0.9))
     assert reinit_strength(0.7, 0.7, reinit_lambda=3.0) == 0.0
     assert reinit_strength(0.9, 0.1, reinit_lambda=0.0) == 0.0
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match=r"reinit_lambda \(λ, drl.lam\) must be >= 0"):
         reinit_strength(0.9, 0.1, reinit_lambda=-1.0)
 
 

@@ -73,7 +73,7 @@ def test_drl_epoch_end_updates_encoders_only_and_by_the_reported_alpha(tiny_conf
         alpha = metrics[f"diag/alpha_{m}"]
         assert 0.0 <= alpha <= 1.0
         gap = abs(metrics[f"diag/purity_train_{m}"] - metrics[f"diag/purity_val_{m}"])
-        assert alpha == pytest.approx(np.tanh(config.params.alpha * gap))
+        assert alpha == pytest.approx(np.tanh(config.params.lam * gap))
         for name, _ in engine.model.encoders[m].named_parameters():
             key = f"encoders.{m}.{name}"
             torch.testing.assert_close(after[key], alpha * init[m][name] + (1 - alpha) * before[key])
@@ -85,7 +85,7 @@ def test_drl_epoch_end_updates_encoders_only_and_by_the_reported_alpha(tiny_conf
 
 
 def test_drl_options_blend_bn_stats_and_reset_momentum(tiny_config, tiny_data):
-    config = tiny_config(method="drl", drl__diagnosis_interval=1, drl__alpha=50.0,
+    config = tiny_config(method="drl", drl__diagnosis_interval=1, drl__lam=50.0,
                          drl__blend_bn_stats=True, drl__reset_momentum=True)
     engine = Engine(config, tiny_data)
     init = {m: {k: v.clone() for k, v in enc.state_dict().items()} for m, enc in engine.model.encoders.items()}
@@ -219,3 +219,26 @@ def test_torch_kmeans_backend_through_drl():
 def test_kmeans_knobs_reject_bad_values(key, value, message):
     with pytest.raises(ConfigError, match=message):
         make_config({"method": "drl", key: value})
+
+
+def test_the_old_key_for_lambda_is_read_with_a_notice(capsys, tmp_path):
+    """``drl.alpha`` was λ's key until 2026-12-07: it is still read (a --set, a space file, a nested block) as
+    ``drl.lam``, with one line saying so; giving both names is refused."""
+    from drl_tune.ground.errors import ConfigError
+    from drl_tune.study.spaces import load_space
+    from drl_tune.training import config as config_module
+    from drl_tune.training.config import make_config, parse_assignments
+
+    config_module._NOTED.clear()
+    assert make_config({"method": "drl", "drl.alpha": 4.5}).params.lam == 4.5
+    assert make_config({"method": "drl", "drl": {"alpha": 2.0}}).params.lam == 2.0
+    assert parse_assignments(["drl.alpha=1.5"]) == {"drl.lam": "1.5"}
+    err = capsys.readouterr().err
+    assert err.count("note: drl.alpha is deprecated since 2026-12-07; use drl.lam") == 1  # once per process
+    with pytest.raises(ConfigError, match="drl.alpha and drl.lam are the same key"):
+        make_config({"drl.lam": 1.0, "drl.alpha": 2.0})
+    space = tmp_path / "old.yaml"
+    space.write_text("dataset: {name: synthetic}\ndefaults: {method: drl, drl.alpha: 2.5}\n"
+                     "search: {drl.alpha: {type: uniform, low: 1, high: 4}}\n")
+    loaded = load_space(str(space))
+    assert loaded.defaults["drl.lam"] == 2.5 and "drl.lam" in loaded.search

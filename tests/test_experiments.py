@@ -17,8 +17,8 @@ def test_imbalance_command_prints_the_table(tmp_path, capsys):
 
 
 def test_imbalance_command_rejects_bad_overrides(capsys):
-    assert main(["--set", "drl.alpha=-1"]) == 2
-    assert "drl.alpha" in capsys.readouterr().err
+    assert main(["--set", "drl.lam=-1"]) == 2
+    assert "drl.lam" in capsys.readouterr().err
 
 
 def test_complementarity_on_hand_built_predictions():

@@ -107,7 +107,7 @@ def test_optuna_db_holds_the_search_for_the_dashboard(tmp_path):
     from drl_tune.study.optuna_db import write_optuna_db
 
     plan = build_plan(load_space("demo_pareto"), overrides={}, name="p", storage=tmp_path, mlflow_uri=None)
-    records = [record("a", "drl", 0.80, 0.30, lr=0.01, **{"drl.alpha": 3.0}), record("b", "joint", 0.70, 0.05,
+    records = [record("a", "drl", 0.80, 0.30, lr=0.01, **{"drl.lam": 3.0}), record("b", "joint", 0.70, 0.05,
                                                                                     lr=0.02),
                record("c", "joint", 0.60, 0.20, lr=0.03), record("d", "drl", 0.5, 0.1, "error", lr=0.04)]
     for _ in range(2):  # a rewrite, not an append
@@ -115,7 +115,7 @@ def test_optuna_db_holds_the_search_for_the_dashboard(tmp_path):
     study = optuna.load_study(study_name="p", storage=f"sqlite:///{path}")
     assert study.metric_names == ["val/acc_best", "balance/gap"] and len(study.trials) == 4
     by_id = {t.user_attrs["trial_id"]: t for t in study.trials}
-    assert by_id["a"].values == [0.80, 0.30] and by_id["a"].params == {"method": "drl", "lr": 0.01, "drl.alpha": 3.0}
+    assert by_id["a"].values == [0.80, 0.30] and by_id["a"].params == {"method": "drl", "lr": 0.01, "drl.lam": 3.0}
     assert by_id["d"].state == optuna.trial.TrialState.FAIL and by_id["a"].intermediate_values == {0: 0.80}
     assert sorted(t.user_attrs["trial_id"] for t in study.best_trials) == ["a", "b"]  # Optuna's own front
 

@@ -35,7 +35,7 @@ TRAIN_EXAMPLES = {"ci": 100, "thorough": 1000}[PROFILE]
 TIME_BOUND_S = 10.0  # per command line: every check happens before any work
 
 # what each key means, as a user reads the docs: (key, kind, accepts negatives, has an upper bound)
-FLOAT_KEYS = ["lr", "momentum", "weight_decay", "drl.alpha", "opm.q_base", "ogm_ge.alpha",
+FLOAT_KEYS = ["lr", "momentum", "weight_decay", "drl.lam", "opm.q_base", "ogm_ge.alpha",
               "data.synthetic.visual_noise", "inforeg.threshold"]
 INT_KEYS = ["epochs", "batch_size", "seed", "threads", "model.width", "eval.batch_size", "drl.diagnosis_interval",
             "drl.max_reinits", "data.synthetic.n_train"]

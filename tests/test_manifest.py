@@ -215,7 +215,7 @@ def test_drl_reinitialises_a_feature_encoder_by_its_own_alpha(tmp_path, capsys):
     data = load_cache(out)
     assert data.modalities["motion"] == "sequence" and data.splits["train"].inputs["motion"].shape[1:] == (7, 6)
     engine = Engine(make_config({"data.name": "manifest", "data.root": str(out), "method": "drl", "epochs": 2,
-                                 "model.width": 4, "batch_size": 6, "lr": 0.05, "threads": 1, "drl.alpha": 1.0,
+                                 "model.width": 4, "batch_size": 6, "lr": 0.05, "threads": 1, "drl.lam": 1.0,
                                  "eval.probe_samples": 18, "drl.diagnosis_interval": 1, "drl.max_reinits": 1}))
     engine.run_epoch()  # epoch 0: no diagnosis
     init = engine.method.init_state["motion"]

@@ -22,7 +22,7 @@ defaults: {method: drl, lr: 0.01}
 search:
   method: {type: choice, values: [joint, drl]}
   lr: {type: loguniform, low: 0.001, high: 0.1}
-  drl.alpha: {type: uniform, low: 1, high: 5}
+  drl.lam: {type: uniform, low: 1, high: 5}
 """
 
 
@@ -47,7 +47,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     assert "trials: 4, at most 2 at a time; 2 CPU + 0.5 GPU per trial" in out
     assert "Optuna TPE (adaptive), seed 7" in out and "ASHA on val/acc_best" in out
     assert "equal budgets: drl, joint in turn, 2 search trials each" in out
-    assert "drl.alpha" in out and "(only when method=drl)" in out
+    assert "drl.lam" in out and "(only when method=drl)" in out
     assert "drl.max_reinits" not in out.split("searched:")[1].split("first drl trial")[0]  # --set fixed it
     assert "first drl trial (official setting): method=drl" in out
     assert "nothing started" in out
@@ -108,5 +108,5 @@ def test_space_file_from_path_and_set(tmp_path, capsys):
     path.write_text(textwrap.dedent(GOOD))
     assert main(["--space", str(path), "--dry-run", "--set", "method=joint", *TINY_SETS]) == 0
     out = capsys.readouterr().out
-    assert "drl.alpha" not in out.split("searched:")[1].split("first drl trial")[0]
+    assert "drl.lam" not in out.split("searched:")[1].split("first drl trial")[0]
     assert "first trial (official setting): lr=0.01" in out

@@ -22,13 +22,13 @@ SHIPPED = ["demo", "cremad", "kinetics_sounds", "ucf101", "demo_compare", "crema
 GOOD = """\
 dataset: {name: synthetic}
 fixed: {epochs: 4, model.width: 4}
-defaults: {method: drl, lr: 0.01, drl.alpha: 3.0, drl.diagnosis_interval: 2}
+defaults: {method: drl, lr: 0.01, drl.lam: 3.0, drl.diagnosis_interval: 2}
 search:
   method: {type: choice, values: [joint, drl]}
   lr: {type: loguniform, low: 1e-3, high: 0.1}
   batch_size: {type: choice, values: [32, 64]}
   momentum: {type: uniform, low: 0.5, high: 0.95}
-  drl.alpha: {type: uniform, low: 0.5, high: 5}
+  drl.lam: {type: uniform, low: 0.5, high: 5}
   drl.diagnosis_interval: {type: int, low: 1, high: 3}
   drl.max_reinits: {type: int, low: 1, high: 5, step: 2}
 scheduler: {grace_period: 2}
@@ -59,7 +59,7 @@ def test_good_space_is_typed(tmp_path):
     space = load_space(str(write(tmp_path, GOOD)))
     s = space.search
     assert s["lr"].kind == "loguniform" and s["lr"].low == pytest.approx(1e-3)  # YAML's "1e-3" string is a number
-    assert s["drl.alpha"].method == "drl" and s["lr"].method is None
+    assert s["drl.lam"].method == "drl" and s["lr"].method is None
     assert s["drl.max_reinits"].step == 2 and s["drl.max_reinits"].contains(3) and not s["drl.max_reinits"].contains(2)
     assert space.study.num_samples == 6 and space.study.overrides == {"epochs": 3}
     assert space.resources.gpus_per_trial == 0.5 and space.scheduler.grace_period == 2
@@ -87,9 +87,9 @@ BAD = [
     ("dataset: {name: synthetic}\ndefaults: {method: nope}", "unknown method 'nope'"),
     ("dataset: {name: synthetic}\nsearch: {learning_rate: {type: uniform, low: 0.001, high: 0.1}}",
      "'search.learning_rate': unknown key 'learning_rate'"),
-    ("dataset: {name: synthetic}\ndefaults: {method: drl}\nsearch: {drl.alpha: {type: uniform, low: -1, high: 2}}",
-     "drl.alpha must be a finite number >= 0"),
-    ("dataset: {name: synthetic}\nsearch: {drl.alpha: {type: uniform, low: 1, high: 2}}",
+    ("dataset: {name: synthetic}\ndefaults: {method: drl}\nsearch: {drl.lam: {type: uniform, low: -1, high: 2}}",
+     "drl.lam must be a finite number >= 0"),
+    ("dataset: {name: synthetic}\nsearch: {drl.lam: {type: uniform, low: 1, high: 2}}",
      "belongs to method 'drl', which this space never runs"),
     ("dataset: {name: synthetic}\ndefaults: {lr: 0.5}\nsearch: {lr: {type: loguniform, low: 0.001, high: 0.1}}",
      "the official setting lr=0.5"),
@@ -124,7 +124,7 @@ def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
     # the official setting: the space's defaults, and the built-in defaults for searched keys it leaves out
     # then the same setting with every other method of the choice, so each method runs at least once
     assert plan.points_to_evaluate == [{"method": "drl", "lr": 0.01, "batch_size": 64, "momentum": 0.9,
-                                        "drl.alpha": 3.0, "drl.diagnosis_interval": 2, "drl.max_reinits": 3},
+                                        "drl.lam": 3.0, "drl.diagnosis_interval": 2, "drl.max_reinits": 3},
                                        {"method": "joint", "lr": 0.01, "batch_size": 64, "momentum": 0.9}]
     point = plan.points_to_evaluate[0]
     assert plan.constants["epochs"] == 3 and "lr" not in plan.constants and plan.constants["threads"] == 1
@@ -138,7 +138,7 @@ def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
         constants = define(trial)
         seen.append(trial.params)
         study.tell(trial, 0.5)
-        assert constants["epochs"] == 3 and "drl.alpha" not in constants  # searched keys are not constants
+        assert constants["epochs"] == 3 and "drl.lam" not in constants  # searched keys are not constants
     assert seen[0] == point
     methods = {p["method"] for p in seen}
     assert methods == {"joint", "drl"}
@@ -150,13 +150,13 @@ def test_define_by_run_is_conditional_and_official_point_first(tmp_path):
 def test_every_method_gets_its_official_point_inside_the_space(tmp_path):
     # the official method is joint; DRL's keys come from the built-in defaults (interval 20, 3 re-inits), and
     # the interval's default lies outside the searched 1..3, so that key is left to the sampler
-    text = GOOD.replace("defaults: {method: drl, lr: 0.01, drl.alpha: 3.0, drl.diagnosis_interval: 2}",
+    text = GOOD.replace("defaults: {method: drl, lr: 0.01, drl.lam: 3.0, drl.diagnosis_interval: 2}",
                         "defaults: {method: joint, lr: 0.01}")
     plan = build_plan(load_space(str(write(tmp_path, text))), overrides={}, name="t", storage=tmp_path,
                       mlflow_uri=None)
     assert [p["method"] for p in plan.points_to_evaluate] == ["joint", "drl"]
     drl = plan.points_to_evaluate[1]
-    assert drl["drl.alpha"] == 3.0 and drl["drl.max_reinits"] == 3 and "drl.diagnosis_interval" not in drl
+    assert drl["drl.lam"] == 3.0 and drl["drl.max_reinits"] == 3 and "drl.diagnosis_interval" not in drl
     assert {k: v for k, v in drl.items() if not k.startswith("drl.")} == {**plan.points_to_evaluate[0],
                                                                           "method": "drl"}
     # a fixed method leaves one official point
@@ -294,18 +294,21 @@ def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path)
     # the file keeps the shape plans were written in before the distributions were classes (drl_tune.study/1)
     raw = json.loads(plan.to_json())
     assert all(set(p) == {"key", "kind", "low", "high", "step", "values", "method"} for p in raw["search"])
-    old = {"key": "drl.alpha", "kind": "uniform", "low": 0.5, "high": 4.0, "step": None, "values": [],
+    old = {"key": "drl.lam", "kind": "uniform", "low": 0.5, "high": 4.0, "step": None, "values": [],
            "method": "drl"}
-    assert Param.from_dict(old) == Uniform("drl.alpha", low=0.5, high=4.0, method="drl")
+    assert Param.from_dict(old) == Uniform("drl.lam", low=0.5, high=4.0, method="drl")
     # a Tune searcher pickled before the change holds Param(key, kind, ...) objects: they come back typed
     legacy = object.__new__(Param)
     legacy.__dict__.update({**old, "key": "epochs", "kind": "int", "low": 2, "high": 10, "step": 2, "method": None})
     restored = pickle.loads(pickle.dumps(legacy))
     assert type(restored) is IntRange and restored.contains(4) and not restored.contains(5)
     assert pickle.loads(pickle.dumps(restored)) == restored
-    # and the live table it pickled as a callback is still found under its old name
+    # and the live table it pickled as a callback is still found under its old name, once a study folder is read
     import io
 
+    from drl_tune import compat
     from drl_tune.study import tables
+
+    compat.install()  # what Plan.read does before a study folder is unpickled
 
     assert pickle.Unpickler(io.BytesIO(b"")).find_class("drl_tune.study", "ProgressTable") is tables.ProgressTable

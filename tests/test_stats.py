@@ -245,7 +245,7 @@ def test_answer_table_shows_the_shared_keys_first():
     from drl_tune.study.answer import answer_tables
 
     stat = {"mean": 0.8, "ci_low": 0.7, "ci_high": 0.9}
-    drl_config = {"drl.alpha": 0.9, "drl.diagnosis_interval": 6, "drl.max_reinits": 2, "drl.n_clusters": 12,
+    drl_config = {"drl.lam": 0.9, "drl.diagnosis_interval": 6, "drl.max_reinits": 2, "drl.n_clusters": 12,
                   "drl.kmeans_n_init": 1, "lr": 0.021}
     answer = {"metrics": ["val/acc_best"], "seeds": [1, 2], "reference": None, "paired": [], "headline": [],
               "configs": [{"method": "drl", "rank": 1, "source_trial": "a", "config": drl_config, "seeds": [1, 2],
@@ -253,6 +253,6 @@ def test_answer_table_shows_the_shared_keys_first():
                           {"method": "joint", "rank": 1, "source_trial": "b", "config": {"lr": 0.042},
                            "seeds": [1, 2], "failed_seeds": [], "stats": {"val/acc_best": stat}}]}
     header = answer_tables(answer).splitlines()[1].split()
-    assert header[4:10] == ["lr", "drl.alpha", "drl.diagnosis_interval", "drl.kmeans_n_init", "drl.max_reinits",
+    assert header[4:10] == ["lr", "drl.lam", "drl.diagnosis_interval", "drl.kmeans_n_init", "drl.max_reinits",
                            "drl.n_clusters"]
     assert "0.042" in answer_tables(answer).splitlines()[4]

@@ -31,7 +31,7 @@ defaults: {method: drl, lr: 0.05, drl.diagnosis_interval: 1, drl.max_reinits: 1}
 search:
   method: {type: choice, values: [joint, drl]}
   lr: {type: choice, values: [0.05, 1.0e-9, 1.0e+5]}
-  drl.alpha: {type: uniform, low: 1, high: 5}
+  drl.lam: {type: uniform, low: 1, high: 5}
 scheduler: {type: asha, metric: val/acc_best, grace_period: 2, reduction_factor: 2}
 study: {num_samples: 6, max_concurrent: 1, seed: 3, max_failures: 0, overrides: {epochs: 3}}
 resources: {cpus_per_trial: 1}
@@ -83,7 +83,7 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     for run in runs:
         params = run.data.params
         assert params["epochs"] == "3" and params["model.width"] == "4"  # the full flattened config
-        assert ("drl.alpha" in params) == (params["method"] == "drl")  # conditional keys only with their method
+        assert ("drl.lam" in params) == (params["method"] == "drl")  # conditional keys only with their method
         by_lr.setdefault(float(params["lr"]), []).append(run)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
         assert steps == list(range(len(steps)))  # step = epoch, each epoch once

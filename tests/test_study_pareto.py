@@ -36,7 +36,7 @@ defaults: {method: drl, lr: 0.05}
 search:
   method: {type: choice, values: [joint, drl]}
   lr: {type: loguniform, low: 0.005, high: 0.1}
-  drl.alpha: {type: uniform, low: 1, high: 5}
+  drl.lam: {type: uniform, low: 1, high: 5}
 scheduler: {type: none}
 study:
   num_samples: 6

@@ -56,11 +56,11 @@ def test_train_resume_continues_the_log(tmp_path):
      "mmcosine, mmpareto, ogm_ge, opm, pmr, reconboost, umt, valuation"),
     ("learning_rate=0.1", "unknown key 'learning_rate'"),
     ("drl.alpah=1", "unknown key 'drl.alpah'"),
-    ("drl.alpha=-1", "drl.alpha must be a finite number >= 0"),
+    ("drl.lam=-1", "drl.lam must be a finite number >= 0"),
     ("drl.diagnosis_interval=0", "drl.diagnosis_interval must be an integer >= 1, got 0"),
     ("drl.n_clusters=1", "drl.n_clusters must be an integer >= 2, got 1"),
     ("opm.q_base=2", "opm.q_base must be a number in [0, 1], got 2.0"),
-    ("valuation.level=batch", "valuation.level must be 'sample' or 'modality'"),
+    ("valuation.level=batch", "valuation.level must be one of sample, modality"),
     ("epochs=many", "epochs must be an integer"),
     ("fusion=mean", "unknown fusion 'mean'"),
     ("optimizer=rmsprop", "optimizer must be 'sgd' or 'adam'"),
@@ -84,10 +84,10 @@ def test_unknown_space_names_the_known_ones(capsys):
 
 def test_bad_input_exits_non_zero_from_the_command_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "drl_tune.train", "--space", "demo", "--set", "drl.alpha=-2",
+        [sys.executable, "-m", "drl_tune.train", "--space", "demo", "--set", "drl.lam=-2",
          "--out", str(tmp_path / "x")],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert "drl.alpha must be a finite number >= 0, got -2.0" in proc.stderr
+    assert "drl.lam must be a finite number >= 0, got -2.0" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -26,6 +26,7 @@ import pandas as pd
 
 from drl_tune.study.history import metric_items, read_result_json
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE
+from drl_tune.training.config import canonical_key
 
 ANSWER_FILE = "answer.json"
 CONFIRM_DIR = "confirm"
@@ -128,7 +129,8 @@ def _frames(name: str, runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.Dat
             status = "stopped"
         trial_rows.append({**keys, "status": status, "rank": run.get("rank"), "source_trial": run.get("source_trial"),
                            "seed": config.get("seed"), **summary,
-                           **{k: _cell(v) for k, v in config.items() if k != "method"}})
+                           # a study written before a key was renamed (drl.lam) shows it under its current name
+                           **{canonical_key(k, notice=False): _cell(v) for k, v in config.items() if k != "method"}})
     trials = pd.DataFrame(trial_rows)
     epochs = pd.DataFrame(epoch_rows)
     if trials.empty:

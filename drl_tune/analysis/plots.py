@@ -42,7 +42,7 @@ from drl_tune.ground.io import atomic_write_with
 from drl_tune.ground.stats import non_dominated
 from drl_tune.study.optuna_db import distribution
 
-DRL_KNOBS = ["drl.alpha", "drl.diagnosis_interval", "drl.n_clusters"]
+DRL_KNOBS = ["drl.lam", "drl.diagnosis_interval", "drl.n_clusters"]
 LABELS = {"balance/gap": "balance gap |probe acc difference| at best-val epoch (lower = more balanced)",
           TEST_METRIC: "test accuracy at best-val epoch", SELECT_METRIC: "best validation accuracy"}
 
@@ -261,8 +261,8 @@ def _drl_setting(trial: pd.Series) -> str:
     if trial["method"] != "drl":
         return ""
     parts = []
-    if pd.notna(trial.get("drl.alpha")):
-        parts.append(f"λ={float(trial['drl.alpha']):.2f}")
+    if pd.notna(trial.get("drl.lam")):
+        parts.append(f"λ={float(trial['drl.lam']):.2f}")
     if pd.notna(trial.get("drl.diagnosis_interval")):
         parts.append(f"diagnose every {int(trial['drl.diagnosis_interval'])}")
     return ", ".join(parts)

@@ -194,7 +194,7 @@ def restart_cost(epochs: int = 10, restarts: Sequence[int] = (1, 3, 5, 10), repe
         feats, labels = engine.features("train")
         for m in engine.model.modalities:
             diagnose(feats[m], labels, val_feats[m], val_labels, n_clusters=n_clusters,
-                     reinit_lambda=config.params.alpha, seed=0, restarts=r)
+                     reinit_lambda=config.params.lam, seed=0, restarts=r)
 
     times: dict[int, list[float]] = {r: [] for r in (0, *restarts)}
     feature_times = []

@@ -20,6 +20,8 @@ from typing import Any
 from drl_tune.ground.errors import ConfigError
 
 DOMAIN = "drl_tune.domain"  # the key in a dataclass field's metadata
+DOC = "drl_tune.doc"  # a method parameter's meaning (the docs' table and --help are made from it)
+CHOICES = "drl_tune.choices"  # the values a text parameter may take
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,18 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
                              metadata={DOMAIN: Domain(ge=ge, gt=gt, le=le, lt=lt, gpu_share=gpu_share)})
 
 
+def param(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A method parameter: its default, what it means (``doc``, one sentence for the docs' configuration table and
+    ``--help``) and what it may be — bounds for a number, ``choices`` for a text. A method's ``Params`` dataclass
+    declares every key this way, so the method's file is the one place its keys are described and checked."""
+    domain = Domain(ge=ge, gt=gt, le=le, lt=lt) if any(b is not None for b in (ge, gt, le, lt)) else None
+    metadata: dict[str, Any] = {DOC: doc, DOMAIN: domain}
+    if choices is not None:
+        metadata[CHOICES] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 def domain_of(cls: type, name: str) -> Domain | None:
     """The declared domain of field ``name`` of dataclass ``cls`` (None: only the type is checked)."""
     for f in dataclasses.fields(cls):
@@ -106,6 +120,9 @@ def check_fields(obj: Any, prefix: str = "") -> None:
         value = getattr(obj, f.name)
         if not dataclasses.is_dataclass(value):
             check(value, f.metadata.get(DOMAIN), prefix + f.name)
+        choices = f.metadata.get(CHOICES)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{prefix}{f.name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def flag_type(cls: type, name: str, integer: bool = False) -> Callable[[str], float | int]:

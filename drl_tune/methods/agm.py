@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, check_window
 from drl_tune.models import MultimodalClassifier
 from drl_tune.models.fusion import SumFusion
@@ -60,9 +60,11 @@ from drl_tune.models.fusion import SumFusion
 
 @dataclass
 class AGMParams:
-    alpha: float = bounded(1.0, gt=0)  # α: strength of the modulation
-    modulation_starts: int = bounded(0, ge=0)  # 0-based epochs (the official 1-based window 0–20 = 0–19 here)
-    modulation_ends: int = bounded(19, ge=0)
+    alpha: float = param(1.0, "α of AGM's coefficient exp(α·min(reference − ratio, 10))", gt=0)
+    # 0-based epochs (the official 1-based window 0–20 = 0–19 here)
+    modulation_starts: int = param(0, "first epoch whose coefficients are updated (0-based)", ge=0)
+    modulation_ends: int = param(19, "last epoch whose coefficients are updated (the last ones stay in force after)",
+                                 ge=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "agm.")  # the numbers' domains are declared on the fields (ground/domains.py)

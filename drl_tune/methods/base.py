@@ -107,6 +107,9 @@ class Method:
     modalities: ClassVar[int | None] = None
     # True: training_step steps the optimizer(s) itself; the engine then skips its own step (module docstring)
     steps_optimizer: ClassVar[bool] = False
+    # keys renamed: old field name -> (new field name, the date of the rename); the old key is still read, with a
+    # one-line notice, until the deprecation is retired (training.config.canonical_key)
+    renamed_params: ClassVar[dict[str, tuple[str, str]]] = {}
 
     def __init__(self, params: Any) -> None:
         self.params = params

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.methods.drl_diagnosis import BACKENDS, diagnose
@@ -37,19 +37,32 @@ KMEANS_SEEDS = ("official", "trial")
 
 @dataclass
 class DRLParams:
-    """``alpha`` (the config key ``drl.alpha``) is λ of the paper (``move_lambda`` in the official code), not the
-    re-init strength α = tanh(λ·gap) that it yields (diagnosis.py says which name is which)."""
+    """``lam`` is λ of the paper (``move_lambda`` in the official code), not the re-init strength α = tanh(λ·gap) it
+    yields, which ``diag/alpha_<m>`` logs (drl_diagnosis.py says which name is which). Its key was ``drl.alpha``
+    until 2026-12-07; that name is still read, with a notice (``DRL.renamed_params``)."""
 
-    alpha: float = bounded(3.0, ge=0)
-    diagnosis_interval: int = bounded(20, ge=1)
-    max_reinits: int = bounded(3, ge=0)
-    n_clusters: int | None = bounded(None, ge=2)  # None = number of classes (the official choice)
-    blend_bn_stats: bool = False  # also move BN running mean/var towards their initial values
-    reset_momentum: bool = False  # also clear the optimizer's momentum of the re-initialised encoder
-    kmeans_seed: str = "official"  # "official": random_state=0 in every run (code/ours.py); "trial": the run's seed
-    kmeans_n_init: int = bounded(1, ge=1)  # k-means starts per clustering; 1 = the official KMeans() (sklearn >= 1.4)
-    stability_restarts: int = bounded(STABILITY_RESTARTS, ge=0)  # extra k-means starts measuring α's spread; 0 = off
-    kmeans_backend: str = "sklearn"  # "torch": the same k-means on the features' device (diagnosis.torch_kmeans)
+    lam: float = param(3.0, "λ of the paper (`move_lambda` in the official code): the re-init strength "
+                       "α = tanh(λ·gap) is what `diag/alpha_<m>` logs (formerly `drl.alpha`)", ge=0)
+    diagnosis_interval: int = param(20, "diagnose and re-learn after epochs k, 2k, … (0-based epoch index, as the "
+                                    "official code)", ge=1)
+    max_reinits: int = param(3, "at most this many re-initialisations", ge=0)
+    n_clusters: int | None = param(None, "k of k-means; null = number of classes (the official choice)", ge=2)
+    blend_bn_stats: bool = param(False, "also move BN running mean/var towards their initial values (the official "
+                                 "code does not)")
+    reset_momentum: bool = param(False, "also clear the optimizer's momentum of the re-initialised encoder (the "
+                                 "official code does not)")
+    kmeans_seed: str = param("official", "`official`: k-means `random_state=0` in every run, as the paper's code "
+                             "(`code/ours.py`); `trial`: the run's `seed`. The default is the official one, so that "
+                             "trials differing only in `seed` diagnose identical features identically")
+    kmeans_n_init: int = param(1, "k-means starts per clustering (best inertia kept); 1 = the official "
+                               "`KMeans(random_state=0)` under sklearn ≥ 1.4 (10 under older sklearn); searchable",
+                               ge=1)
+    stability_restarts: int = param(STABILITY_RESTARTS, "R further k-means starts at every diagnosis, on the same "
+                                    "features, that only *measure* how much α depends on the start "
+                                    "(`diag/alpha_std_<m>` …); never change the applied α; 0 = off. Each costs ~5% "
+                                    "of a demo diagnosis, so 2 stay ≤ 10% (\"The diagnosis' noise\")", ge=0)
+    kmeans_backend: str = param("sklearn", "`torch`: the same k-means (greedy k-means++, Lloyd) in torch on the "
+                                "run's device (\"Diagnosis speed\")", choices=BACKENDS)
 
     def __post_init__(self) -> None:
         check_fields(self, "drl.")  # the numbers' domains are declared on the fields (ground/domains.py)
@@ -57,10 +70,6 @@ class DRLParams:
             raise ConfigError(
                 f"drl.kmeans_seed must be 'official' (k-means random_state=0, as the paper's code) or 'trial' "
                 f"(the run's seed), got {self.kmeans_seed!r}"
-            )
-        if self.kmeans_backend not in BACKENDS:
-            raise ConfigError(
-                f"drl.kmeans_backend must be one of {', '.join(BACKENDS)}, got {self.kmeans_backend!r}"
             )
 
     def kmeans_random_state(self, run_seed: int) -> int:
@@ -74,8 +83,8 @@ def soft_reinit(encoder: nn.Module, init_state: dict[str, torch.Tensor], strengt
     state stays)."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"re-init strength must be in [0, 1], got {strength}")
-    for name, param in encoder.named_parameters():
-        param.mul_(1.0 - strength).add_(init_state[name].to(param.device, param.dtype), alpha=strength)
+    for name, weight in encoder.named_parameters():
+        weight.mul_(1.0 - strength).add_(init_state[name].to(weight.device, weight.dtype), alpha=strength)
 
 
 @torch.no_grad()
@@ -87,6 +96,7 @@ def _blend_bn_stats(encoder: nn.Module, init_state: dict[str, torch.Tensor], str
 
 class DRL(Method):
     name = "drl"
+    renamed_params = {"alpha": ("lam", "2026-12-07")}  # drl.alpha was λ's key; α is what diag/alpha_<m> logs
     Params = DRLParams
     params: DRLParams
 
@@ -116,7 +126,7 @@ class DRL(Method):
         for m in model.modalities:
             d = diagnose(
                 train_features[m], train_labels, val_features[m], val_labels,
-                n_clusters=n_clusters, reinit_lambda=p.alpha, seed=p.kmeans_random_state(ctx.seed),
+                n_clusters=n_clusters, reinit_lambda=p.lam, seed=p.kmeans_random_state(ctx.seed),
                 n_init=p.kmeans_n_init, restarts=p.stability_restarts, backend=p.kmeans_backend,
                 device=getattr(ctx, "device", None),
             )
@@ -125,8 +135,8 @@ class DRL(Method):
             if self.params.blend_bn_stats:
                 _blend_bn_stats(encoder, self.init_state[m], d.strength)
             if self.params.reset_momentum:
-                for param in encoder.parameters():
-                    ctx.optimizer.state.pop(param, None)
+                for weight in encoder.parameters():
+                    ctx.optimizer.state.pop(weight, None)
             metrics |= {
                 f"diag/purity_train_{m}": d.purity_train,
                 f"diag/purity_val_{m}": d.purity_val,

@@ -8,7 +8,7 @@ carry over, and it is re-initialised more strongly: α = tanh(λ · gap).
 Two quantities, two names (stated here once for the whole package):
 
 * λ — how strongly a purity gap translates into re-initialisation. The paper's λ, ``move_lambda`` in the
-  official code, the config key ``drl.alpha`` (a user-facing name kept for compatibility). In code:
+  official code, the config key ``drl.lam`` (``drl.alpha`` until 2026-12-07). In code:
   ``reinit_lambda``.
 * α = tanh(λ · gap) ∈ [0, 1] — the re-init strength applied to one encoder at one diagnosis: θ ← α·θ_init +
   (1 − α)·θ. In code: ``strength``. Logged as the metrics ``diag/alpha_<m>`` (and its spread over k-means
@@ -198,7 +198,7 @@ def cluster_purity(
 def reinit_strength(purity_train: float, purity_val: float, reinit_lambda: float) -> float:
     """α = tanh(λ · |purity_train − purity_val|)."""
     if reinit_lambda < 0:
-        raise ValueError(f"reinit_lambda (λ, drl.alpha) must be >= 0, got {reinit_lambda}")
+        raise ValueError(f"reinit_lambda (λ, drl.lam) must be >= 0, got {reinit_lambda}")
     return float(np.tanh(reinit_lambda * abs(purity_train - purity_val)))
 
 

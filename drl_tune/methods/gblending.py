@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
-from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import EpochContext, Method, like_optimizer
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
@@ -55,14 +54,15 @@ MODES = ("online", "offline")
 
 @dataclass
 class GBlendingParams:
-    super_epoch: int = bounded(10, ge=1)  # K: nested epochs per estimate, and (online) epochs between estimates
-    mode: str = "online"  # online: re-estimate every K epochs; offline: once, before epoch 0
-    holdout: float = bounded(0.2, gt=0, lt=1)  # share of the training split held out as V′
+    super_epoch: int = param(10, "K: nested epochs per weight estimate, and (online) epochs between estimates; an "
+                                 "estimate costs (M + 1)·K nested epochs on the held-out split's rest "
+                                 "(`diag/blend_epochs`)", ge=1)
+    mode: str = param("online", "`online`: re-estimate every K epochs; `offline`: once, before epoch 0", choices=MODES)
+    holdout: float = param(0.2, "share of the *training* split held out as V′ for the estimates (never val or test)",
+                           gt=0, lt=1)
 
     def __post_init__(self) -> None:
         check_fields(self, "gblending.")
-        if self.mode not in MODES:
-            raise ConfigError(f"gblending.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
 
 
 def blend_weights(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import EpochContext, EpochMeans, HeadScoredMethod, batch_scores, unimodal_logits
 from drl_tune.models import ModelOutput, MultimodalClassifier
@@ -43,11 +43,11 @@ from drl_tune.models import ModelOutput, MultimodalClassifier
 
 @dataclass
 class InfoRegParams:
-    threshold: float = bounded(0.05, ge=0)  # K: the prime learning window is k > K
-    beta_first: float = bounded(0.95, ge=0)  # β scale of the first modality ("audio" in the official code)
-    beta_second: float = bounded(0.1, ge=0)  # β scale of the second modality ("visual")
-    window: int = bounded(10, ge=1)  # trace window (the official ten-epoch means)
-    trace_modality: str = ""  # whose encoder's trace gives k; "" = the first modality (audio)
+    threshold: float = param(0.05, "K: the prime learning window is k > K", ge=0)
+    beta_first: float = param(0.95, "β scale of the first modality (\"audio\" in the official code)", ge=0)
+    beta_second: float = param(0.1, "β scale of the second modality (\"visual\")", ge=0)
+    window: int = param(10, "trace window in epochs (the official ten-epoch means)", ge=1)
+    trace_modality: str = param("", "whose encoder's trace gives k (\"\" = the first modality)")
 
     def __post_init__(self) -> None:
         check_fields(self, "inforeg.")  # the numbers' domains are declared on the fields (ground/domains.py)
@@ -122,9 +122,9 @@ class InfoReg(HeadScoredMethod):
             if b == 0:
                 continue
             start = self.start_weights[m]
-            for name, param in self.model.encoders[m].named_parameters():
-                if param.grad is not None:
-                    param.grad.add_(param.detach() - start[name], alpha=b)
+            for name, weight in self.model.encoders[m].named_parameters():
+                if weight.grad is not None:
+                    weight.grad.add_(weight.detach() - start[name], alpha=b)
         for name, mod in self._tracked(self.model).named_modules():
             if name in self._fim and mod.weight.grad is not None:
                 self._fim[name] += mod.weight.grad * mod.weight.grad

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, shared_width
 from drl_tune.models import MultimodalClassifier
@@ -78,20 +78,21 @@ FIXED_WEIGHTS = {2: (0.55, 0.45), 3: (0.35, 0.25, 0.4)}
 
 @dataclass
 class MLAParams:
-    # evaluation-time fusion: batch (official --dynamic), classes (official commented-out line 67), sample (ours:
-    # per-sample entropy), fixed (official 0.55/0.45 or 0.35/0.25/0.4), equal (ours: 1/M each)
-    gating: str = "batch"
-    # official: no projection (the gate never matches); applied: the official lines on H's gradient (element-wise
-    # division); rank_one (ours): the same with the scalar denominator α + r·k
-    projection: str = "official"
-    momentum_all: bool = True  # a later step in the batch also moves earlier modalities (torch 1.8.1's zero_grad)
+    gating: str = param("batch", "MLA's fusion at evaluation: `batch` (official `--dynamic`: entropies of softmax over "
+                        "each evaluation batch's samples), `classes` (the commented-out official `dim=1`: over each "
+                        "sample's classes, still summed over the batch), `sample` (ours: one weight per sample), "
+                        "`fixed` (official fixed weights in modality order: 0.55/0.45, or 0.35/0.25/0.4 for three; "
+                        "other counts refused), `equal` (ours: 1/M each)", choices=GATINGS)
+    projection: str = param("official", "`official`: the shared head's gradient is never projected (the official "
+                            "gate `n == \"module.weight\"` never matches); `applied`: the projection that gate was "
+                            "written for, as the official lines compute it (element-wise division by α + k·r); "
+                            "`rank_one` (ours): the same with the scalar α + r·k", choices=PROJECTIONS)
+    momentum_all: bool = param(True, "true (official, torch 1.8.1's zero_grad): a later modality's step in the batch "
+                               "also moves the earlier modalities by momentum and weight decay; false: only what its "
+                               "loss reached")
 
     def __post_init__(self) -> None:
         check_fields(self, "mla.")
-        if self.gating not in GATINGS:
-            raise ConfigError(f"mla.gating must be one of {', '.join(GATINGS)}, got {self.gating!r}")
-        if self.projection not in PROJECTIONS:
-            raise ConfigError(f"mla.projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
 
 
 def projection_update(memory: torch.Tensor, r: torch.Tensor, alpha: float, rank_one: bool = False) -> torch.Tensor:

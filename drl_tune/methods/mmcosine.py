@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import EpochContext, EpochMeans, Method, require_unimodal_head
 from drl_tune.models import ModelOutput, MultimodalClassifier
 from drl_tune.models.fusion import ConcatFusion
@@ -52,7 +52,7 @@ from drl_tune.models.fusion import ConcatFusion
 
 @dataclass
 class MMCosineParams:
-    scale: float = bounded(10.0, gt=0)  # s: the cosine logits' scale (official --scaling)
+    scale: float = param(10.0, "s: the scale of MMCosine's cosine logits (official `--scaling`)", gt=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "mmcosine.")  # the numbers' domains are declared on the fields (ground/domains.py)

@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import Batch, EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
 
 @dataclass
 class MMParetoParams:
-    gamma: float = bounded(1.5, gt=0)  # the official γ that scales the encoders' recombined gradients
+    gamma: float = param(1.5, "γ that scales the encoders' recombined gradients (official 1.5)", gt=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "mmpareto.")  # the numbers' domains are declared on the fields (ground/domains.py)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import EpochContext, EpochMeans, HeadScoredMethod, check_window
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
@@ -44,10 +44,10 @@ from drl_tune.models import ModelOutput, MultimodalClassifier
 class OGMGEParams:
     """``alpha``: α of Eq. 10 (the OGM-GE README's example 0.1); modulation active for starts ≤ epoch ≤ ends."""
 
-    alpha: float = bounded(0.1, gt=0)
-    modulation_starts: int = bounded(0, ge=0)
-    modulation_ends: int = bounded(50, ge=0)
-    ge: bool = True  # add the generalisation-enhancement noise (OGM-GE); false = plain OGM
+    alpha: float = param(0.1, "α of OGM-GE's coefficient 1 − tanh(α·ratio) (the OGM-GE README's example)", gt=0)
+    modulation_starts: int = param(0, "first epoch of the modulation (0-based)", ge=0)
+    modulation_ends: int = param(50, "last epoch of the modulation", ge=0)
+    ge: bool = param(True, "add the generalisation-enhancement noise (false = plain OGM)")
 
     def __post_init__(self) -> None:
         check_fields(self, "ogm_ge.")  # the numbers' domains are declared on the fields (ground/domains.py)
@@ -65,13 +65,13 @@ def ogm_coefficients(score_a: float, score_v: float, alpha: float) -> tuple[floa
 @torch.no_grad()
 def modulate_encoder(encoder: nn.Module, coeff: float, noise: bool) -> None:
     """g ← coeff·g (+ N(0, std(g) + 1e-8)) for the encoder's 4-D weight gradients."""
-    for param in encoder.parameters():
-        g = param.grad
+    for weight in encoder.parameters():
+        g = weight.grad
         if g is None or g.dim() != 4:
             continue
         if noise:
             std = g.std().item() + 1e-8
-            param.grad = g * coeff + torch.zeros_like(g).normal_(0.0, std)
+            weight.grad = g * coeff + torch.zeros_like(g).normal_(0.0, std)
         else:
             g.mul_(coeff)
 

@@ -42,8 +42,7 @@ from typing import Any
 
 import torch
 
-from drl_tune.ground.domains import bounded, check_fields
-from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import (
     Batch,
     EpochContext,
@@ -54,19 +53,21 @@ from drl_tune.methods.base import (
 )
 from drl_tune.models import MultimodalClassifier
 
+THETA_GRADS = ("official", "none")
+
 
 @dataclass
 class OPMParams:
-    q_base: float = bounded(0.5, ge=0, le=1)
-    lam: float = bounded(0.5, ge=0)  # λ
-    p_exe: float = bounded(0.7, ge=0, le=1)  # probability that a batch is modulated at all
-    warmup_epochs: int = bounded(5, ge=-1)  # no dropping while epoch <= warmup_epochs (-1: drop from epoch 0)
-    theta_grad: str = "official"  # official: θ's gradient as the authors' code (see the module); none: θ constant
+    q_base: float = param(0.5, "OPM's base drop probability (`train_opm.sh`)", ge=0, le=1)
+    lam: float = param(0.5, "λ of the drop probability (`train_opm.sh`)", ge=0)
+    p_exe: float = param(0.7, "probability that a batch is modulated at all (`train_opm.sh`)", ge=0, le=1)
+    warmup_epochs: int = param(5, "no dropping while epoch ≤ this (official `warm_up`; -1: drop from epoch 0)",
+                               ge=-1)
+    theta_grad: str = param("official", "`official`: θ's gradient as the authors' code (adds ∇(θ²/2) to the "
+                            "encoders); `none`: θ a constant, as the paper's equations", choices=THETA_GRADS)
 
     def __post_init__(self) -> None:
         check_fields(self, "opm.")  # the numbers' domains are declared on the fields (ground/domains.py)
-        if self.theta_grad not in THETA_GRADS:
-            raise ConfigError(f"opm.theta_grad must be one of {', '.join(THETA_GRADS)}, got {self.theta_grad!r}")
 
 
 def drop_probabilities(score_1: Any, score_2: Any, q_base: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +110,6 @@ class _RescaleWithThetaGrad(torch.autograd.Function):
         return (theta.detach().clone(), *(None if g is None else g * scale for g in grads))
 
 
-THETA_GRADS = ("official", "none")
 
 
 class OPM(HeadScoredMethod):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import (
     EpochContext,
     EpochMeans,
@@ -57,10 +57,11 @@ from drl_tune.models import ModelOutput, MultimodalClassifier
 
 @dataclass
 class PMRParams:
-    alpha: float = bounded(1.0, ge=0)  # α: weight of the weaker modality's prototype cross-entropy
-    momentum: float = bounded(0.2, ge=0, le=1)  # μ: share of the previous prototypes (official momentum_coef)
-    modulation_starts: int = bounded(0, ge=0)
-    modulation_ends: int = bounded(100, ge=0)
+    alpha: float = param(1.0, "α: weight of the weaker modality's prototype cross-entropy", ge=0)
+    momentum: float = param(0.2, "μ: share of the previous prototypes in each update (official `momentum_coef`)",
+                            ge=0, le=1)
+    modulation_starts: int = param(0, "first epoch the prototype term acts (0-based)", ge=0)
+    modulation_ends: int = param(100, "last epoch the prototype term acts", ge=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "pmr.")  # the numbers' domains are declared on the fields (ground/domains.py)

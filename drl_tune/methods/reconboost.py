@@ -55,20 +55,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, like_optimizer, shared_width
 from drl_tune.models import MultimodalClassifier
 
 
 @dataclass
 class ReconBoostParams:
-    weight1: float = bounded(5.0, ge=0)  # w₁: weight of the learner's own cross-entropy
-    weight2: float = bounded(1.0, ge=0)  # w₂: how much the others' confidence q_y discounts it
-    alpha: float = bounded(0.5, ge=0)  # α of the ga (memory-consolidation) MSE term
-    epochs_per_stage: int = bounded(4, ge=1)  # boosting epochs of a stage
-    correct_epoch: int = bounded(4, ge=0)  # global-rectification epochs of a stage
-    boost_rate: float = bounded(1.0, gt=0)  # β's initial value (trained in rectification)
-    ga_grad: bool = False  # false: the ga term is detached, as the official code
+    weight1: float = param(5.0, "w₁ of the boosting loss (1/C)·(−w₁ + w₂·q_y)·log p_y", ge=0)
+    weight2: float = param(1.0, "w₂: how much the others' confidence q_y discounts it", ge=0)
+    alpha: float = param(0.5, "weight of the `ga_loss` MSE to the previous stage's learner", ge=0)
+    epochs_per_stage: int = param(4, "boosting epochs of a stage", ge=1)
+    correct_epoch: int = param(4, "global-rectification epochs of a stage", ge=0)
+    boost_rate: float = param(1.0, "initial β of the ensemble β·Σ_m H(h_m) (trained in rectification)", gt=0)
+    ga_grad: bool = param(False, "whether the `ga_loss` gradient reaches the learner (false: detached, as official)")
 
     def __post_init__(self) -> None:
         check_fields(self, "reconboost.")

@@ -39,15 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drl_tune.ground.domains import bounded, check_fields
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import Batch, EpochContext, EpochMeans, Method, like_optimizer
 from drl_tune.models import ModelOutput, MultimodalClassifier
 
 
 @dataclass
 class UMTParams:
-    distill: float = bounded(1.0, ge=0)  # s: weight of the summed feature-distillation MSE
-    teacher_epochs: int = bounded(0, ge=0)  # each teacher's training epochs; 0 = the run's epochs
+    distill: float = param(1.0, "s: weight of Σ_m MSE(student features, teacher features)", ge=0)
+    teacher_epochs: int = param(0, "epochs each uni-modal teacher trains before the first epoch (0 = `epochs`); the "
+                                   "stage costs about this many multimodal epochs (`diag/teacher_epochs`)", ge=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "umt.")

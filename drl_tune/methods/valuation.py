@@ -37,23 +37,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from drl_tune.ground.domains import bounded, check_fields
-from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import EpochContext, Method
 from drl_tune.models import MultimodalClassifier
 
 
 @dataclass
 class ValuationParams:
-    level: str = "sample"  # "sample" or "modality"
-    warmup: int = bounded(5, ge=1)  # the re-sampled set is rebuilt from epoch warmup - 1 on (used from epoch warmup)
-    part_ratio: float = bounded(0.2, gt=0, le=1)  # modality level: share of the training set averaged for φ
-    alpha: float = bounded(1.0, ge=0)  # modality level: scales the number of re-sampled copies
+    level: str = param("sample", "`sample` or `modality` re-sampling", choices=("sample", "modality"))
+    warmup: int = param(5, "re-sampled training set rebuilt from epoch warmup − 1 on (used from epoch warmup)", ge=1)
+    part_ratio: float = param(0.2, "modality level: share of the training set averaged for φ", gt=0, le=1)
+    alpha: float = param(1.0, "modality level: scale of the number of re-sampled copies", ge=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "valuation.")  # the numbers' domains are declared on the fields (ground/domains.py)
-        if self.level not in ("sample", "modality"):
-            raise ConfigError(f"valuation.level must be 'sample' or 'modality', got {self.level!r}")
 
 
 def shapley_values(

@@ -7,7 +7,7 @@ A space file has these top-level blocks (all optional but ``dataset``):
 * ``defaults``: the paper's setting of the searched keys — what ``drl_tune.train`` runs and what a study
   evaluates first;
 * ``search``: config key -> distribution (``choice``, ``uniform``, ``loguniform``, ``int`` with optional
-  ``step``). A key inside a method's block (``drl.alpha``, named like the method's registry entry) is
+  ``step``). A key inside a method's block (``drl.lam``, named like the method's registry entry) is
   *conditional*: sampled only in trials whose ``method`` is that method;
 * ``scheduler``: ASHA early stopping (``type``, ``metric``, ``grace_period``, ``reduction_factor``);
 * ``study``: ``metric``, ``mode``, ``num_samples``, ``max_concurrent``, ``seed``, ``keep_checkpoints``,
@@ -45,7 +45,7 @@ from drl_tune.study.params import (
     Param,
     SpaceError,
 )
-from drl_tune.training.config import TrainConfig, make_config
+from drl_tune.training.config import TrainConfig, canonical_keys, make_config
 
 TOP_LEVEL = ("name", "description", "dataset", "fixed", "defaults", "search", "scheduler", "study", "resources",
              "protocol")
@@ -445,6 +445,13 @@ def load_space(name_or_path: str) -> Space:
         raise SpaceError(f"{path}: unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_LEVEL)}")
     if "dataset" not in raw:
         raise SpaceError(f"{path}: missing the 'dataset' block (e.g. dataset: {{name: synthetic}})")
+    try:  # a renamed key (drl.lam -> drl.lam) is read under its new name, with a notice
+        raw = {block: canonical_keys(value) if block in ("fixed", "defaults", "search", "protocol")
+               and isinstance(value, dict) else value for block, value in raw.items()}
+        if isinstance(raw.get("study"), dict) and isinstance(raw["study"].get("overrides"), dict):
+            raw["study"] = {**raw["study"], "overrides": canonical_keys(raw["study"]["overrides"])}
+    except ConfigError as err:
+        raise SpaceError(f"{path}: {err}") from None
     search = {
         str(key): _param(str(key), spec, f"{path}: 'search.{key}'", set(REGISTRY))
         for key, spec in _block(raw, "search", path).items()

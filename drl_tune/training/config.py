@@ -8,6 +8,7 @@ never the string "6", and a typo fails before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class PerfConfig:
 class TrainConfig:
     """One run. Defaults are the official CREMA-D settings of the DRL code (SGD 2e-3, momentum 0.9,
     weight decay 1e-4, batch 64, 90 epochs). ``method_params`` holds one block per registered method,
-    keyed by its registry name (``drl.alpha`` ...)."""
+    keyed by its registry name (``drl.lam`` ...)."""
 
     method: str = "joint"
     epochs: int = bounded(90, ge=1)
@@ -218,9 +219,41 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_NOTED: set[str] = set()
+
+
+def canonical_key(key: str, notice: bool = True) -> str:
+    """``key`` under its current name: a method's renamed key (``Method.renamed_params``, e.g. ``drl.lam`` ->
+    ``drl.lam``) is mapped, with a one-line notice on stderr the first time in a process (``notice``: readers of an
+    old study's records map silently)."""
+    method, _, field_name = key.partition(".")
+    renamed = getattr(REGISTRY.get(method), "renamed_params", {}).get(field_name)
+    if renamed is None:
+        return key
+    new = f"{method}.{renamed[0]}"
+    if notice and key not in _NOTED:
+        _NOTED.add(key)
+        print(f"note: {key} is deprecated since {renamed[1]}; use {new} (read as {new} for now)", file=sys.stderr)
+    return new
+
+
+def canonical_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every flat key (and every key of a method's nested block) under its current name; an old and a
+    new name of one key given together is refused."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if str(key) in REGISTRY and isinstance(value, dict):  # a nested method block: {"drl": {"alpha": 3}}
+            value = {canonical_key(f"{key}.{k}").partition(".")[2]: v for k, v in value.items()}
+        new = canonical_key(str(key))
+        if new in out and new != key:
+            raise ConfigError(f"{key} and {new} are the same key (the old and the new name); give only {new}")
+        out[new] = value
+    return out
+
+
 def make_config(values: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from nested and/or flat keys; method blocks come from the registry."""
-    nested = unflatten(values)
+    nested = unflatten(canonical_keys(values))
     method_values = {name: nested.pop(name, {}) for name in REGISTRY}
     for name, block in method_values.items():
         if not isinstance(block, dict):
@@ -242,5 +275,5 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
+        out[canonical_key(key.strip())] = value.strip()
     return out

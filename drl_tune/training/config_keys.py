@@ -2,7 +2,8 @@
 table and of the key listing in ``python -m drl_tune.train --help`` and ``python -m drl_tune.run --help``.
 
 The defaults are read from the typed configuration itself (``make_config({})``), the meanings from
-:data:`KEY_DOCS`; a key without a meaning, or a meaning for a key that no longer exists, fails the tests
+:data:`KEY_DOCS` and, for a method's keys, from its ``Params`` fields (``param(default, meaning, ...)`` in the
+method's own file); a key without a meaning, or a meaning for a key that no longer exists, fails the tests
 (``tests/test_config_keys.py``, which also checks that the table in docs/configuration.md is this module's
 output). Print that table with ``python -m drl_tune.training.config_keys --markdown``.
 """
@@ -10,13 +11,14 @@ output). Print that table with ``python -m drl_tune.training.config_keys --markd
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import textwrap
 import typing
 from typing import Any
 
-from drl_tune.ground.domains import Domain, domain_of
+from drl_tune.ground.domains import CHOICES, DOC, Domain, domain_of
 from drl_tune.methods import REGISTRY
 from drl_tune.training.config import TrainConfig, make_config
 
@@ -52,81 +54,6 @@ KEY_DOCS: list[tuple[str, str]] = [
      "the GPU path (`drl_tune/training/accel.py`, \"Performance\"): bf16 autocast of the encoders, NHWC weights, "
      "pinned non-blocking batch copies, crop/flip/normalise on the GPU, `torch.compile` of the encoders. They act only "
      "on a CUDA device (a CPU run is identical with them on or off); set one false to rule it out"),
-    ("drl.alpha", "λ of the paper (`move_lambda` in the official code): the re-init strength α = tanh(λ·gap) is "
-                  "what `diag/alpha_<m>` logs"),
-    ("drl.diagnosis_interval", "diagnose and re-learn after epochs k, 2k, … (0-based epoch index, as the official "
-                               "code)"),
-    ("drl.max_reinits", "at most this many re-initialisations"),
-    ("drl.n_clusters", "k of k-means; null = number of classes"),
-    ("drl.blend_bn_stats, drl.reset_momentum", "widen the re-init to BN running stats / optimizer momentum (the "
-                                               "official code does neither)"),
-    ("drl.kmeans_seed", "`official`: k-means `random_state=0` in every run, as the paper's code (`code/ours.py`); "
-                        "`trial`: the run's `seed`. The default is the official one, so that trials differing only "
-                        "in `seed` diagnose identical features identically"),
-    ("drl.kmeans_n_init", "k-means starts per clustering (best inertia kept); 1 = the official "
-                          "`KMeans(random_state=0)` under sklearn ≥ 1.4 (10 under older sklearn); searchable"),
-    ("drl.stability_restarts", "R further k-means starts at every diagnosis, on the same features, that only "
-                               "*measure* how much α depends on the start (`diag/alpha_std_<m>` …); never change "
-                               "the applied α; 0 = off. Each costs ~5% of a demo diagnosis, so 2 stay ≤ 10% "
-                               "(\"The diagnosis' noise\")"),
-    ("drl.kmeans_backend", "`torch`: the same k-means (greedy k-means++, Lloyd) in torch on the run's device "
-                           "(\"Diagnosis speed\")"),
-    ("ogm_ge.alpha", "α of OGM-GE's coefficient 1 − tanh(α·ratio) (the OGM-GE README's example)"),
-    ("ogm_ge.modulation_starts, ogm_ge.modulation_ends", "modulate while starts ≤ epoch ≤ ends"),
-    ("ogm_ge.ge", "add the generalisation-enhancement noise (false = plain OGM)"),
-    ("opm.q_base, opm.lam, opm.p_exe", "OPM's base drop probability, λ, probability a batch is modulated "
-                                       "(`train_opm.sh`)"),
-    ("opm.warmup_epochs", "no dropping while epoch ≤ this (official `warm_up`)"),
-    ("opm.theta_grad", "`official`: θ's gradient as the authors' code (adds ∇(θ²/2) to the encoders); `none`: θ "
-                       "a constant, as the paper's equations"),
-    ("mmpareto.gamma", "γ that scales the encoders' recombined gradients"),
-    ("inforeg.threshold", "K: the prime learning window is k > K"),
-    ("inforeg.beta_first, inforeg.beta_second", "β scales of the first (\"audio\") and second (\"visual\") "
-                                                "modality"),
-    ("inforeg.window, inforeg.trace_modality", "trace window in epochs; whose encoder's trace gives k (\"\" = the "
-                                               "first modality)"),
-    ("valuation.level", "`sample` or `modality` re-sampling"),
-    ("valuation.warmup", "re-sampled training set rebuilt from epoch warmup − 1 on"),
-    ("valuation.part_ratio, valuation.alpha", "modality level: share of samples valued, scale of the number of "
-                                              "copies"),
-    ("mmcosine.scale", "s: the scale of MMCosine's cosine logits (official `--scaling`)"),
-    ("cml.beta", "β: the calibration penalty's weight is β/100 (0 switches it off; the CML README's run uses 10)"),
-    ("cml.epsilon", "ε: tolerance margin inside the penalty's hinge"),
-    ("cml.ce", "`chain`: cross-entropy averaged over the nested chain of inputs (official); `full`: of the full "
-               "input only"),
-    ("cml.inner_steps", "optimizer steps per batch on the batch's one draw of the removal chain (official 5: "
-                        "`miwae/train.py`'s stage 2); 1: one step per batch"),
-    ("pmr.alpha, pmr.momentum", "α: weight of the weaker modality's prototype cross-entropy; μ: share of the "
-                                "previous prototypes in each update"),
-    ("pmr.modulation_starts, pmr.modulation_ends", "the prototype term acts while starts ≤ epoch ≤ ends"),
-    ("agm.alpha", "α of AGM's coefficient exp(α·min(reference − ratio, 10))"),
-    ("agm.modulation_starts, agm.modulation_ends", "coefficients updated while starts ≤ epoch ≤ ends (0-based; the "
-                                                   "last ones stay in force after)"),
-    ("mla.gating", "MLA's fusion at evaluation: `batch` (official `--dynamic`: entropies of softmax over each "
-                   "evaluation batch's samples), `classes` (the commented-out official `dim=1`: over each sample's "
-                   "classes, still summed over the batch), `sample` (ours: one weight per sample), `fixed` (official "
-                   "fixed weights in modality order: 0.55/0.45, or 0.35/0.25/0.4 for three; other counts refused), "
-                   "`equal` (ours: 1/M each)"),
-    ("mla.projection", "`official`: the shared head's gradient is never projected (the official gate "
-                       "`n == \"module.weight\"` never matches); `applied`: the projection that gate was written for, "
-                       "as the official lines compute it (element-wise division by α + k·r); `rank_one` (ours): the "
-                       "same with the scalar α + r·k"),
-    ("mla.momentum_all", "true (official, torch 1.8.1's zero_grad): a later modality's step in the batch also moves "
-                         "the earlier modalities by momentum and weight decay; false: only what its loss reached"),
-    ("reconboost.weight1, reconboost.weight2", "w₁, w₂ of the boosting loss (1/C)·(−w₁ + w₂·q_y)·log p_y"),
-    ("reconboost.alpha, reconboost.ga_grad", "weight of the `ga_loss` MSE to the previous stage's learner; whether "
-                                             "its gradient reaches the learner (false: detached, as official)"),
-    ("reconboost.epochs_per_stage, reconboost.correct_epoch", "boosting epochs, then global-rectification epochs, "
-                                                              "of each stage"),
-    ("reconboost.boost_rate", "initial β of the ensemble β·Σ_m H(h_m) (trained in rectification)"),
-    ("umt.distill", "s: weight of Σ_m MSE(student features, teacher features)"),
-    ("umt.teacher_epochs", "epochs each uni-modal teacher trains before the first epoch (0 = `epochs`); the stage "
-                           "costs about this many multimodal epochs (`diag/teacher_epochs`)"),
-    ("gblending.super_epoch", "K: nested epochs per weight estimate, and (online) epochs between estimates; an "
-                              "estimate costs (M + 1)·K nested epochs on the held-out split's rest "
-                              "(`diag/blend_epochs`)"),
-    ("gblending.mode", "`online`: re-estimate every K epochs; `offline`: once, before epoch 0"),
-    ("gblending.holdout", "share of the *training* split held out as V′ for the estimates (never val or test)"),
 ]
 
 
@@ -143,11 +70,26 @@ def format_default(value: Any) -> str:
     return '""' if value == "" else str(value)
 
 
+def method_docs() -> list[tuple[str, str]]:
+    """(key, meaning) of every registered method's parameters, in registry and field order, read off each method's
+    ``Params`` fields (``ground.domains.param``): a method's file is where its keys are described."""
+    out = []
+    for name, method in REGISTRY.items():
+        for f in dataclasses.fields(method.Params):
+            doc = f.metadata.get(DOC)
+            if not doc:
+                raise KeyError(f"{name}.{f.name} has no description: declare it with param(default, \"what it "
+                               f"means\", ...) in {method.__module__}")
+            out.append((f"{name}.{f.name}", doc))
+    return out
+
+
 def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
-    """(keys as written in :data:`KEY_DOCS`, [(key, default)], meaning), every configuration key exactly once."""
+    """(keys as written in :data:`KEY_DOCS` or one method key, [(key, default)], meaning), every configuration key
+    exactly once."""
     defaults = make_config({}).to_flat()
     out, seen = [], set()
-    for keys, meaning in KEY_DOCS:
+    for keys, meaning in [*KEY_DOCS, *method_docs()]:
         found = []
         for pattern in (k.strip() for k in keys.split(",")):
             if pattern.endswith(".*"):
@@ -166,7 +108,7 @@ def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
 
 
 def key_domain(key: str) -> Domain | None:
-    """The declared domain of a flat configuration key (``lr``, ``data.synthetic.n_train``, ``drl.alpha``)."""
+    """The declared domain of a flat configuration key (``lr``, ``data.synthetic.n_train``, ``drl.lam``)."""
     parts = key.split(".")
     if parts[0] in REGISTRY:
         cls: Any = REGISTRY[parts[0]].Params
@@ -176,6 +118,15 @@ def key_domain(key: str) -> Domain | None:
     for part in parts[:-1]:
         cls = typing.get_type_hints(cls)[part]
     return domain_of(cls, parts[-1])
+
+
+def key_choices(key: str) -> tuple[str, ...] | None:
+    """The values a method's text key may take (its ``param(..., choices=...)``), or None."""
+    method, _, name = key.partition(".")
+    if method not in REGISTRY:
+        return None
+    field = next(f for f in dataclasses.fields(REGISTRY[method].Params) if f.name == name)
+    return field.metadata.get(CHOICES)
 
 
 def markdown_table() -> str:
@@ -190,6 +141,7 @@ def markdown_table() -> str:
             default = ", ".join(format_default(v) for _, v in found)
         domains = [(k, key_domain(k)) for k, _ in found]
         shown = [(k, d.short()) for k, d in domains if d is not None and d.short() != "a finite number"]
+        shown += [(k, " / ".join(c)) for k, _ in found if (c := key_choices(k))]
         allowed = shown[0][1] if len(found) == 1 and shown else ", ".join(
             f"{k.rsplit('.', 1)[1] if keys.endswith('.*') else k} {text}" for k, text in shown)
         lines.append(f"| {names} | {default} | {allowed or ''} | {meaning} |")
