@@ -20,6 +20,7 @@ from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.io import atomic_write_json
 from drl_tune.ground.paths import check_writable
+from drl_tune.methods.user import use_methods
 from drl_tune.study.spaces import load_space
 from drl_tune.training.config import parse_assignments
 from drl_tune.training.config_keys import help_text
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--space", default="demo", help="search space name or path to a .yaml file (default: demo)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set method=drl --set drl.lam=2 (repeatable)")
+    p.add_argument("--methods-from", action="append", default=[], metavar="FILE",
+                   help="register the Method subclasses of this .py file (your own method; repeatable)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train-<method>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not check_before_start():  # a torch family that does not load: one line, not a traceback
         return EXIT_BROKEN
     try:
+        use_methods(args.methods_from)  # before the space: its methods and keys must be known
         space = load_space(args.space)
         config = space.config(parse_assignments(args.assignments))
         out = args.out or Path("runs") / f"train-{config.method}-s{config.seed}"

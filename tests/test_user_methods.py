@@ -1,0 +1,126 @@
+"""A researcher's own method from a file outside the package: registered beside the built-in ones, described and
+checked from its own ``Params``, trained by ``python -m drl_tune.train``; a bad file is one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from drl_tune.ground.errors import ConfigError
+from drl_tune.methods import REGISTRY
+from drl_tune.methods import user as user_methods
+from drl_tune.training.config import make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "my_method.py"
+
+GOOD = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from drl_tune.ground.domains import param
+from drl_tune.methods.base import Method
+
+
+@dataclass
+class SmoothParams:
+    eps: float = param(0.1, "label smoothing of the fused cross-entropy", ge=0, lt=1)
+
+
+class Smooth(Method):
+    name = "smooth_ce"
+    Params = SmoothParams
+
+    def loss(self, outputs, labels):
+        return F.cross_entropy(outputs.logits, labels, label_smoothing=self.params.eps)
+'''
+
+
+@pytest.fixture
+def registry():
+    """The registry as it was: a test that registers a method leaves no trace for the others."""
+    before, registered = dict(REGISTRY), dict(user_methods._REGISTERED)
+    yield REGISTRY
+    REGISTRY.clear()
+    REGISTRY.update(before)
+    user_methods._REGISTERED.clear()
+    user_methods._REGISTERED.update(registered)
+
+
+def write(tmp_path: Path, text: str, name: str = "mine.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_file_registers_its_method_with_its_keys_described_and_checked(registry, tmp_path):
+    from drl_tune.training import config_keys
+
+    sources = user_methods.use_methods([str(write(tmp_path, GOOD))])
+    assert "smooth_ce" in registry and sources[0].origin == str((tmp_path / "mine.py").resolve())
+    config = make_config({"method": "smooth_ce", "smooth_ce.eps": "0.2"})
+    assert config.params.eps == 0.2
+    with pytest.raises(ConfigError, match=r"smooth_ce.eps must be a number in \[0, 1\), got 1.5"):
+        make_config({"method": "smooth_ce", "smooth_ce.eps": 1.5})
+    assert "| `smooth_ce.eps` | 0.1 | [0, 1) | label smoothing of the fused cross-entropy |" in \
+        config_keys.markdown_table()
+    # the same text again (a trial on a reused worker, a resume) is a no-op; another text under the name is refused
+    assert user_methods.register_source(sources[0]) == ["smooth_ce"]
+    changed = user_methods.MethodsSource(sources[0].origin, sources[0].source.replace("0.1,", "0.3,"))
+    with pytest.raises(ConfigError, match="method name 'smooth_ce' is already registered"):
+        user_methods.register_source(changed)
+
+
+def test_the_shipped_example_registers(registry):
+    assert user_methods.use_methods([str(EXAMPLE)])[0].sha256
+    assert make_config({"method": "aux_heads"}).params.weight == 0.5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("def broken(:\n    pass\n", r"mine.py line 1: syntax error: "),
+    ("import torch\nx = 1\n", r"mine.py defines no Method subclass"),
+    (GOOD.replace('name = "smooth_ce"', 'name = "drl"'), r"method name 'drl' is a built-in method's"),
+    (GOOD.replace('name = "smooth_ce"', 'name = "Smooth CE"'), r"Smooth.name must be a lower-case identifier"),
+    (GOOD.replace('eps: float = param(0.1, "label smoothing of the fused cross-entropy", ge=0, lt=1)', 'eps: float = 0.1'),
+     r"smooth_ce.eps is declared without param\(default"),
+    (GOOD.replace(', ge=0, lt=1)', ')'), r"smooth_ce.eps is a number without a range"),
+    ("raise RuntimeError('no GPU here')\n", r"mine.py line 1: running it failed: RuntimeError: no GPU here"),
+])
+def test_a_bad_method_file_is_one_clear_line(registry, tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        user_methods.use_methods([str(write(tmp_path, text))])
+    assert "\n" not in str(err.value)
+    assert set(registry) == set(dict(REGISTRY))  # nothing half-registered
+
+
+def test_a_missing_file_is_named(registry, tmp_path):
+    with pytest.raises(ConfigError, match=r"--methods-from .*nope.py: no such file"):
+        user_methods.use_methods([str(tmp_path / "nope.py")])
+
+
+def test_a_method_from_a_file_trains_through_the_train_command(tmp_path):
+    """Written outside the package, named on the command line: two epochs of ``python -m drl_tune.train``."""
+    path = write(tmp_path, GOOD)
+    done = subprocess.run([sys.executable, "-m", "drl_tune.train", "--methods-from", str(path), "--set",
+                           "method=smooth_ce", "--set", "smooth_ce.eps=0.05", "--set", "epochs=2", "--set", "threads=1",
+                           "--set", "data.synthetic.n_train=120", "--set", "data.synthetic.n_val=60", "--set",
+                           "data.synthetic.n_test=60", "--set", "model.width=4", "--out", str(tmp_path / "out"),
+                           "--quiet"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "done: best val acc" in done.stdout
+    assert '"smooth_ce.eps": 0.05' in (tmp_path / "out" / "config.json").read_text()
+
+
+def test_a_bad_method_file_on_the_command_line_exits_2_with_one_line(tmp_path):
+    path = write(tmp_path, "class X:\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "drl_tune.train", "--methods-from", str(path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {path.resolve()} defines no Method subclass (class "
+                                                f"MyMethod(Method): name = \"mine\"; Params = ...); see "
+                                                f"docs/add-your-method.md"]
