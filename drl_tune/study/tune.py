@@ -116,6 +116,21 @@ def make_trainable(plan: Plan, gpus: float) -> Any:
     return tune.with_resources(train_trial, {"cpu": plan.cpus_per_trial, "gpu": gpus})
 
 
+def retarget_callbacks(tuner: Any, plan: Plan) -> None:
+    """Point a restored Tuner's MLflow callback at the plan's (re-rooted) tracking URI. ``Tuner.restore`` unpickles
+    the callbacks the study started with, and theirs is the absolute sqlite URI of the folder the study was made
+    in: a moved folder's callback would fail on a missing database, a copy's would log into its original's. Ray
+    2.60 has no public way to replace restored callbacks, so the one held by the Tuner is changed in place."""
+    from drl_tune.study.tracking import MLflowTrialCallback
+
+    local = getattr(tuner, "_local_tuner", None)  # None through Ray Client, where the driver runs remotely
+    callbacks = local.get_run_config().callbacks if local is not None else []
+    for callback in callbacks or []:
+        if isinstance(callback, MLflowTrialCallback) and callback.tracking_uri != plan.mlflow_uri:
+            callback.tracking_uri = plan.mlflow_uri
+            callback._client = None  # noqa: SLF001 — rebuilt on first use, on the new URI
+
+
 def trial_name(trial: Any) -> str:
     """Short trial names/folders (``drl_1a2b3c4d``): Tune's default packs the whole config into the name."""
     return f"{trial.config.get('method', 'trial')}_{trial.trial_id}"
