@@ -60,9 +60,11 @@ def study_folder(name: str | None = None, storage: Path | str | None = None, pat
         path = Path(storage or DEFAULT_STORAGE) / name
     path = Path(path)
     if not (path / PLAN_FILE).is_file():
-        where = "does not exist" if not path.exists() else f"is not a study folder (no {PLAN_FILE})"
-        raise StudyFolderError(f"study folder {path} {where}; pass the folder python -m drl_tune.run printed as "
-                               f"'results:' (--path), or its --storage and its folder name as --name")
+        where = ("does not exist (not a study folder)" if not path.exists()
+                 else f"is not a study folder (no {PLAN_FILE})")
+        head = f"no study {name!r} in {path.parent}: " if name else ""
+        raise StudyFolderError(f"{head}study folder {path} {where}; pass the folder python -m drl_tune.run printed "
+                               f"as 'results:' (--path), or its --storage and its folder name as --name")
     return path
 
 
