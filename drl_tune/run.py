@@ -331,7 +331,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, answer_tables, run_confirmation
     from drl_tune.study.tables import ProgressTable, outcomes, summary_table
     from drl_tune.study.tracking import MLflowTrialCallback, ui_command
-    from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner, retarget_callbacks
+    from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner, reroot_restored
 
     try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
         cleaned = ray_session.clean_previous(plan.study_dir)
@@ -354,7 +354,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         if resumed:
             tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
                                        resume_unfinished=True, resume_errored=False)
-            retarget_callbacks(tuner, plan)
+            reroot_restored(tuner, plan, plan.study_dir)
         else:
             callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
                          ProgressTable(plan, progress_interval)]

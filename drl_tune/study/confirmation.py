@@ -62,7 +62,7 @@ from drl_tune.study.tune import (
     ctrl_c_watch,
     finished_trials,
     make_trainable,
-    retarget_callbacks,
+    reroot_restored,
     trial_name,
 )
 
@@ -447,7 +447,7 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
         print(f"\nresuming the confirmation: {len(entries)} trials in {folder}", flush=True)
         tuner = tune.Tuner.restore(str(folder), trainable=make_trainable(plan, gpus), resume_unfinished=True,
                                    resume_errored=False)
-        retarget_callbacks(tuner, plan)
+        reroot_restored(tuner, plan, folder)
     else:
         try:
             entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,

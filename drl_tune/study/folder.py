@@ -85,8 +85,8 @@ def open_study(folder: Path | str, *, write: bool) -> Plan:
             f"{plan.study_dir} is a copy of the study in {plan.moved_from}, and both record their runs in the same "
             f"MLflow store ({plan.mlflow_uri}): writing this copy would change the original's runs. Resume or confirm "
             f"the original, or move (not copy) the folder")
-    changed = reroot_mlflow(folder)
-    what = ["plan"] + (["MLflow artifact locations"] if changed else [])
+    reroot_mlflow(folder)
+    what = ["plan"] + (["MLflow artifact locations"] if (folder / MLFLOW_DB).is_file() else [])
     if write:
         plan.save()
     plan.rerooted = (f"study folder {plan.study_dir} was made in {plan.moved_from}: re-rooted its "
@@ -131,6 +131,7 @@ def reroot_mlflow(folder: Path | str) -> bool:
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
         if "experiments" not in tables:
             return False
+        _forget_artifact_repos(con, tables)
         roots = {_file_root(loc) for (loc,) in con.execute("select artifact_location from experiments")
                  if loc} - {None, folder}
         if not roots:
@@ -155,6 +156,21 @@ def reroot_mlflow(folder: Path | str) -> bool:
         return False
     finally:
         con.close()
+
+
+def _forget_artifact_repos(con: sqlite3.Connection, tables: set[str]) -> None:
+    """Drop this database's runs from MLflow's process-wide cache of artifact repositories. MLflow keys that cache by
+    run id alone, and a copied study has its original's run ids: a process that logged to the original (a notebook,
+    a test, a script calling both) would otherwise log the copy's artifacts into the original's folder."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if not cache:
+        return  # MLflow not imported yet (nothing cached), or nothing cached
+    ids = [r[0] for r in con.execute("select run_uuid from runs")] if "runs" in tables else []
+    if "logged_models" in tables:
+        ids += [r[0] for r in con.execute("select model_id from logged_models")]
+    for resource_id in ids:
+        cache.pop(resource_id, None)
 
 
 def _answer_problem(text: str) -> str | None:
