@@ -126,7 +126,7 @@ def test_a_copy_beside_its_original_resumes_as_itself_and_leaves_the_original_un
     assert all(r.info.artifact_uri.startswith(copy.resolve().as_uri() + "/") for r in runs)
     artifacts = {a.path for a in client.list_artifacts(plan.parent_run_id)}
     assert {"answer.json", PLAN_FILE} <= artifacts
-    assert (copy / "mlartifacts" / plan.experiment_id / plan.parent_run_id / "artifacts" / "answer.json").is_file()
+    assert (copy / "mlartifacts" / plan.parent_run_id / "artifacts" / "answer.json").is_file()
 
 
 def test_a_finished_study_moved_elsewhere_opens_with_its_mlflow_runs_and_artifacts(studies, tmp_path, capsys):
