@@ -159,3 +159,14 @@ def test_an_objective_naming_a_modality_the_data_lack_is_refused_before_ray(tmp_
         assert word in proc.stderr, (word, proc.stderr)
     assert "Ray" not in proc.stdout + proc.stderr and not storage.exists()  # refused before anything started
     assert took < 60, took
+
+
+def test_run_takes_path_only_to_resume(tmp_path, capsys):
+    from drl_tune.run import main
+
+    saved_plan(tmp_path)
+    assert main(["--space", "demo", "--path", str(tmp_path / "studies" / "orig")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use it with --resume" in err
+    assert main(["--resume", "--path", str(tmp_path / "nowhere")]) == 2
+    assert "not a study folder" in capsys.readouterr().err

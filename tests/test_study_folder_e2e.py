@@ -152,8 +152,9 @@ def test_a_finished_study_moved_elsewhere_opens_with_its_mlflow_runs_and_artifac
     assert parent.data.tags["drl_tune.storage"] == str(moved.resolve())
     local = client.download_artifacts(plan.parent_run_id, "answer.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == study.answer
-    assert confirm.main(["--answer", "--path", str(moved)]) == 0
-    assert "mean [95% CI]" in capsys.readouterr().out
+    for given in (["--path", str(moved)], ["--name", "kept-v1", "--storage", str(moved.parent)]):
+        assert confirm.main(["--answer", *given]) == 0
+        assert "mean [95% CI]" in capsys.readouterr().out
 
 
 def test_damaged_derived_files_are_rebuilt_from_the_trials_and_said_so(studies, tmp_path, capsys):
