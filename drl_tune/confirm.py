@@ -14,7 +14,6 @@ end of a study unless ``--confirm-seeds 0``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,13 +30,16 @@ from drl_tune.study.confirmation import (
     read_trials,
     run_confirmation,
 )
-from drl_tune.study.plan import DEFAULT_STORAGE, Plan
+from drl_tune.study.folder import open_study, read_answer, study_folder
+from drl_tune.study.plan import DEFAULT_STORAGE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m drl_tune.confirm", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="the study to confirm (its folder under --storage)")
+    p.add_argument("--name", help="the study to confirm: its folder's name under --storage (a copied or renamed "
+                                  "folder's own name)")
+    p.add_argument("--path", type=Path, help="the study folder itself (instead of --name/--storage)")
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help=f"results folder (default: {DEFAULT_STORAGE})")
     p.add_argument("--seeds", type=_count, help="fresh seeds per configuration (default: the study's, else 5)")
     p.add_argument("--top-k", type=_positive_int, help="configurations per method (default: the study's, else 1)")
@@ -55,21 +57,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        plan = Plan.read(args.storage / args.name)
+        study_dir = study_folder(args.name, args.storage, args.path)
+        label = study_dir.name  # how the user named the study: its folder (the recorded name is only a label)
+        plan = open_study(study_dir, write=False)
         folder = plan.study_dir / CONFIRM_DIR
         if args.answer:
-            answer_file = plan.study_dir / ANSWER_JSON
-            if not answer_file.is_file():
-                raise UsageError(f"study {args.name!r} has no answer yet ({answer_file}); confirm it first")
-            print(answer_tables(json.loads(answer_file.read_text())))
+            answer = read_answer(plan.study_dir, plan)
+            if answer is None:
+                raise UsageError(f"study {label!r} has no answer yet ({plan.study_dir / ANSWER_JSON}); confirm it "
+                                 f"first")
+            print(answer_tables(answer))
             return 0
         check_writable(plan.study_dir, "the study folder")  # the confirmation writes its trials and answer there
         started = (folder / CONFIRM_FILE).is_file()
         if started and not args.resume:
-            raise UsageError(f"study {args.name!r} already has a confirmation in {folder}; finish it with --resume "
+            raise UsageError(f"study {label!r} already has a confirmation in {folder}; finish it with --resume "
                              f"(or print its answer with --answer)")
         if args.resume and not started:
-            raise UsageError(f"study {args.name!r} has no confirmation to resume; run without --resume")
+            raise UsageError(f"study {label!r} has no confirmation to resume; run without --resume")
         top_k = args.top_k or plan.confirm_top_k or 1
         seeds = args.seeds if args.seeds is not None else (plan.confirm_seeds or 5)
         if seeds == 0:
@@ -80,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             known = sorted({r.method for r in records})
             if methods and sorted(set(methods) - set(known)):
                 raise UsageError(f"--methods: {', '.join(sorted(set(methods) - set(known)))} did not run in study "
-                                 f"{args.name!r}; it ran {', '.join(known)}")
+                                 f"{label!r}; it ran {', '.join(known)}")
             plan_confirmation(records, top_k, seeds, methods, objectives=plan.objectives)
+        plan = open_study(study_dir, write=True)  # every check passed: a moved folder's re-rooted plan is saved
+        if plan.rerooted:
+            print(plan.rerooted, flush=True)
     except (ConfigError, ConfirmError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -97,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                                n_seeds=seeds, methods=methods)
         if interrupted or answer is None:
             tracker.finish_parent(plan.parent_run_id, "KILLED", {}, None)
-            print(f"interrupted: finish it with  python -m drl_tune.confirm --resume --name {plan.name} "
-                  f"--storage {plan.storage}", flush=True)
+            print(f"interrupted: finish it with  python -m drl_tune.confirm --resume {plan.resume_args()}", flush=True)
             return EXIT_INTERRUPTED
         text = answer_tables(answer)
         tracker.finish_parent(plan.parent_run_id, "FINISHED", {}, None)

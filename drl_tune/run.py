@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Optuna sampler: tpe (adaptive), random (i.i.d. draws: an unbiased budget curve) or nsga2 "
                         "(multi-objective); default: the space's study.searcher, tpe")
     p.add_argument("--resume", action="store_true", help="finish the interrupted study --name (default: the latest)")
+    p.add_argument("--path", type=Path, help="with --resume: the study folder itself (instead of --storage/--name); "
+                                             "a moved, copied or renamed folder resumes as itself")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
     p.add_argument("--progress-interval", type=_seconds, default=15.0, help="seconds between progress tables")
@@ -126,11 +128,17 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                                             ("--confirm-top-k", args.confirm_top_k)) if value]
         if ignored:
             raise UsageError(f"--resume continues the saved plan; {ignored[0]} cannot change it")
-        study_dir = args.storage / args.name if args.name else latest_study(args.storage, _space_name(args.space))
+        from drl_tune.study.folder import open_study, study_folder
+
         try:
-            return Plan.read(study_dir)
+            study_dir = (study_folder(args.name, args.storage, args.path) if args.name or args.path
+                         else latest_study(args.storage, _space_name(args.space)))
+            return open_study(study_dir, write=False)  # written (re-rooted plan saved) once the checks pass
         except ConfigError as err:
             raise UsageError(f"--resume: {err}") from None
+    if args.path:
+        raise UsageError("--path names an existing study folder: use it with --resume (a new study takes --storage "
+                         "and --name)")
     if args.storage.exists() and not args.storage.is_dir():
         raise UsageError(f"--storage {args.storage} is a file, not a folder; pass the folder that holds (or will "
                          f"hold) the studies")
@@ -179,8 +187,25 @@ def check_dataset(plan: Plan, generate: bool = True) -> None:
     config = make_config({**plan.constants, **(plan.points_to_evaluate or [{}])[0]})
     if generate or config.data.name not in GENERATED:
         data = load_dataset(config.data)
-        check_methods_fit(plan, [m for m in data.modalities if not config.data.modalities
-                                 or m in config.data.modalities])
+        modalities = [m for m in data.modalities if not config.data.modalities or m in config.data.modalities]
+        check_methods_fit(plan, modalities)
+        check_objectives(plan, modalities, config.data.name)
+
+
+def check_objectives(plan: Plan, modalities: list[str], dataset: str) -> None:
+    """Every objective names a modality the data have: ``val/acc_<m>`` (or ``val/acc_weak`` through
+    ``study.weak_modality``) is a probe the engine reports only for the modalities it trains, so a Tune run with
+    another would end in a TuneError after its first trial — checked here, before Ray starts, like every other key."""
+    from drl_tune.study.spaces import OBJECTIVES
+
+    allowed = ", ".join([*OBJECTIVES, *(f"val/acc_{m}" for m in modalities)])
+    for objective in plan.objectives:
+        key = objective["key"]
+        if key.startswith("at_best_val/acc_") and key.removeprefix("at_best_val/acc_") not in modalities:
+            modality = key.removeprefix("at_best_val/acc_")
+            via = " (study.weak_modality)" if objective["metric"] == "val/acc_weak" else ""
+            raise UsageError(f"objective {objective['metric']!r}{via} names modality {modality!r}, which dataset "
+                             f"{dataset} does not have ({', '.join(modalities)}); allowed objectives: {allowed}")
 
 
 def check_methods_fit(plan: Plan, modalities: list[str]) -> None:
@@ -308,7 +333,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
     from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
     from drl_tune.study.tables import ProgressTable, outcomes, summary_table
     from drl_tune.study.tracking import MLflowTrialCallback, ui_command
-    from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner
+    from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner, reroot_restored
 
     try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
         cleaned = ray_session.clean_previous(plan.study_dir)
@@ -331,6 +356,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         if resumed:
             tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
                                        resume_unfinished=True, resume_errored=False)
+            reroot_restored(tuner, plan, plan.study_dir)
         else:
             callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
                          ProgressTable(plan, progress_interval)]
@@ -374,8 +400,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         if dashboard:
             print(f"optuna:  {dashboard}")
         if interrupted:
-            print(f"interrupted: finish it with  python -m drl_tune.run --resume --name {plan.name} "
-                  f"--storage {plan.storage}", flush=True)
+            print(f"interrupted: finish it with  python -m drl_tune.run --resume {plan.resume_args()}", flush=True)
             return EXIT_INTERRUPTED
         from drl_tune.study.faults import storage_message
 
@@ -438,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dry_run and not check_before_start():  # a torch family that does not load: one line
             return EXIT_BAD_INPUT
         check_dataset(plan, generate=not args.dry_run)
+        if args.resume:  # every check passed: now the resumed folder's re-rooted plan is written (a moved folder)
+            from drl_tune.study.folder import open_study
+
+            plan = open_study(plan.study_dir, write=True)
+            if plan.rerooted:
+                print(plan.rerooted, flush=True)
     except (ConfigError, CacheError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

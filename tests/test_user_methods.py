@@ -86,7 +86,7 @@ def test_the_shipped_example_registers(registry):
     ("import torch\nx = 1\n", r"mine.py defines no Method subclass"),
     (GOOD.replace('name = "smooth_ce"', 'name = "drl"'), r"method name 'drl' is a built-in method's"),
     (GOOD.replace('name = "smooth_ce"', 'name = "Smooth CE"'), r"Smooth.name must be a lower-case identifier"),
-    (GOOD.replace('eps: float = param(0.1, "label smoothing of the fused cross-entropy", ge=0, lt=1)', 'eps: float = 0.1'),
+    (GOOD.replace('param(0.1, "label smoothing of the fused cross-entropy", ge=0, lt=1)', '0.1'),
      r"smooth_ce.eps is declared without param\(default"),
     (GOOD.replace(', ge=0, lt=1)', ')'), r"smooth_ce.eps is a number without a range"),
     ("raise RuntimeError('no GPU here')\n", r"mine.py line 1: running it failed: RuntimeError: no GPU here"),

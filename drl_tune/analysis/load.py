@@ -24,8 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from drl_tune.ground.errors import ConfigError
+from drl_tune.study.folder import open_study, read_answer, reroot_mlflow, study_folder
 from drl_tune.study.history import metric_items, read_result_json
-from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE
+from drl_tune.study.plan import PLAN_FILE
 from drl_tune.training.config import canonical_key
 
 ANSWER_FILE = "answer.json"
@@ -188,23 +190,23 @@ def _config_key(config: dict[str, Any]) -> str:
 
 def resolve_study_dir(name: str | None = None, storage: Path | str | None = None,
                       path: Path | str | None = None) -> Path:
-    """``--path DIR`` or ``--storage STORAGE --name NAME`` -> the study folder (checked to exist)."""
-    if path is None:
-        if not name:
-            raise StudyError("give the study as --name NAME [--storage DIR] or --path DIR")
-        path = Path(storage or DEFAULT_STORAGE) / name
-    path = Path(path)
-    if not (path / PLAN_FILE).is_file():
-        where = "does not exist" if not path.exists() else f"is not a study folder (no {PLAN_FILE})"
-        raise StudyError(f"study folder {path} {where}; pass the folder python -m drl_tune.run printed as "
-                         f"'results:' (or --storage/--name of that study)")
-    return path
+    """``--path DIR`` or ``--storage STORAGE --name NAME`` -> the study folder (checked to exist): the project's one
+    resolver (drl_tune/study/folder.py), so a moved, copied or renamed folder is read as itself."""
+    try:
+        return study_folder(name, storage, path)
+    except ConfigError as err:
+        raise StudyError(str(err)) from None
 
 
 def load_tune(study_dir: Path | str) -> Study:
     """Read a study from its Tune results folder (search trials + ``confirm/`` trials, plan, answer)."""
     study_dir = resolve_study_dir(path=study_dir)
     plan = json.loads((study_dir / PLAN_FILE).read_text())
+    try:  # the plan's paths re-rooted to where the folder is now (and its MLflow database, see open_study)
+        opened = open_study(study_dir, write=False)
+        plan |= {"storage": opened.storage, "mlflow_uri": opened.mlflow_uri, "folder": opened.folder}
+    except ConfigError:
+        pass  # not a plan drl_tune.run could resume (a hand-made folder): read its trials as they are
     name = plan.get("name", study_dir.name)
     runs = []
     for folder in sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "params.json").is_file()):
@@ -227,7 +229,10 @@ def load_tune(study_dir: Path | str) -> Study:
                 trial["source_trial"] = entry.get("source_trial")
                 runs.append(trial)
     trials, epochs = _frames(name, runs)
-    answer = json.loads((study_dir / ANSWER_FILE).read_text()) if (study_dir / ANSWER_FILE).is_file() else None
+    try:
+        answer = read_answer(study_dir)  # an unreadable answer.json is rebuilt from the trials, and said so
+    except ConfigError as err:
+        raise StudyError(str(err)) from None
     return _check(Study(name, trials, epochs, plan, answer, source=str(study_dir), study_dir=study_dir), str(study_dir))
 
 
@@ -270,6 +275,9 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id:
     from mlflow.exceptions import MlflowException
 
     check_tracking_uri(tracking_uri)
+    folder = _study_folder_of(tracking_uri)
+    if folder is not None:  # a study folder's own database: its artifact locations follow the folder if it moved
+        reroot_mlflow(folder)
     client = MlflowClient(tracking_uri)
     try:
         if parent_run_id:
@@ -313,9 +321,19 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id:
     where = f"{tracking_uri} (experiment {exp.name!r})"
     study = Study(name, trials, epochs, plan, answer, source=where)
     storage = parent.data.tags.get("drl_tune.storage")
-    if storage and Path(storage).is_dir():
+    if folder is not None:
+        study.study_dir = folder
+    elif storage and Path(storage).is_dir():
         study.study_dir = Path(storage)
     return _check(study, where)
+
+
+def _study_folder_of(tracking_uri: str) -> Path | None:
+    """The study folder a ``sqlite:///…/mlflow.db`` URI lies in (the folder holds the study's plan), else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    return folder if (folder / PLAN_FILE).is_file() else None
 
 
 def _json_artifact(client: Any, run_id: str, name: str) -> dict[str, Any] | None:

@@ -44,7 +44,14 @@ from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import Plan
 from drl_tune.study.tables import ProgressTable
 from drl_tune.study.tracking import MLflowTrialCallback
-from drl_tune.study.tune import REUSE_ACTORS, ctrl_c_watch, finished_trials, make_trainable, trial_name
+from drl_tune.study.tune import (
+    REUSE_ACTORS,
+    ctrl_c_watch,
+    finished_trials,
+    make_trainable,
+    reroot_restored,
+    trial_name,
+)
 
 CONFIRM_DIR = "confirm"
 CONFIRM_FILE = "drl_tune_confirm.json"
@@ -427,6 +434,7 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
         print(f"\nresuming the confirmation: {len(entries)} trials in {folder}", flush=True)
         tuner = tune.Tuner.restore(str(folder), trainable=make_trainable(plan, gpus), resume_unfinished=True,
                                    resume_errored=False)
+        reroot_restored(tuner, plan, folder)
     else:
         try:
             entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,

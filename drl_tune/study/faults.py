@@ -125,5 +125,5 @@ def storage_message(error: BaseException | str, plan: Any) -> str | None:
         where = cause.filename or str(plan.study_dir)
         why = cause.strerror or one_line(str(cause), 200)
     return (f"cannot write the study's results at {where} ({why}); what was complete is kept — free space or "
-            f"make {plan.study_dir} writable, then finish with: python -m drl_tune.run --resume --name "
-            f"{plan.name} --storage {plan.storage}")
+            f"make {plan.study_dir} writable, then finish with: python -m drl_tune.run --resume "
+            f"{plan.resume_args()}")

@@ -16,6 +16,9 @@ end of the search (and again after a ``--resume``): the same trials, parameters 
 from __future__ import annotations
 
 import math
+import os
+import sqlite3
+import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -70,12 +73,45 @@ def write_optuna_db(plan: Any, records: list[Any]) -> Path:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    path = Path(plan.study_dir) / OPTUNA_DB
+    path = Path(plan.study_dir).resolve() / OPTUNA_DB
     path.parent.mkdir(parents=True, exist_ok=True)
-    url = storage_url(plan.study_dir)
-    storage = optuna.storages.RDBStorage(url)
-    if any(s.study_name == plan.name for s in optuna.get_all_study_summaries(storage)):
-        optuna.delete_study(study_name=plan.name, storage=storage)  # a rewrite, not an append: idempotent
+    problem = unreadable(path)
+    # written whole into a new file, then renamed over the old one: the database is derived from the trials, so a
+    # rewrite loses nothing, a damaged old file is simply replaced, and a reader never sees a half-written one
+    fresh = path.with_name(f".{OPTUNA_DB}.{os.getpid()}.tmp")
+    fresh.unlink(missing_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{fresh}")
+    try:
+        _fill(optuna, storage, plan, records)
+    except BaseException:
+        storage.engine.dispose()
+        fresh.unlink(missing_ok=True)
+        raise
+    storage.engine.dispose()
+    os.replace(fresh, path)
+    if problem:
+        print(f"note: {path} was unreadable ({problem}); rebuilt from the study's trials", file=sys.stderr,
+              flush=True)
+    return path
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the sqlite file ``path`` cannot be read (torn, overwritten, not a database), or None (fine, or absent)."""
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            con.execute("select count(*) from sqlite_master").fetchone()
+            con.execute("select count(*) from studies").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        return str(err)
+    return None
+
+
+def _fill(optuna: Any, storage: Any, plan: Any, records: list[Any]) -> None:
     objectives = plan.objectives or [{"metric": plan.metric, "mode": plan.mode, "summary": plan.metric}]
     study = optuna.create_study(storage=storage, study_name=plan.name,
                                 directions=["maximize" if o["mode"] == "max" else "minimize" for o in objectives])
@@ -105,5 +141,3 @@ def write_optuna_db(plan: Any, records: list[Any]) -> Path:
                                                           - float(first.get("time_this_iter_s", 0.0)))
             trial.datetime_complete = datetime.fromtimestamp(float(record.rows[-1]["timestamp"]))
         study.add_trial(trial)
-    storage.engine.dispose()
-    return path

@@ -36,6 +36,27 @@ def default_tracking_uri(study_dir: Path) -> str:
     return f"sqlite:///{study_dir.resolve() / 'mlflow.db'}"
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    return a == b or a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> Path | None:
+    """``path`` relative to ``folder`` when it lies inside it (as written, or with links resolved), else None."""
+    for p, f in ((path, folder), (path.resolve(), folder.resolve())):
+        if p.is_relative_to(f):
+            return p.relative_to(f)
+    return None
+
+
+def reroot_sqlite_uri(uri: str, recorded: Path, here: Path) -> str:
+    """A ``sqlite:///`` URI whose database lies inside the ``recorded`` study folder, pointed at the same file inside
+    ``here``; any other URI (a server, a database outside the study folder) unchanged."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    inner = _inside(Path(uri.removeprefix("sqlite:///")), recorded)
+    return uri if inner is None else f"sqlite:///{here / inner}"
+
+
 @dataclass
 class Plan:
     """Everything a study run needs, resolved from the space file, ``study.overrides``, ``--set`` and flags.
@@ -72,13 +93,26 @@ class Plan:
     parent_run_id: str = ""
     experiment_id: str = ""
     format: str = PLAN_FORMAT  # marks the file as this tool's plan (``--resume`` refuses anything else)
+    # the absolute study folder when this file was last written: how a reader tells that the folder has since been
+    # moved, copied or renamed (plans written before it: ``storage/name``). Never used to find the folder.
+    folder: str = ""
+
+    def __post_init__(self) -> None:
+        self._folder: Path | None = None  # the folder this plan was read from (Plan.read): where the study *is*
+        self.moved_from: Path | None = None  # the folder it was recorded in, when that is another one
+        self.rerooted: str | None = None  # what drl_tune.study.folder.open_study re-rooted, in one line
 
     @property
     def study_dir(self) -> Path:
+        """The study folder. A plan read from a folder lives there, whatever its ``name`` says: the name is a label
+        (MLflow experiment, Optuna study), never a path — a copied or renamed folder keeps its original's name."""
+        if self._folder is not None:
+            return self._folder
         return Path(self.storage) / self.name
 
     def to_json(self) -> str:
         raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        raw["folder"] = str(self.study_dir.resolve())
         raw |= {"search": [p.to_dict() for p in self.search], "scheduler": dataclasses.asdict(self.scheduler)}
         return json.dumps(raw, indent=2, default=str)
 
@@ -117,8 +151,11 @@ class Plan:
 
     @classmethod
     def read(cls, study_dir: Path) -> Plan:
-        """The plan of the study folder ``study_dir`` (``--resume``, ``drl_tune.confirm``). Its storage is where
-        the folder is now: a study folder may have been moved or copied."""
+        """The plan of the study folder ``study_dir`` (``--resume``, ``drl_tune.confirm``, the loaders), re-rooted
+        to where the folder is now: a study folder may have been moved, copied or renamed. ``study_dir`` becomes
+        the plan's folder and ``storage`` its parent; an MLflow sqlite URI inside the recorded folder (the
+        default) points into this one — else a copy would write into its original's database. ``moved_from`` is
+        the recorded folder when it differs (drl_tune/study/folder.py re-roots the rest)."""
         from drl_tune import compat
 
         compat.install()  # the folder's pickles may name modules of an earlier layout
@@ -127,12 +164,22 @@ class Plan:
             raise ConfigError(f"no study {study_dir.name!r} in {study_dir.parent}: {study_dir} is not a study folder "
                               f"(no {PLAN_FILE}); pass the --name and --storage the study was run with")
         plan = cls.from_json(path.read_text(), where=str(path))
-        plan.storage = str(study_dir.resolve().parent)
+        here = study_dir.resolve()
+        recorded = Path(plan.folder) if plan.folder else Path(plan.storage) / plan.name
+        plan._folder, plan.storage, plan.folder = here, str(here.parent), str(here)
+        if not _same_folder(recorded, here):
+            plan.moved_from = recorded
+            plan.mlflow_uri = reroot_sqlite_uri(plan.mlflow_uri, recorded, here)
         return plan
 
     def save(self) -> Path:
         self.study_dir.mkdir(parents=True, exist_ok=True)
         return atomic_write_text(self.study_dir / PLAN_FILE, self.to_json())
+
+    def resume_args(self) -> str:
+        """``--name FOLDER --storage PARENT`` of this study folder as it is now (the name it was run with is only a
+        label: a copied or renamed folder is resumed by its own name)."""
+        return f"--name {self.study_dir.name} --storage {self.study_dir.parent}"
 
     def describe(self) -> str:
         """The human version of the plan (``--dry-run`` prints it)."""

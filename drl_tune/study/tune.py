@@ -21,12 +21,13 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from drl_tune.study.plan import Plan
@@ -113,6 +114,51 @@ REUSE_ACTORS = True
 
 def make_trainable(plan: Plan, gpus: float) -> Any:
     return tune.with_resources(train_trial, {"cpu": plan.cpus_per_trial, "gpu": gpus})
+
+
+class RootedSearchGenerator(SearchGenerator):
+    """Tune's wrapper of a searcher, which on ``--resume`` makes the trials still to come in the experiment folder
+    Tune was restored from. Why: ``Tuner.restore`` re-roots the trials it saved (their folders and checkpoints), but
+    the ``SearchGenerator`` state it restores holds the ``Experiment`` as it was pickled, with the storage of the folder
+    the study was *made* in, and Ray 2.60 creates every later trial with that storage — so a moved study's new trials
+    would write into a folder that is gone, and a copy's into its original. Here the restored experiment's storage is
+    pointed at ``folder`` (as ``TuneController._restore_trials`` does for the saved trials)."""
+
+    def __init__(self, searcher: Any, folder: str) -> None:
+        super().__init__(searcher)
+        self.folder = folder
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        storage = getattr(self._experiment, "storage", None)
+        if storage is not None:
+            folder = Path(self.folder)
+            storage.storage_fs_path = folder.parent.as_posix()
+            storage.experiment_dir_name = folder.name
+
+
+def reroot_restored(tuner: Any, plan: Plan, folder: Path) -> None:
+    """Point a restored Tuner (the experiment in ``folder``) at where the study is now: its searcher's future trials
+    (:class:`RootedSearchGenerator`) and its MLflow callback, which ``Tuner.restore`` unpickles with the absolute sqlite
+    URI of the folder the study was made in (a moved folder's would fail on a missing database, a copy's would log
+    into its original's). Ray 2.60 has no public way to replace a restored searcher or callbacks, so the ones the
+    Tuner holds are changed in place (through Ray Client, where the driver runs remotely, there are none to reach)."""
+    from ray.tune.search import Searcher
+
+    from drl_tune.study.tracking import MLflowTrialCallback
+
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:
+        return
+    config = local._tune_config  # noqa: SLF001
+    if isinstance(config.search_alg, RootedSearchGenerator):
+        config.search_alg.folder = str(folder)
+    elif isinstance(config.search_alg, Searcher):
+        config.search_alg = RootedSearchGenerator(config.search_alg, str(folder))
+    for callback in local.get_run_config().callbacks or []:
+        if isinstance(callback, MLflowTrialCallback) and callback.tracking_uri != plan.mlflow_uri:
+            callback.tracking_uri = plan.mlflow_uri
+            callback._client = None  # noqa: SLF001 — rebuilt on first use, on the new URI
 
 
 def trial_name(trial: Any) -> str:
