@@ -17,10 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from drl_tune.driver import EXIT_BAD_INPUT, UsageError, confirm_study, count, positive_int, seconds
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import PathError, check_writable
-from drl_tune.run import EXIT_BAD_INPUT, EXIT_INTERRUPTED, UsageError, _count, _positive_int, _seconds
 from drl_tune.study.answer import ANSWER_JSON, answer_tables
 from drl_tune.study.confirmation import (
     CONFIRM_DIR,
@@ -28,7 +28,6 @@ from drl_tune.study.confirmation import (
     ConfirmError,
     plan_confirmation,
     read_trials,
-    run_confirmation,
 )
 from drl_tune.study.folder import open_study, read_answer, study_folder
 from drl_tune.study.plan import DEFAULT_STORAGE
@@ -41,13 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                   "folder's own name)")
     p.add_argument("--path", type=Path, help="the study folder itself (instead of --name/--storage)")
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help=f"results folder (default: {DEFAULT_STORAGE})")
-    p.add_argument("--seeds", type=_count, help="fresh seeds per configuration (default: the study's, else 5)")
-    p.add_argument("--top-k", type=_positive_int, help="configurations per method (default: the study's, else 1)")
+    p.add_argument("--seeds", type=count, help="fresh seeds per configuration (default: the study's, else 5)")
+    p.add_argument("--top-k", type=positive_int, help="configurations per method (default: the study's, else 1)")
     p.add_argument("--methods", help="comma-separated methods to confirm (default: every method the search ran)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted confirmation")
     p.add_argument("--answer", action="store_true", help="print the saved answer; run nothing")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--progress-interval", type=_seconds, default=15.0, help="seconds between progress tables")
+    p.add_argument("--progress-interval", type=seconds, default=15.0, help="seconds between progress tables")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)
@@ -94,32 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from drl_tune.run import open_tracking, quiet_libraries, resolve_gpus, start_ray
-
-    quiet_libraries(args.verbose)
-    started_ray = start_ray(args.address)
-    try:
-        gpus = resolve_gpus(plan)
-        tracker = open_tracking(plan, resumed=True)
-        answer, interrupted = run_confirmation(plan, gpus, tracker, args.progress_interval, top_k=top_k,
-                                               n_seeds=seeds, methods=methods)
-        if interrupted or answer is None:
-            tracker.finish_parent(plan.parent_run_id, "KILLED", {}, None)
-            print(f"interrupted: finish it with  python -m drl_tune.confirm --resume {plan.resume_args()}", flush=True)
-            return EXIT_INTERRUPTED
-        text = answer_tables(answer)
-        tracker.finish_parent(plan.parent_run_id, "FINISHED", {}, None)
-        tracker.client.log_text(plan.parent_run_id, text, "answer.txt")
-        print(f"\nanswer of study {plan.name!r}:\n{text}\n\nanswer: {plan.study_dir / ANSWER_JSON}", flush=True)
-        return 0
-    except (ConfigError, ConfirmError, PathError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+    return confirm_study(plan, top_k, seeds, methods, args.address, args.progress_interval, args.verbose)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drl_tune import driver
 from drl_tune import run as run_cli
 from drl_tune import train as train_cli
 from drl_tune.data.cache import write_cache
@@ -220,7 +221,7 @@ def test_corpus_is_big_and_distinct():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(run_cli, "start_ray", lambda address: pytest.fail("Ray must not start for a bad input"))
+    monkeypatch.setattr(driver, "start_ray", lambda address: pytest.fail("Ray must not start for a bad input"))
     monkeypatch.setenv("DRL_TUNE_CREMAD_ROOT", str(tmp_path / "no_default_cache"))
     if case.setup:
         case.setup(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drl_tune import run, train
+from drl_tune import driver, run, train
 from drl_tune.ground.errors import ConfigError
 from drl_tune.training import config_keys
 from drl_tune.training.config import make_config
@@ -88,14 +88,14 @@ def test_quiet_libraries_drops_only_the_known_notices(monkeypatch):
     logger.addHandler(handler)
     notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
     try:
-        run.quiet_libraries(verbose=True)
+        driver.quiet_libraries(verbose=True)
         logger.warning(notice)  # -v: shown
-        run.quiet_libraries(verbose=False)
+        driver.quiet_libraries(verbose=False)
         logger.warning(notice)  # dropped
         logger.warning("Token authentication is enabled but no authentication token was found")  # a real one
         assert logging.getLogger("mlflow").getEffectiveLevel() == logging.WARNING
     finally:
         logger.removeHandler(handler)
-        for f in [f for f in logger.filters if isinstance(f, run._DropNotices)]:
+        for f in [f for f in logger.filters if isinstance(f, driver._DropNotices)]:
             logger.removeFilter(f)
     assert seen == [notice, "Token authentication is enabled but no authentication token was found"]

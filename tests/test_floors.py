@@ -57,3 +57,22 @@ def test_reading_data_loads_no_method_and_no_run_configuration():
             "assert not loaded, loaded\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_commands_are_thin_and_import_no_other_commands_privates():
+    """A command parses, calls and prints: the study's orchestration is the driver's (drl_tune/driver.py), and no
+    command imports a private name, or any name, of another command (the doctor's check aside)."""
+    import ast
+    from pathlib import Path
+
+    commands = ("drl_tune.run", "drl_tune.train", "drl_tune.confirm", "drl_tune.report")
+    root = Path(__file__).resolve().parent.parent
+    for command in commands:
+        tree = ast.parse((root / (command.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module not in commands, f"{command} imports {node.module}"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{command} imports private {private} from {node.module}"
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "run_study" not in defined and "confirm_study" not in defined, command

@@ -12,6 +12,7 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from drl_tune import driver
 from drl_tune import run as run_cli
 from drl_tune.study.plan import PLAN_FILE, PLAN_FORMAT, Plan
 from drl_tune.study.safety import redact
@@ -66,7 +67,7 @@ def test_servers_bind_localhost(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
-    run_cli.start_ray(None)
+    driver.start_ray(None)
     # a local Ray: no dashboard at all (were one asked for, Ray's own default host is 127.0.0.1)
     assert seen.get("include_dashboard") is False and seen.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
     for path in SOURCES:

@@ -160,7 +160,7 @@ def test_a_finished_study_moved_elsewhere_opens_with_its_mlflow_runs_and_artifac
 def test_damaged_derived_files_are_rebuilt_from_the_trials_and_said_so(studies, tmp_path, capsys):
     import optuna
 
-    from drl_tune.run import sync_optuna_db
+    from drl_tune.driver import sync_optuna_db
     from drl_tune.study.folder import open_study
     from drl_tune.study.optuna_db import storage_url
 

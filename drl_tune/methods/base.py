@@ -102,7 +102,7 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     # how many modalities the authors' rule is defined for (None: any number); a study checks it against the
-    # dataset before anything starts (run.check_methods_fit), a run when it builds the method (Engine), both
+    # dataset before anything starts (driver.check_methods_fit), a run when it builds the method (Engine), both
     # through modality_mismatch
     modalities: ClassVar[int | None] = None
     # True: training_step steps the optimizer(s) itself; the engine then skips its own step (module docstring)

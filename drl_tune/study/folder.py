@@ -35,7 +35,7 @@ from drl_tune.ground.errors import ConfigError
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan
 
 MLFLOW_DB = "mlflow.db"
-ARTIFACTS = "mlartifacts"  # the study's MLflow artifact root inside its folder (drl_tune.run.open_tracking)
+ARTIFACTS = "mlartifacts"  # the study's MLflow artifact root inside its folder (drl_tune.driver.open_tracking)
 STORAGE_TAG = "drl_tune.storage"
 ANSWER_JSON = "answer.json"
 # (table, column) pairs of MLflow's sqlite schema that hold absolute artifact locations
