@@ -21,6 +21,7 @@ from drl_tune.driver import EXIT_BAD_INPUT, UsageError, confirm_study, count, po
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import PathError, check_writable
+from drl_tune.methods.user import use_methods
 from drl_tune.study.answer import ANSWER_JSON, answer_tables
 from drl_tune.study.confirmation import (
     CONFIRM_DIR,
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         study_dir = study_folder(args.name, args.storage, args.path)
         label = study_dir.name  # how the user named the study: its folder (the recorded name is only a label)
         plan = open_study(study_dir, write=False)
+        use_methods(recorded=plan.methods)  # a study of the user's own method confirms it from the recorded text
         folder = plan.study_dir / CONFIRM_DIR
         if args.answer:
             answer = read_answer(plan.study_dir, plan)

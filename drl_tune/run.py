@@ -34,6 +34,7 @@ from drl_tune.ground.domains import flag_type
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import check_writable
+from drl_tune.methods.user import read_methods_file, use_methods
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.study.safety import redact
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--searcher", choices=SEARCHERS,
                    help="Optuna sampler: tpe (adaptive), random (i.i.d. draws: an unbiased budget curve) or nsga2 "
                         "(multi-objective); default: the space's study.searcher, tpe")
+    p.add_argument("--methods-from", action="append", default=[], metavar="FILE",
+                   help="register the Method subclasses of this .py file (your own method; repeatable); the study "
+                        "records the file's text, so its trials and --resume run the same method")
     p.add_argument("--resume", action="store_true", help="finish the interrupted study --name (default: the latest)")
     p.add_argument("--path", type=Path, help="with --resume: the study folder itself (instead of --storage/--name); "
                                              "a moved, copied or renamed folder resumes as itself")
@@ -122,9 +126,16 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         try:
             study_dir = (study_folder(args.name, args.storage, args.path) if args.name or args.path
                          else latest_study(args.storage, _space_name(args.space)))
-            return open_study(study_dir, write=False)  # written (re-rooted plan saved) once the checks pass
+            plan = open_study(study_dir, write=False)  # written (re-rooted plan saved) once the checks pass
         except ConfigError as err:
             raise UsageError(f"--resume: {err}") from None
+        recorded = use_methods(recorded=plan.methods)  # the methods the study started with, as their text was then
+        for given in args.methods_from:
+            text = read_methods_file(given)
+            if all(text.sha256 != r.sha256 for r in recorded):
+                raise UsageError(f"--resume: --methods-from {given} is not a file the study recorded (or it changed "
+                                 f"since); the study trains the methods it started with: leave --methods-from out")
+        return plan
     if args.path:
         raise UsageError("--path names an existing study folder: use it with --resume (a new study takes --storage "
                          "and --name)")
@@ -133,6 +144,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                          f"hold) the studies")
     if not args.space:
         raise UsageError("--space is required (a name such as demo, or a path to a .yaml file)")
+    sources = use_methods(args.methods_from)  # before the space: its methods and keys must be known
     space = load_space(args.space)
     overrides = parse_assignments(args.assignments)
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -144,11 +156,13 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     if args.mlflow_uri and args.mlflow_uri.startswith("sqlite:") and not args.mlflow_uri.startswith("sqlite:////"):
         raise UsageError(f"--mlflow-uri {args.mlflow_uri}: a sqlite URI must hold an absolute path "
                          f"(sqlite:////abs/path/mlflow.db): Tune runs each trial in its own working folder")
-    return build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
+    plan = build_plan(space, overrides=overrides, name=name, storage=args.storage, mlflow_uri=args.mlflow_uri,
                       num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                       confirm_seeds=args.confirm_seeds, confirm_top_k=args.confirm_top_k, searcher=args.searcher,
                       objectives=args.objectives)
+    plan.methods = [source.to_dict() for source in sources]
+    return plan
 
 
 def check_output_paths(plan: Plan, args: argparse.Namespace) -> None:

@@ -124,3 +124,45 @@ def test_a_bad_method_file_on_the_command_line_exits_2_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [f"error: {path.resolve()} defines no Method subclass (class "
                                                 f"MyMethod(Method): name = \"mine\"; Params = ...); see "
                                                 f"docs/add-your-method.md"]
+
+
+STUDY_SPACE = """\
+dataset: {name: synthetic}
+fixed: {threads: 1, lr: 0.05, epochs: 1}
+defaults: {method: joint}
+search:
+  method: {type: choice, values: [joint, smooth_ce]}
+  smooth_ce.eps: {type: uniform, low: 0.0, high: 0.3}
+scheduler: {type: none}
+study: {num_samples: 2, max_concurrent: 1, seed: 0, max_failures: 0}
+resources: {cpus_per_trial: 1}
+"""
+
+
+@pytest.mark.slow
+def test_a_method_from_a_file_runs_in_a_study_and_its_recorded_text_confirms_it(tmp_path):
+    """A two-trial study of joint vs a method written in a file outside the package (Ray trials in their own
+    processes register it from the plan's record); then the file is deleted and ``confirm`` re-trains that method
+    from the text the study recorded."""
+    import json
+
+    from tests.test_study_e2e import tiny_sets
+
+    method_file = write(tmp_path, GOOD)
+    space = tmp_path / "mine.yaml"
+    space.write_text(STUDY_SPACE)
+    common = ["--storage", str(tmp_path / "studies"), "--name", "s", "--progress-interval", "600"]
+    done = subprocess.run([sys.executable, "-m", "drl_tune.run", "--space", str(space), "--methods-from",
+                           str(method_file), "--confirm-seeds", "0", "--no-report", *common, *tiny_sets()],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    plan = json.loads((tmp_path / "studies" / "s" / "drl_tune_study.json").read_text())
+    assert plan["methods"][0]["source"] == GOOD and plan["methods"][0]["origin"] == str(method_file.resolve())
+    assert "smooth_ce" in done.stdout and "your method file:" in done.stdout
+    method_file.unlink()  # the study holds the text: nothing reads the file again
+    confirm = subprocess.run([sys.executable, "-m", "drl_tune.confirm", "--name", "s", "--storage",
+                              str(tmp_path / "studies"), "--seeds", "2", "--progress-interval", "600"],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert confirm.returncode == 0, confirm.stdout[-3000:] + confirm.stderr[-3000:]
+    answer = json.loads((tmp_path / "studies" / "s" / "answer.json").read_text())
+    assert "smooth_ce" in json.dumps(answer)

@@ -88,6 +88,8 @@ class Plan:
     searcher: str = "tpe"  # Optuna sampler: tpe | random | nsga2 (plans written before the choice existed: tpe)
     # a multi-objective search: Objective.to_dict() entries (metric, mode, key, summary); empty: single objective
     objectives: list[dict[str, str]] = field(default_factory=list)
+    # methods from the user's files (--methods-from): [{"origin", "source", "sha256"}], registered by every trial
+    methods: list[dict[str, str]] = field(default_factory=list)
     # the space's data protocol: [{"key", "source", and for a config key "value": the protocol's value}]
     protocol: list[dict[str, Any]] = field(default_factory=list)
     parent_run_id: str = ""
@@ -211,6 +213,8 @@ class Plan:
                          f"(on val/acc_best) re-trained with {self.confirm_seeds} fresh seeds, full epochs")
         else:
             lines.append("  confirmation: none (single-seed search results only)")
+        lines += [f"  your method file: {m['origin']} (sha256 {m['sha256'][:12]}, its text recorded in the plan)"
+                  for m in self.methods]
         lines += self.describe_protocol()
         lines.append("  searched:")
         lines += [f"    {p.key:<32} {p.describe()}" for p in self.search] or ["    (nothing: one configuration)"]

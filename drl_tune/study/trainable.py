@@ -21,6 +21,7 @@ from ray import tune
 from ray.train._internal.session import get_session  # the trial's storage: Ray has no public API for it
 from ray.tune import get_context
 
+from drl_tune.methods.user import use_methods
 from drl_tune.study import faults
 from drl_tune.study.history import load_checkpoint_history, write_checkpoint_history
 from drl_tune.training.config import make_config
@@ -54,12 +55,14 @@ def trial_folder() -> str:
     return get_context().get_trial_dir()
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """Run (or continue) one trial; ``config`` is the flat ``a.b`` configuration Optuna completed."""
+def train_trial(config: dict[str, Any], methods: list[dict[str, str]] | None = None) -> None:
+    """Run (or continue) one trial; ``config`` is the flat ``a.b`` configuration Optuna completed, ``methods`` the
+    study's recorded method files (registered here, in the trial's own process)."""
     trial_dir = trial_folder()
     faults.record_worker(trial_dir)
     faults.refuse_deterministic_retry(trial_dir)
     try:
+        use_methods(recorded=methods)  # installed packages' entry points, then the study's own files
         torch.set_num_threads(WORKER_THREADS)
         train_config = make_config(config)
         if train_config.perf.compile:  # a reused actor holds earlier trials' compiled graphs, and torch stops

@@ -113,7 +113,10 @@ REUSE_ACTORS = True
 
 
 def make_trainable(plan: Plan, gpus: float) -> Any:
-    return tune.with_resources(train_trial, {"cpu": plan.cpus_per_trial, "gpu": gpus})
+    """One trial's function with its resources; the study's own method files travel with it (Ray's object store), so
+    a trial registers them wherever it runs — a worker on another node has no copy of the user's file."""
+    trainable = tune.with_parameters(train_trial, methods=plan.methods) if plan.methods else train_trial
+    return tune.with_resources(trainable, {"cpu": plan.cpus_per_trial, "gpu": gpus})
 
 
 class RootedSearchGenerator(SearchGenerator):
