@@ -166,3 +166,17 @@ def test_a_method_from_a_file_runs_in_a_study_and_its_recorded_text_confirms_it(
     assert confirm.returncode == 0, confirm.stdout[-3000:] + confirm.stderr[-3000:]
     answer = json.loads((tmp_path / "studies" / "s" / "answer.json").read_text())
     assert "smooth_ce" in json.dumps(answer)
+
+
+def test_the_guides_comparison_space_plans_with_the_example_method(tmp_path):
+    space = str(ROOT / "examples" / "my_compare.yaml")
+    done = subprocess.run([sys.executable, "-m", "drl_tune.run", "--space", space,
+                           "--methods-from", str(EXAMPLE), "--storage", str(tmp_path), "--dry-run"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "equal budgets: joint, drl, aux_heads in turn, 4 search trials each" in done.stdout
+    assert "aux_heads.weight                 uniform [0, 2]   (only when method=aux_heads)" in done.stdout
+    without = subprocess.run([sys.executable, "-m", "drl_tune.run", "--space", space, "--storage", str(tmp_path),
+                              "--dry-run"], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+    assert without.returncode == 2 and "aux_heads" in without.stderr  # the space names a method nobody registered
