@@ -111,7 +111,7 @@ def confirmed_study(tmp_path_factory):
 
     from drl_tune.run import main
     from drl_tune.study.plan import PLAN_FILE, Plan
-    from tests.test_study_e2e import tiny_sets
+    from tests.e2e.test_study_e2e import tiny_sets
 
     root = tmp_path_factory.mktemp("confirmed_study")
     space = root / "tiny.yaml"

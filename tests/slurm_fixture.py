@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.test_study_address import free_port
+from tests.study.test_study_address import free_port
 
 MARKER = "DRL_TUNE_SLURM_TEST"
 TOOLS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")

@@ -9,7 +9,7 @@
 
 :func:`load_tune` reads the Tune results folder (``STORAGE/NAME``), :func:`load_mlflow` the MLflow experiment
 (any tracking URI: the study's sqlite file or a remote ``mlflow server``). Both give the same frames
-(``tests/test_analysis.py`` checks that), so notebooks work from whichever the reader has.
+(``tests/analysis/test_analysis.py`` checks that), so notebooks work from whichever the reader has.
 """
 
 from __future__ import annotations

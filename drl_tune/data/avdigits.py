@@ -189,7 +189,7 @@ def generate_clips(cfg: AVDigitsConfig) -> tuple[dict[str, tuple[torch.Tensor, n
     """Each split's raw material before any feature is computed — waveforms [N, CLIP_SAMPLES] at 16 kHz, frames,
     labels, clip ids — with the speakers and eSpeak NG loader's version (deterministic in ``cfg``). Kept apart from
     :func:`generate` so the same clips can be written out as files (wav + png) and prepared through the manifest
-    path: tests/test_manifest.py checks that path trains exactly as this loader does."""
+    path: tests/data/test_manifest.py checks that path trains exactly as this loader does."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

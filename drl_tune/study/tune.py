@@ -9,7 +9,7 @@ Early stopping: ASHA over epochs (one ``tune.report`` per epoch). It compares tr
 drops ``val/acc`` for an epoch or two by design, and a rung that falls into that dip would stop the
 trial for the very thing the method does. A running best cannot dip, so a re-initialised trial keeps the
 standing it had earned before the re-init and is stopped only if it never got anywhere.
-(``tests/test_study_asha.py`` proves both halves with the real scheduler.)
+(``tests/study/test_study_asha.py`` proves both halves with the real scheduler.)
 """
 
 from __future__ import annotations

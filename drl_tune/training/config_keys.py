@@ -4,7 +4,7 @@ table and of the key listing in ``python -m drl_tune.train --help`` and ``python
 The defaults are read from the typed configuration itself (``make_config({})``), the meanings from
 :data:`KEY_DOCS` and, for a method's keys, from its ``Params`` fields (``param(default, meaning, ...)`` in the
 method's own file); a key without a meaning, or a meaning for a key that no longer exists, fails the tests
-(``tests/test_config_keys.py``, which also checks that the table in docs/configuration.md is this module's
+(``tests/training/test_config_keys.py``, which also checks that the table in docs/configuration.md is this module's
 output). Print that table with ``python -m drl_tune.training.config_keys --markdown``.
 """
 
