@@ -18,9 +18,9 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("drl_tune.training",)),
     ("study", ("drl_tune.study", "drl_tune.compat")),
     ("analysis", ("drl_tune.analysis", "drl_tune.experiments")),
-    ("driver", ("drl_tune.driver",)),
+    ("driver", ("drl_tune.driver", "drl_tune.suite")),
     ("commands", ("drl_tune.run", "drl_tune.train", "drl_tune.confirm", "drl_tune.report", "drl_tune.doctor",
-                  "drl_tune.bench")),
+                  "drl_tune.bench", "drl_tune.benchmark")),
 ]
 
 
@@ -65,7 +65,7 @@ def test_commands_are_thin_and_import_no_other_commands_privates():
     import ast
     from pathlib import Path
 
-    commands = ("drl_tune.run", "drl_tune.train", "drl_tune.confirm", "drl_tune.report")
+    commands = ("drl_tune.run", "drl_tune.train", "drl_tune.confirm", "drl_tune.report", "drl_tune.benchmark")
     root = Path(__file__).resolve().parent.parent
     for command in commands:
         tree = ast.parse((root / (command.replace(".", "/") + ".py")).read_text())

@@ -173,6 +173,32 @@ class Space:
         }
 
 
+def with_methods(space: Space, methods: list[str]) -> Space:
+    """``space`` comparing only ``methods`` (a benchmark's ``--methods``): ``search.method`` becomes that choice, the
+    other methods' conditional keys are dropped, and ``study.num_samples`` keeps the space's trials per method. A
+    method the space does not search (a user's own) runs its ``Params`` defaults with the shared keys searched."""
+    from drl_tune.methods import REGISTRY
+
+    current = space.search.get("method")
+    if not isinstance(current, Choice):
+        raise SpaceError(f"{space.path}: space {space.name!r} searches no method, so --methods cannot choose them; use "
+                         f"a comparison space (e.g. demo_compare)")
+    unknown = [m for m in methods if m not in REGISTRY]
+    if unknown:
+        raise SpaceError(f"--methods: {unknown[0]!r} is not a registered method (registered: {', '.join(REGISTRY)}; "
+                         f"your own file goes with --methods-from FILE)")
+    if len(set(methods)) != len(methods) or len(methods) < 2:
+        raise SpaceError(f"--methods needs two or more different methods, got {', '.join(methods)}")
+    per_method = max(1, space.study.num_samples // len(current.values))
+    search = {k: p for k, p in space.search.items() if k != "method" and (p.method is None or p.method in methods)}
+    search = {"method": Choice("method", values=tuple(methods)), **search}
+    defaults = dict(space.defaults)
+    if defaults.get("method") not in methods:
+        defaults["method"] = methods[0]
+    study = dataclasses.replace(space.study, num_samples=per_method * len(methods))
+    return dataclasses.replace(space, search=search, defaults=defaults, study=study)
+
+
 def search_dirs() -> list[Path]:
     """Where ``--space NAME`` is looked up: $DRL_TUNE_SPACES, ./search_spaces, the checkout's search_spaces."""
     dirs = [Path(p) for p in os.environ.get("DRL_TUNE_SPACES", "").split(os.pathsep) if p]

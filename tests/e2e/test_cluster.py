@@ -32,8 +32,8 @@ import pytest
 from mlflow import MlflowClient
 
 from drl_tune.study.plan import PLAN_FILE, Plan
-from tests.study.test_study_address import SPACE, free_port
 from tests.e2e.test_study_e2e import tiny_sets
+from tests.study.test_study_address import SPACE, free_port
 
 pytestmark = pytest.mark.slow
 

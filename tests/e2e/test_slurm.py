@@ -39,9 +39,9 @@ from mlflow import MlflowClient
 
 from drl_tune.study.faults import WORKER_FILE
 from drl_tune.study.plan import PLAN_FILE, Plan
+from tests.e2e.test_study_e2e import tiny_sets
 from tests.slurm_fixture import ENDED, SlurmCluster, cmdline, missing, process_env
 from tests.study.test_study_address import SPACE
-from tests.e2e.test_study_e2e import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "cluster" / "slurm.sbatch"

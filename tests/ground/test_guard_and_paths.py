@@ -17,7 +17,7 @@ from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.paths import PathError, check_writable
 
 COMMANDS = ["drl_tune.run", "drl_tune.train", "drl_tune.confirm", "drl_tune.report", "drl_tune.doctor",
-            "drl_tune.bench.cli", "drl_tune.data.prepare"]
+            "drl_tune.bench.cli", "drl_tune.data.prepare", "drl_tune.benchmark"]
 
 
 def test_domains_say_key_value_and_what_is_allowed():

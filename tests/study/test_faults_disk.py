@@ -7,8 +7,8 @@ still loadable — the plan, the dataset cache, every checkpoint Tune had record
 
 Read-only was tried too: ``mount -o remount,ro`` of the tmpfs fails with "busy" while the study holds files
 open for writing, so it cannot be injected mid-study this way; the EROFS path shares the handling tested here
-(``drl_tune.ground.io.storage_error`` recognises it, ``tests/ground/test_atomic_io.py``). Measured finding: Tune writes its
-own ``params.json`` in place, and copies the trial's staging folder (``get_trial_dir()``, where the trainable
+(``drl_tune.ground.io.storage_error`` recognises it, ``tests/ground/test_atomic_io.py``). Measured finding: Tune
+writes its own ``params.json`` in place, and copies the trial's staging folder (``get_trial_dir()``, where the trainable
 writes ``drl_tune_worker.json`` / ``drl_tune_error.json`` atomically) into the storage folder in place too, so
 after the disk fills those copies can be empty; no reader of the project depends on them being complete
 (the error reason falls back to Ray's error).
