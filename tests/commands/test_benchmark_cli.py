@@ -37,7 +37,8 @@ def test_bad_arguments_are_one_line_before_anything_starts(no_ray, tmp_path, cap
     if message is None:  # --resume with --spaces: the saved benchmark cannot be changed
         (tmp_path / "studies" / "b").mkdir(parents=True)
         message = "--resume finishes the saved benchmark; --spaces cannot change it"
-    (tmp_path / "one.yaml").write_text("dataset: {name: synthetic}\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n")
+    (tmp_path / "one.yaml").write_text("dataset: {name: synthetic}\nsearch: {lr: {type: uniform, low: 0.001, "
+                                       "high: 0.1}}\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code = benchmark.main([*argv, "--storage", str(tmp_path / "studies")])
     err = capsys.readouterr().err
