@@ -221,7 +221,7 @@ def like_optimizer(optimizer: torch.optim.Optimizer, params: Any) -> torch.optim
 
 def shared_width(model: MultimodalClassifier, method: str) -> int:
     """The one feature width every encoder has, for a head shared by all modalities; refuse unequal widths."""
-    widths = {m: model.encoders[m].out_dim for m in model.modalities}
+    widths = {m: model.feature_width(m) for m in model.modalities}
     if len(set(widths.values())) != 1:
         listed = ", ".join(f"{m} {d}" for m, d in widths.items())
         raise ConfigError(f"method {method} applies one head to every modality's features, which needs equal feature "
@@ -279,6 +279,8 @@ def unimodal_logits(
     """
     fusion = model.fusion
     out: dict[str, torch.Tensor] = {}
+    weight: torch.Tensor
+    bias: torch.Tensor
     if isinstance(fusion, ConcatFusion):
         weight, bias = fusion.fc_out.weight, fusion.fc_out.bias
         if detach_head:
@@ -290,7 +292,7 @@ def unimodal_logits(
             start += f.shape[1]
         return out
     if isinstance(fusion, SumFusion):
-        for fc, m in zip(fusion.fc, model.modalities, strict=True):
+        for fc, m in zip(fusion.layers(), model.modalities, strict=True):
             weight, bias = (fc.weight.detach(), fc.bias.detach()) if detach_head else (fc.weight, fc.bias)
             out[m] = features[m] @ weight.t() + bias
         return out
