@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple, cast
 
 import torch
@@ -23,7 +24,7 @@ class MultimodalClassifier(nn.Module):
     # a method's trainable modules (Method.extra_modules), attached by the engine with add_module when it has any
     method_modules: nn.ModuleDict
 
-    def __init__(self, modalities: dict[str, str], n_classes: int, width: int = 64, fusion: str = "concat",
+    def __init__(self, modalities: Mapping[str, str], n_classes: int, width: int = 64, fusion: str = "concat",
                  shapes: dict[str, tuple[int, ...]] | None = None, feature_sizes: FeatureSizes | None = None):
         super().__init__()
         if fusion not in FUSIONS:
