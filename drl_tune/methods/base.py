@@ -73,18 +73,33 @@ class EpochContext(Protocol):
     """What the engine offers a method around an epoch."""
 
     epoch: int  # the 0-based index of the epoch being trained (on_epoch_start) or just trained (on_epoch_end)
-    n_classes: int
-    seed: int
-    batch_size: int  # the training batch size
-    n_train: int  # the training split's size
     optimizer: torch.optim.Optimizer
+
+    @property
+    def n_classes(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int:
+        """The training batch size."""
+        ...
+
+    @property
+    def n_train(self) -> int:
+        """The training split's size."""
+        ...
 
     def features(self, split: str, indices: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Eval-mode pooled features of every sample of ``split`` (or of the samples ``indices`` of it) per
         modality, and their labels. The model is left in eval mode; the engine sets train mode afterwards."""
         ...
 
-    epochs: int  # the run's number of epochs
+    @property
+    def epochs(self) -> int:
+        """The run's number of epochs."""
+        ...
 
     def train_batches(self, indices: np.ndarray, training: bool = True, modalities: list[str] | None = None
                       ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:

@@ -146,7 +146,8 @@ def format_default(value: Any) -> str:
 def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
     """(keys as written in :data:`KEY_DOCS`, [(key, default)], meaning), every configuration key exactly once."""
     defaults = make_config({}).to_flat()
-    out, seen = [], set()
+    out: list[tuple[str, list[tuple[str, Any]], str]] = []
+    seen: set[str] = set()
     for keys, meaning in KEY_DOCS:
         found = []
         for pattern in (k.strip() for k in keys.split(",")):
