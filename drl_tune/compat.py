@@ -15,6 +15,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 _GROUND = ("errors", "io", "paths", "stats", "domains", "metrics", "guard", "modality")
@@ -66,6 +67,11 @@ def find(modules: tuple[str, ...], name: str, old: str) -> Any:
     raise AttributeError(f"module {old!r} (an old name) has no attribute {name!r}")
 
 
+def _fallback(targets: tuple[str, ...], old: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that reads a name the module ``old`` no longer holds from ``targets``."""
+    return lambda attr: find(targets, attr, old)
+
+
 class _OldModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports an old module name as a module whose attributes are read from where they live now (Python has no
     alias mechanism for module names, only finders). A package that still exists (``drl_tune.study``) is left to
@@ -106,7 +112,7 @@ def install() -> None:
     exists the names it used to hold."""
     if not any(isinstance(f, _OldModules) for f in sys.meta_path):
         sys.meta_path.insert(0, _OldModules())  # before any other finder: a stale copy must not answer
-    importlib.import_module("drl_tune.study").__getattr__ = _old_study_name  # type: ignore[attr-defined]
+    # a module's __getattr__ is assigned, not defined (PEP 562); mypy sees ModuleType's method
+    importlib.import_module("drl_tune.study").__getattr__ = _old_study_name  # type: ignore[method-assign]
     for name, targets in FALLBACKS.items():
-        importlib.import_module(name).__getattr__ = (  # type: ignore[attr-defined]
-            lambda attr, targets=targets, name=name: find(targets, attr, name))
+        importlib.import_module(name).__getattr__ = _fallback(targets, name)  # type: ignore[method-assign]

@@ -223,7 +223,7 @@ def requirements() -> dict[str, Requirement]:
         raw = md.requires("drl-tune") or []
     except md.PackageNotFoundError:
         return {}
-    out = {}
+    out: dict[str, Requirement] = {}
     for text in raw:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):

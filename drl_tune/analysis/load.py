@@ -75,7 +75,7 @@ class Study:
         finished = self.trials[self.trials["status"] != "error"]
         means = {m: finished[f"val/acc_{m}"].mean() for m in self.modalities if f"val/acc_{m}" in finished}
         means = {m: v for m, v in means.items() if not math.isnan(v)}
-        return min(means, key=means.get) if means else None
+        return min(means, key=means.__getitem__) if means else None
 
     def finished(self) -> pd.DataFrame:
         """Trials that produced a best-validation result (completed or stopped early; not errored before)."""
@@ -284,13 +284,14 @@ def load_mlflow(tracking_uri: str, experiment: str | None = None, parent_run_id:
             parent = client.get_run(parent_run_id)
             exp = client.get_experiment(parent.info.experiment_id)
         else:
-            exp = client.get_experiment_by_name(experiment or "")
-            if exp is None:
+            found = client.get_experiment_by_name(experiment or "")
+            if found is None:
                 raise StudyError(f"no MLflow experiment {experiment!r} at {tracking_uri}; the experiment is named "
                                  f"after the study (python -m drl_tune.run --name)")
-            parents = client.search_runs([exp.experiment_id], filter_string="tags.`drl_tune.study` != ''",
-                                         max_results=1000)
-            parents = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
+            exp = found
+            tagged = client.search_runs([exp.experiment_id], filter_string="tags.`drl_tune.study` != ''",
+                                        max_results=1000)
+            parents = [r for r in tagged if "mlflow.parentRunId" not in r.data.tags]
             if not parents:
                 raise StudyError(f"MLflow experiment {exp.name!r} at {tracking_uri} has no study run")
             parent = max(parents, key=lambda r: r.info.start_time)

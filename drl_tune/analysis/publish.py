@@ -59,7 +59,7 @@ def publish_study(tracking_uri: str, experiment_id: str, parent_run_id: str, stu
     if len(front) and "front/searched_front.csv" not in {a.path for a in client.list_artifacts(parent_run_id,
                                                                                               "front")}:
         client.log_text(parent_run_id, front.to_csv(index=False), "front/searched_front.csv")  # confirmed one)
-    if (study.answer or {}).get("front") and "front/confirmed_front.csv" not in {
+    if study.answer and study.answer.get("front") and "front/confirmed_front.csv" not in {
             a.path for a in client.list_artifacts(parent_run_id, "front")}:
         rows = [{"point": p["label"], "method": p["method"], **{f"{m}_{k}": s[k] for m, s in p["objectives"].items()
                                                                 for k in ("mean", "ci_low", "ci_high")},

@@ -271,7 +271,8 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
             fit_start = time.time()
             results = tuner.fit()
             fit_end = time.time()
-            by_id = {r.metrics.get("trial_id"): r for r in results}
+            # ResultGrid iterates through __getitem__/__len__; it declares no __iter__
+            by_id = {r.metrics.get("trial_id"): r for r in results}  # type: ignore[attr-defined]
             frames = []
             for trial_id in marks["trials"]:
                 r = by_id.get(trial_id)

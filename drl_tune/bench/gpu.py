@@ -177,14 +177,14 @@ def _run_steps(sizes: Sizes, budget_s: float, device: str, work: Path, *, json_p
     run.step("profile", est_train(), lambda: step_profile(run), needs=("machine", "cache"))
     early = [n for n in sizes.concurrency if n <= 4]
     for n in early:
-        run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=(base,))
+        run.step(f"concurrency_{n}", est_concurrency(n), functools.partial(step_concurrency, run, n), needs=(base,))
     run.step("reference", 45.0 if not sizes.shrink else 10.0, lambda: step_reference(run), needs=("cache",))
     if base == "train":
         run.step("train_off", est_train(), lambda: step_train(run, "train_off", PERF_OFF, with_eval=False),
                  needs=("cache", "machine"))
     for n in sizes.concurrency:
         if n not in early:
-            run.step(f"concurrency_{n}", est_concurrency(n), lambda n=n: step_concurrency(run, n), needs=(base,))
+            run.step(f"concurrency_{n}", est_concurrency(n), functools.partial(step_concurrency, run, n), needs=(base,))
     run.step("projection", 0.0, lambda: step_projection(run), needs=(base, "reference"))
     run.step("kmeans_sizes", 30.0 if not sizes.shrink else 5.0, lambda: step_kmeans_sizes(run), needs=("machine",))
     if compile_step:

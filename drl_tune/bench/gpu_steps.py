@@ -203,6 +203,7 @@ class Run:
         happened either way."""
         steps = self.result["steps"]
         missing = [n for n in needs if steps.get(n, {}).get("status") != "done"]
+        record: dict[str, Any]
         if self.only is not None and name not in self.only | {"machine", "cache"}:
             record = {"status": "skipped", "reason": "not asked for (--steps)"}
         elif missing:

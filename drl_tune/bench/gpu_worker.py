@@ -274,7 +274,8 @@ def _role_kmeans(spec: dict[str, Any], device: torch.device, barrier: Barrier, o
 
     barrier.phase("ready")
     time_diagnosis(64, dim=8, device=device, backends=("torch",))  # first-call costs are not the diagnosis'
-    rows, skipped = [], []
+    rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
     for n in spec["sizes"]:
         if rows:
             last = rows[-1]

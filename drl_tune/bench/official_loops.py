@@ -9,6 +9,7 @@ A module of its own so that both benchmarks import it without importing each oth
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ class ReferenceSamples(Dataset):
     ``ToTensor`` + ``Normalize`` (+ ``RandomResizedCrop`` + flip when augmenting), the spectrogram an fp32
     tensor — from the same cached arrays the engine reads, so only the per-sample pipeline differs."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], kinds: dict[str, str], labels: np.ndarray, augment: bool):
+    def __init__(self, inputs: dict[str, np.ndarray], kinds: Mapping[str, str], labels: np.ndarray, augment: bool):
         from torchvision import transforms
 
         self.inputs, self.kinds, self.labels = inputs, kinds, labels

@@ -47,6 +47,7 @@ from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
 from drl_tune.data.config import AVDigitsConfig
 from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.modality import ModalityKind
 from drl_tune.ground.paths import default_root
 
 GENERATOR_VERSION = 1  # part of the cache key: bump whenever generate() changes what a config produces
@@ -147,8 +148,8 @@ def _prepare_utterances(waves: list[np.ndarray], rate: int) -> list[torch.Tensor
 
     resampled = resample(batch, rate, SAMPLE_RATE)
     out = []
-    for x, wave in zip(resampled, trimmed, strict=True):
-        x = x[: min(CLIP_SAMPLES, -(-len(wave) * SAMPLE_RATE // rate))]
+    for x, kept in zip(resampled, trimmed, strict=True):
+        x = x[: min(CLIP_SAMPLES, -(-len(kept) * SAMPLE_RATE // rate))]
         out.append(x / x.pow(2).mean().sqrt())
     return out
 
@@ -229,7 +230,7 @@ def generate(cfg: AVDigitsConfig) -> MultimodalData:
     return MultimodalData(
         "avdigits",
         [str(d) for d in range(10)],
-        {"audio": "spectrogram", "visual": "frames"},
+        {"audio": ModalityKind.SPECTROGRAM, "visual": ModalityKind.FRAMES},
         splits,
         {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "n_frames": N_FRAMES, "generator_version": GENERATOR_VERSION,
          "espeakng_loader": loader_version, "config": asdict(cfg), "speakers": speakers},

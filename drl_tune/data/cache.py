@@ -18,9 +18,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class CacheWriter:
         root: str | os.PathLike,
         dataset: str,
         classes: list[str],
-        modalities: dict[str, tuple[str, tuple[int, ...]]],
+        modalities: Mapping[str, tuple[str, tuple[int, ...]]],
         preprocessing: dict[str, Any] | None = None,
     ) -> None:
         for name, (kind, _) in modalities.items():
@@ -90,7 +91,7 @@ class CacheWriter:
                            for m, (kind, shape) in modalities.items()}
         self.preprocessing = dict(preprocessing or {})
         self._tmp: Path | None = None
-        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        self._arrays: dict[str, dict[str, np.memmap]] = {}
         self._ids: dict[str, list[str]] = {}
 
     def __enter__(self) -> CacheWriter:
@@ -178,7 +179,7 @@ def write_cache(
     root: str | os.PathLike,
     dataset: str,
     classes: list[str],
-    modalities: dict[str, str],
+    modalities: Mapping[str, str],
     splits: dict[str, Split],
     preprocessing: dict[str, Any] | None = None,
 ) -> Path:
@@ -191,7 +192,7 @@ def write_cache(
     return Path(root)
 
 
-def _load_array(path: Path, mode: str | None, size: int) -> np.ndarray:
+def _load_array(path: Path, mode: Literal["r"] | None, size: int) -> np.ndarray:
     """One array of a cache, with its length checked against the manifest."""
     try:
         array = np.load(path, mmap_mode=mode, allow_pickle=False)
@@ -223,7 +224,7 @@ def load_cache(root: str | os.PathLike, in_memory: bool = False) -> MultimodalDa
             f"{CACHE_VERSION}; prepare it again with: python -m drl_tune.data.prepare {dataset} --src RAW_DIR "
             f"--out {root} --force"
         )
-    mode = None if in_memory else "r"
+    mode: Literal["r"] | None = None if in_memory else "r"
     try:
         modalities = {m: ModalityKind.parse(spec["kind"]) for m, spec in manifest["modalities"].items()}
     except ValueError as err:

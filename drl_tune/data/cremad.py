@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,6 +145,7 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
         classes = sorted(read_classes(Path(args.splits) / "stat.csv"))  # as the DRL code: sorted(stat.csv)
 
     skipped: dict[str, list[str]] = {}
+    split_source: dict[str, Any]
     if args.splits is not None:
         rows, files = _official_splits(Path(args.splits), classes)
         split_source = {"kind": "official CSVs", "files": files}
@@ -153,11 +155,11 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
             raise PrepareError(f"{src}: no clips found")
         labels = []
         for clip in clips:
-            parts = clip.split("_")
-            if len(parts) < 3 or parts[2] not in classes:
+            fields = clip.split("_")
+            if len(fields) < 3 or fields[2] not in classes:
                 raise PrepareError(f"{src}: clip {clip} does not name its emotion (expected e.g. 1001_DFA_ANG_XX "
                                    f"with one of {', '.join(classes)}); rename it or give --splits")
-            labels.append(parts[2])
+            labels.append(fields[2])
         present = [i for i, clip in enumerate(clips) if not _sources(src, layout, clip)[1]]
         # with --skip-missing, split what is complete, so the proportions hold on what is kept
         keep = present if args.skip_missing else list(range(len(clips)))

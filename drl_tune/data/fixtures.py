@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 10) -> None
     frames = list(frames)
     height, width = frames[0].shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
-    codec = "flv" if path.suffix == ".flv" else "mpeg4"
+    codec: Literal["flv", "mpeg4"] = "flv" if path.suffix == ".flv" else "mpeg4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

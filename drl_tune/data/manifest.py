@@ -319,8 +319,9 @@ def make_plan(args: argparse.Namespace) -> PreparePlan:
                     raise PrepareError(f"{path}, line {rows[i][0]}, column 'group': {groups[i]!r} is in "
                                        f"{owner[groups[i]]} and {s}; a group must stay in one split")
     splits = {s: [Item(ids[i], int(y[i]), sources[i]) for i in parts[s]] for s in SPLITS}
-    shapes = {c.name: (KINDS[c.source], (args.audio_frames, args.n_mels) if c.source == "wav"
-                       else (args.frames, 3, args.size, args.size)) for c in columns}
+    shapes: dict[str, tuple[ModalityKind, tuple[int, ...]]] = {
+        c.name: (KINDS[c.source], (args.audio_frames, args.n_mels) if c.source == "wav"
+                 else (args.frames, 3, args.size, args.size)) for c in columns}
     lengths: dict[str, int] = {}
     for c in columns:
         if c.source == "features":

@@ -14,7 +14,7 @@ Images: PIL, resized with ``Image.resize((size, size), BILINEAR)`` — what the 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ class PreparePlan:
 
     dataset: str
     classes: list[str]
-    modalities: dict[str, tuple[str, tuple[int, ...]]]
+    modalities: Mapping[str, tuple[str, tuple[int, ...]]]
     splits: dict[str, list[Item]]
     decode: Callable[[Item], dict[str, np.ndarray]]
     preprocessing: dict[str, Any] = field(default_factory=dict)
@@ -239,7 +239,7 @@ def frame_number(path: Path) -> int | None:
 def _resize(image: Any, size: int) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(image.resize((size, size), Image.BILINEAR))
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def read_image(path: str | Path, size: int, mode: str = "RGB") -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 from drl_tune.data.audio import log_fbank_batch
 from drl_tune.data.cache import CacheError, MultimodalData, Split, load_cache, write_cache
 from drl_tune.data.config import SyntheticConfig
+from drl_tune.ground.modality import ModalityKind
 from drl_tune.ground.paths import default_root
 
 SAMPLE_RATE = 8000
@@ -135,7 +136,7 @@ def generate(cfg: SyntheticConfig) -> MultimodalData:
     return MultimodalData(
         "synthetic",
         [SHAPES[c] for c in range(cfg.n_classes)],
-        {"audio": "spectrogram", "visual": "frames"},
+        {"audio": ModalityKind.SPECTROGRAM, "visual": ModalityKind.FRAMES},
         splits,
         {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "config": asdict(cfg)},
     )

@@ -79,6 +79,8 @@ def _crop_boxes(
     h = h.gather(1, first[:, None])[:, 0]
     # fallback (no try fitted): torchvision's centre crop with the ratio clamped to the allowed range
     in_ratio = src_w / src_h
+    fw: float
+    fh: float
     if in_ratio < _RATIO[0]:
         fw, fh = src_w, round(src_w / _RATIO[0])
     elif in_ratio > _RATIO[1]:

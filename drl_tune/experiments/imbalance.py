@@ -134,7 +134,9 @@ def summarise(
     """The report table (mean ± std over seeds); ``fusion``: :func:`complementarity` per seed."""
     lines: list[str] = []
 
-    def row(label: str, run: str, fn: Callable[[list[dict[str, float]]], float]) -> None:
+    # fn(history) -> float; typed Callable[..., float] because mypy cannot type a lambda that binds a loop variable
+    # as a default argument (python/mypy#15459)
+    def row(label: str, run: str, fn: Callable[..., float]) -> None:
         if run in results:
             lines.append(f"  {label:<44s} {_stat([fn(h) for h in results[run].values()])}")
 

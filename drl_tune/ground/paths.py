@@ -44,9 +44,11 @@ def check_writable(path: str | os.PathLike, what: str, *, min_free: int = MIN_FR
     try:
         probe = tempfile.mkdtemp(prefix=".drl_tune-write-check-", dir=existing)
     except OSError as err:
-        reason = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                  errno.EPERM: "not permitted", errno.ENOSPC: "no space left",
-                  errno.ENOENT: "the file system does not allow new folders there"}.get(err.errno, err.strerror)
+        reasons: dict[int | None, str | None] = {
+            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+            errno.EPERM: "not permitted", errno.ENOSPC: "no space left",
+            errno.ENOENT: "the file system does not allow new folders there"}
+        reason = reasons.get(err.errno, err.strerror)
         raise PathError(f"{what} {path}: cannot be created or written under {existing} ({reason}); pass a folder "
                         f"you can write") from None
     os.rmdir(probe)

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,8 @@ def clip_if_head_grad_large(model: MultimodalClassifier) -> bool:
     """The official rule: when an entry of the fused output layer's weight gradient leaves [−1, 1], clip every
     gradient to total norm 1. Returns whether it clipped."""
     fusion = model.fusion
-    weights = [fc.weight for fc in fusion.fc] if isinstance(fusion, SumFusion) else [fusion.fc_out.weight]
+    weights = ([fc.weight for fc in fusion.layers()] if isinstance(fusion, SumFusion)
+               else [cast(nn.Linear, fusion.fc_out).weight])  # every other fusion ends in its fc_out layer
     if not any(w.grad is not None and bool((w.grad.abs() > 1).any()) for w in weights):
         return False
     nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)

@@ -73,18 +73,33 @@ class EpochContext(Protocol):
     """What the engine offers a method around an epoch."""
 
     epoch: int  # the 0-based index of the epoch being trained (on_epoch_start) or just trained (on_epoch_end)
-    n_classes: int
-    seed: int
-    batch_size: int  # the training batch size
-    n_train: int  # the training split's size
     optimizer: torch.optim.Optimizer
+
+    @property
+    def n_classes(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int:
+        """The training batch size."""
+        ...
+
+    @property
+    def n_train(self) -> int:
+        """The training split's size."""
+        ...
 
     def features(self, split: str, indices: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Eval-mode pooled features of every sample of ``split`` (or of the samples ``indices`` of it) per
         modality, and their labels. The model is left in eval mode; the engine sets train mode afterwards."""
         ...
 
-    epochs: int  # the run's number of epochs
+    @property
+    def epochs(self) -> int:
+        """The run's number of epochs."""
+        ...
 
     def train_batches(self, indices: np.ndarray, training: bool = True, modalities: list[str] | None = None
                       ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
@@ -224,7 +239,7 @@ def like_optimizer(optimizer: torch.optim.Optimizer, params: Any) -> torch.optim
 
 def shared_width(model: MultimodalClassifier, method: str) -> int:
     """The one feature width every encoder has, for a head shared by all modalities; refuse unequal widths."""
-    widths = {m: model.encoders[m].out_dim for m in model.modalities}
+    widths = {m: model.feature_width(m) for m in model.modalities}
     if len(set(widths.values())) != 1:
         listed = ", ".join(f"{m} {d}" for m, d in widths.items())
         raise ConfigError(f"method {method} applies one head to every modality's features, which needs equal feature "
@@ -282,6 +297,8 @@ def unimodal_logits(
     """
     fusion = model.fusion
     out: dict[str, torch.Tensor] = {}
+    weight: torch.Tensor
+    bias: torch.Tensor
     if isinstance(fusion, ConcatFusion):
         weight, bias = fusion.fc_out.weight, fusion.fc_out.bias
         if detach_head:
@@ -293,7 +310,7 @@ def unimodal_logits(
             start += f.shape[1]
         return out
     if isinstance(fusion, SumFusion):
-        for fc, m in zip(fusion.fc, model.modalities, strict=True):
+        for fc, m in zip(fusion.layers(), model.modalities, strict=True):
             weight, bias = (fc.weight.detach(), fc.bias.detach()) if detach_head else (fc.weight, fc.bias)
             out[m] = features[m] @ weight.t() + bias
         return out

@@ -161,8 +161,8 @@ def _scaled(features: Array, backend: str, device: str | torch.device | None) ->
         return (x - low) / span * 2 - 1
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
-    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    return MinMaxScaler(feature_range=(-1, 1)).fit_transform(x)
+    rows = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    return MinMaxScaler(feature_range=(-1, 1)).fit_transform(rows)
 
 
 def _cluster(scaled: Array, n_clusters: int, seed: int, n_init: int, backend: str) -> np.ndarray:

@@ -98,7 +98,7 @@ class GBlending(Method):
         self._nested = 0
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
-        return {f"head_{m}": nn.Linear(model.encoders[m].out_dim, n_classes) for m in model.modalities}
+        return {f"head_{m}": nn.Linear(model.feature_width(m), n_classes) for m in model.modalities}
 
     def heads(self, model: MultimodalClassifier) -> list[str]:
         return [*model.modalities, FUSED]

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -164,8 +164,8 @@ class MLA(Method):
             fixed_weights(len(model.modalities))  # refuses a count without official weights
         self.optimizer = optimizer
         if self.params.projection != "official" and self.memory is None:
-            width = model.method_modules["head"].in_features
-            self.memory = torch.eye(width, device=model.method_modules["head"].weight.device)
+            head = cast(nn.Linear, model.method_modules["head"])
+            self.memory = torch.eye(head.in_features, device=head.weight.device)
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.batch_index, self.chunk = 0, ctx.batch_size
@@ -174,7 +174,7 @@ class MLA(Method):
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
         assert self.optimizer is not None
-        head = model.method_modules["head"]
+        head = cast(nn.Linear, model.method_modules["head"])  # extra_modules' head
         features = model.encode(batch.inputs)
         losses = []
         for m in model.modalities:

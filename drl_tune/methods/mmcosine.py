@@ -38,7 +38,7 @@ runs with concat or sum. Not reproduced: the earlier ``main_CD.py`` (b69b9e3) ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ from torch import nn
 from drl_tune.ground.domains import check_fields, param
 from drl_tune.methods.base import EpochContext, EpochMeans, Method, require_unimodal_head
 from drl_tune.models import ModelOutput, MultimodalClassifier
-from drl_tune.models.fusion import ConcatFusion
+from drl_tune.models.fusion import ConcatFusion, SumFusion
 
 
 @dataclass
@@ -62,7 +62,7 @@ def head_blocks(fusion: nn.Module, dims: list[int]) -> list[torch.Tensor]:
     """W_m per modality: concat → the columns of ``fc_out.weight`` that multiply modality m; sum → its layer."""
     if isinstance(fusion, ConcatFusion):
         return list(torch.split(fusion.fc_out.weight, dims, dim=1))
-    return [fc.weight for fc in fusion.fc]  # SumFusion (require_unimodal_head refused the others)
+    return [fc.weight for fc in cast(SumFusion, fusion).layers()]  # (require_unimodal_head refused the others)
 
 
 def cosine_logits(features: list[torch.Tensor], blocks: list[torch.Tensor], scale: float) -> list[torch.Tensor]:

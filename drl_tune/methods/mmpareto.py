@@ -85,7 +85,7 @@ class MMPareto(Method):
         self._cos: dict[str, list[float]] = {}
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
-        return {f"head_{m}": nn.Linear(model.encoders[m].out_dim, n_classes) for m in model.modalities}
+        return {f"head_{m}": nn.Linear(model.feature_width(m), n_classes) for m in model.modalities}
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self._cos = {m: [] for m in model.modalities}

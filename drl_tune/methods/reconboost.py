@@ -49,7 +49,7 @@ single sample, for every method) and every validation and test sample is scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +110,11 @@ class BoostRate(nn.Module):
         self.value = nn.Parameter(torch.tensor(float(value)))
 
 
+def boost_rate(model: MultimodalClassifier) -> nn.Parameter:
+    """β of ``model``'s BoostRate module (extra_modules' ``boost_rate``)."""
+    return cast(BoostRate, model.method_modules["boost_rate"]).value
+
+
 class ReconBoost(Method):
     name = "reconboost"
     Params = ReconBoostParams
@@ -141,7 +146,7 @@ class ReconBoost(Method):
         stage, index, rectifying = self.phase
         if rectifying:
             encoders = [p for m in self.members(model, True) for p in model.encoders[m].parameters()]
-            return encoders + list(modules["head"].parameters()) + [modules["boost_rate"].value]
+            return encoders + list(modules["head"].parameters()) + [boost_rate(model)]
         return list(model.encoders[model.modalities[index]].parameters()) + list(modules["head"].parameters())
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
@@ -162,7 +167,7 @@ class ReconBoost(Method):
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
         assert self.optimizer is not None
         stage, index, rectifying = self.phase
-        beta = model.method_modules["boost_rate"].value
+        beta = boost_rate(model)
         if rectifying:
             outs = self._outputs(model, batch, self.members(model, True))
             loss = F.cross_entropy(beta * sum(outs.values()), batch.labels)
@@ -188,13 +193,13 @@ class ReconBoost(Method):
         return loss.detach()
 
     def eval_logits(self, model: MultimodalClassifier, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        head, beta = model.method_modules["head"], model.method_modules["boost_rate"].value
+        head, beta = model.method_modules["head"], boost_rate(model)
         return beta * sum(head(features[m]) for m in self.members(model, True))
 
     def on_epoch_end(self, model: MultimodalClassifier, ctx: EpochContext) -> dict[str, float]:
         stage, index, rectifying = self.phase
         metrics = {"diag/stage": float(stage), "diag/stage_modality": float(index), "diag/rectify": float(rectifying),
-                   "diag/boost_rate": model.method_modules["boost_rate"].value.item()}
+                   "diag/boost_rate": boost_rate(model).item()}
         return metrics | self._diag.means()
 
     def state_dict(self) -> dict[str, Any]:

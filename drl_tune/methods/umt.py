@@ -75,7 +75,7 @@ class UMT(Method):
         modules: dict[str, nn.Module] = {}
         for m in model.modalities:
             modules[f"teacher_{m}"] = copy.deepcopy(model.encoders[m])
-            modules[f"teacher_head_{m}"] = nn.Linear(model.encoders[m].out_dim, n_classes)
+            modules[f"teacher_head_{m}"] = nn.Linear(model.feature_width(m), n_classes)
         return modules
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:

@@ -125,7 +125,7 @@ class Valuation(Method):
         model.eval()
         first, second = model.modalities
         device = next(model.parameters()).device
-        preds = {"all": [], first: [], second: []}
+        preds: dict[str, list[np.ndarray]] = {"all": [], first: [], second: []}
         for start in range(0, len(labels), 1024):
             f = {m: torch.as_tensor(features[m][start : start + 1024], device=device) for m in model.modalities}
             zero = {m: torch.zeros_like(x) for m, x in f.items()}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -20,7 +21,10 @@ class MultimodalClassifier(nn.Module):
     """``modalities`` maps a modality name to its kind (spectrogram, frames, flow, vector, sequence), in fusion
     order; ``shapes`` gives the per-sample input shape of the feature modalities (their encoders' input size)."""
 
-    def __init__(self, modalities: dict[str, str], n_classes: int, width: int = 64, fusion: str = "concat",
+    # a method's trainable modules (Method.extra_modules), attached by the engine with add_module when it has any
+    method_modules: nn.ModuleDict
+
+    def __init__(self, modalities: Mapping[str, str], n_classes: int, width: int = 64, fusion: str = "concat",
                  shapes: dict[str, tuple[int, ...]] | None = None, feature_sizes: FeatureSizes | None = None):
         super().__init__()
         if fusion not in FUSIONS:
@@ -29,8 +33,12 @@ class MultimodalClassifier(nn.Module):
         shapes = shapes or {}
         self.encoders = nn.ModuleDict({m: build_encoder(kind, width, shapes.get(m), feature_sizes)
                                        for m, kind in modalities.items()})
-        dims = [self.encoders[m].out_dim for m in self.modalities]
+        dims = [self.feature_width(m) for m in self.modalities]
         self.fusion = FUSIONS[fusion](dims, n_classes)
+
+    def feature_width(self, modality: str) -> int:
+        """The width of ``modality``'s pooled features (its encoder's ``out_dim``)."""
+        return cast(int, self.encoders[modality].out_dim)
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: self.encoders[m](inputs[m]) for m in self.modalities}

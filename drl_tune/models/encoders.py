@@ -9,6 +9,7 @@ wants narrower nets. :class:`ResNet18Trunk` therefore reuses torchvision's ``Res
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -107,6 +108,7 @@ class SequenceEncoder(nn.Module):
     def __init__(self, in_dim: int, sizes: FeatureSizes) -> None:
         super().__init__()
         self.kind = sizes.sequence_encoder
+        self.temporal: nn.ModuleList | nn.TransformerEncoder  # conv: one Conv1d per layer
         if self.kind == "conv":
             self.temporal = nn.ModuleList(
                 nn.Conv1d(in_dim if i == 0 else sizes.hidden, sizes.hidden, kernel_size=3, padding=1)
@@ -125,7 +127,7 @@ class SequenceEncoder(nn.Module):
             # sequence's end, exactly the convolution's own zero padding of the unpadded sequence
             keep = mask.unsqueeze(1).to(values.dtype)  # [B, 1, T]
             h = values.transpose(1, 2) * keep
-            for conv in self.temporal:
+            for conv in cast(nn.ModuleList, self.temporal):  # the conv kind built a ModuleList
                 h = torch.relu(conv(h)) * keep
             h = h.transpose(1, 2)
         else:

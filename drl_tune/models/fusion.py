@@ -6,6 +6,8 @@ FiLM and gated fusion are defined for two modalities: the first conditions (gate
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -30,6 +32,10 @@ class SumFusion(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([fc(f) for fc, f in zip(self.fc, features, strict=True)]).sum(dim=0)
+
+    def layers(self) -> list[nn.Linear]:
+        """W_m, b_m per modality: ``fc``'s layers, typed (a ModuleList's items are only known as modules)."""
+        return [cast(nn.Linear, fc) for fc in self.fc]
 
 
 def _require_two(name: str, dims: list[int]) -> None:

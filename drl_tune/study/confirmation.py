@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mlflow.entities import Metric
 from ray import tune
@@ -117,7 +117,7 @@ def read_trials(experiment_dir: Path) -> list[TrialRecord]:
         raise ConfirmError(f"{experiment_dir}: no Tune experiment state found ({err})") from None
     records = []
     for trial in analysis.trials:
-        path = Path(trial.path)  # the trial's folder in the study's storage
+        path = Path(cast(str, trial.path))  # the trial's folder in the study's storage (a restored trial has one)
         if not path.is_dir():  # the study folder was moved: find the trial by its folder name
             path = experiment_dir / path.name
         config = dict(trial.config or {})
@@ -157,7 +157,8 @@ class ConfirmEntry:
 
 def fresh_seeds(used: set[int], n: int) -> list[int]:
     """The ``n`` smallest positive seeds no search trial used (deterministic, so a re-run picks the same)."""
-    seeds, candidate = [], 1
+    seeds: list[int] = []
+    candidate = 1
     while len(seeds) < n:
         if candidate not in used:
             seeds.append(candidate)
@@ -237,7 +238,8 @@ def front_entries(records: list[TrialRecord], k: int, n_seeds: int, objectives: 
     if not picked:
         raise ConfirmError("no finished search trial has every objective; nothing on the front to confirm")
     seeds = fresh_seeds({int(r.config.get("seed", 0)) for r in records}, n_seeds)
-    entries, ranks = [], {}
+    entries: list[ConfirmEntry] = []
+    ranks: dict[str, int] = {}
     for position, record in enumerate(picked, start=1):
         ranks[record.method] = ranks.get(record.method, 0) + 1
         entries += [ConfirmEntry(record.method, ranks[record.method], record.trial_id, seed,
@@ -330,7 +332,7 @@ def build_answer(study_dir: Path, study_name: str, objectives: list[dict[str, st
                                "p": paired_t_pvalue(diff), "_diff": diff})
         add_multiplicity_and_power(paired, reference.entry.method, top_k)
     shown = _searched_keys([e for e in entries])
-    answer = {
+    answer: dict[str, Any] = {
         "study": study_name,
         "select_metric": SELECT_METRIC,
         "seeds": seeds,
@@ -377,7 +379,8 @@ class PlannedConfigs(Searcher):
         self.configs = [dict(c) for c in configs]
         self.next_index = 0
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    # Ray documents dict | FINISHED | None as suggest's result; its annotation leaves FINISHED (a str) out
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.next_index >= len(self.configs):
             return Searcher.FINISHED
         self.next_index += 1

@@ -132,8 +132,8 @@ def reroot_mlflow(folder: Path | str) -> bool:
         if "experiments" not in tables:
             return False
         _forget_artifact_repos(con, tables)
-        roots = {_file_root(loc) for (loc,) in con.execute("select artifact_location from experiments")
-                 if loc} - {None, folder}
+        roots = {root for (loc,) in con.execute("select artifact_location from experiments")
+                 if loc and (root := _file_root(loc)) is not None and root != folder}
         if not roots:
             return False
         new_uri = folder.as_uri()

@@ -19,7 +19,7 @@ class SpaceError(ConfigError):
 
 
 def _number(spec: dict[str, Any], name: str, where: str, integer: bool = False) -> float | int:
-    value = spec.get(name)
+    value: Any = spec.get(name)
     if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
         with contextlib.suppress(ValueError):
             value = float(value)
@@ -134,7 +134,7 @@ class _Range(Param):
     integer: ClassVar[bool] = False
 
     @classmethod
-    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> Param:
+    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> _Range:
         low, high = _number(spec, "low", where, cls.integer), _number(spec, "high", where, cls.integer)
         if low > high:
             raise SpaceError(f"{where}: low ({low:g}) must be <= high ({high:g})")
@@ -179,7 +179,7 @@ class LogUniform(_Range):
     fields_allowed: ClassVar[frozenset[str]] = frozenset({"type", "low", "high"})
 
     @classmethod
-    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> Param:
+    def parse(cls, key: str, spec: dict[str, Any], where: str, method: str | None) -> _Range:
         param = super().parse(key, spec, where, method)
         if param.low <= 0:
             raise SpaceError(f"{where}: a loguniform range needs low > 0, got {param.low:g}")

@@ -32,7 +32,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -322,9 +322,9 @@ def _check_study(space: Space) -> None:
     if st.equal_trials_per_method and (not isinstance(method, Choice) or len(method.values) < 2):
         raise SpaceError(f"{path}: 'study.equal_trials_per_method' needs 'search.method' to be a choice of at "
                          f"least two methods")
-    if space.equal_budgets and st.num_samples % len(method.values):
+    if space.equal_budgets and st.num_samples % len(cast(Choice, method).values):  # a Choice (checked above)
         raise SpaceError(f"{path}: 'study.num_samples' ({st.num_samples}) must be a multiple of the "
-                         f"{len(method.values)} searched methods, so each gets the same number of trials "
+                         f"{len(cast(Choice, method).values)} searched methods, so each gets the same number of trials "
                          f"(or opt out with 'study.equal_trials_per_method: false')")
     if sc.type not in ("asha", "none"):
         raise SpaceError(f"{path}: 'scheduler.type' must be 'asha' or 'none', got {sc.type!r}")

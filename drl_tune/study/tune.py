@@ -99,6 +99,7 @@ def make_scheduler(sc: SchedulerSpec) -> Any:
     """ASHA on a running-best metric, one rung step per reported epoch (see the module docstring)."""
     if sc.type == "none":
         return FIFOScheduler()
+    assert sc.max_t is not None  # a plan's scheduler has it resolved (None in a space: the trial's epochs)
     return ASHAScheduler(time_attr="training_iteration", metric=sc.metric, mode="max", max_t=sc.max_t,
                          grace_period=min(sc.grace_period, sc.max_t), reduction_factor=sc.reduction_factor)
 

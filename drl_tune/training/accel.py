@@ -72,7 +72,8 @@ class Accel:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Apply channels_last, bf16 and compile to ``model`` (a MultimodalClassifier, on its device)."""
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (torch's own docs); its typed overloads leave it out
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         encoders = getattr(model, "encoders", {})
         for encoder in encoders.values():
             if self.bf16:

@@ -210,7 +210,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix + name} is a block of keys, got the value {value!r}")
-            kwargs[name] = build(typ, value, prefix + name + ".")
+            kwargs[name] = build(typing.cast(type, typ), value, prefix + name + ".")  # a field's hint: a class
         else:
             converted = _convert(value, typ, prefix + name)
             for item in converted if isinstance(converted, list) else [converted]:

@@ -88,7 +88,8 @@ def rows() -> list[tuple[str, list[tuple[str, Any]], str]]:
     """(keys as written in :data:`KEY_DOCS` or one method key, [(key, default)], meaning), every configuration key
     exactly once."""
     defaults = make_config({}).to_flat()
-    out, seen = [], set()
+    out: list[tuple[str, list[tuple[str, Any]], str]] = []
+    seen: set[str] = set()
     for keys, meaning in [*KEY_DOCS, *method_docs()]:
         found = []
         for pattern in (k.strip() for k in keys.split(",")):

@@ -213,7 +213,8 @@ class Engine:
         self.model.eval()
         n = len(self.data.splits[split])
         indices = np.arange(n) if indices is None else indices
-        logits, features = [], {m: [] for m in self.model.modalities}
+        logits: list[np.ndarray] = []
+        features: dict[str, list[np.ndarray]] = {m: [] for m in self.model.modalities}
         for start in range(0, len(indices), self.config.eval.batch_size):
             inputs, _ = self._batch(split, indices[start : start + self.config.eval.batch_size], train=False)
             feats = self.model.encode(inputs)
