@@ -35,7 +35,7 @@ class AuxHeads(Method):
 
     def extra_modules(self, model: MultimodalClassifier, n_classes: int) -> dict[str, nn.Module]:
         # trained, checkpointed and moved to the device with the model (model.method_modules)
-        return {m: nn.Linear(model.encoders[m].out_dim, n_classes) for m in model.modalities}
+        return {m: nn.Linear(model.feature_width(m), n_classes) for m in model.modalities}
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         self.heads = model.method_modules
