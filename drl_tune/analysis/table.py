@@ -42,7 +42,7 @@ import io
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,20 @@ class Table:
         return next((r for r in self.rows if r["dataset"] == dataset and r["method"] == method), None)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "loaded"}
-        return _finite(out)
+        # not dataclasses.asdict: it would deep-copy the loaded studies' frames only to drop them
+        return _finite(json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)
+                                              if f.name != "loaded"}, default=_plain)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Table:
         return cls(**{k: data[k] for k in ("datasets", "methods", "studies", "rows", "ranks", "configs", "cd",
                                            "notes")}, how=data.get("how", {}))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON")
 
 
 def _finite(obj: Any) -> Any:
