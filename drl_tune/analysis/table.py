@@ -42,6 +42,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,8 @@ def _macro_f1(histories: dict[str, pd.DataFrame] | None) -> dict | None:
     if not histories:
         return None
     values = [_at_best(rows, F1_METRIC) for rows in histories.values()]
-    return _interval(values) if values and all(v is not None for v in values) else None
+    found = [v for v in values if v is not None]
+    return _interval(found) if found and len(found) == len(values) else None
 
 
 def _tuning(study: Study) -> dict[str, dict[str, Any]]:
@@ -249,7 +251,7 @@ def _dataset_rows(dataset: str, study: Study, answer: dict[str, Any], methods: l
             no_f1.append(method)
         cfg = next(x for x in configs if x["shown"] and x["method"] == method)
         p = paired.get((method, c["rank"]), {})
-        is_ref = bool(ref) and ref["method"] == method and ref["rank"] == c["rank"]
+        is_ref = ref is not None and ref["method"] == method and ref["rank"] == c["rank"]
         tune = tuning.get(method, {})
         epoch_s = tune.get("epoch_s_mean")
         row = {"dataset": dataset, "study": answer.get("study"), "method": method, "config_rank": c["rank"],
@@ -330,7 +332,7 @@ def mean_ranks(rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]], m
             per_dataset[m][dataset] = float(observed[i])
             boot_sum[m] += boot_ranks[:, i]
             count[m] += 1
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for m in methods:
         if not count[m]:
             out[m] = {"mean_rank": None, "low": None, "high": None, "datasets": 0, "per_dataset": {}}
@@ -394,7 +396,7 @@ def _cell(rows: list[dict[str, Any]], dataset: str, method: str) -> float | None
 # the table
 
 
-def build_table(studies: dict[str, Path | str], methods: list[str] | None = None,
+def build_table(studies: Mapping[str, Path | str], methods: list[str] | None = None,
                 n_boot: int = BOOTSTRAP) -> Table:
     """Table 1 from finished study folders: ``studies`` maps a dataset label (shown as the column) to its study
     folder; ``methods`` picks and orders the rows (default: joint first, then the others alphabetically)."""
@@ -413,9 +415,9 @@ def build_table(studies: dict[str, Path | str], methods: list[str] | None = None
     rows: list[dict[str, Any]] = []
     configs: list[dict[str, Any]] = []
     for dataset in datasets:
-        r, c = _dataset_rows(dataset, loaded[dataset], answers[dataset], methods, notes)
-        rows += r
-        configs += c
+        dataset_rows, dataset_configs = _dataset_rows(dataset, loaded[dataset], answers[dataset], methods, notes)
+        rows += dataset_rows
+        configs += dataset_configs
     present = {r["method"] for r in rows}
     if methods is None:
         methods = sorted(present, key=lambda m: (m != REFERENCE, m))
