@@ -78,9 +78,11 @@ def plan_for(bench: Benchmark, space_name: str) -> Plan:
     space = load_space(space_name)
     if bench.methods:
         space = with_methods(space, bench.methods)
-    return build_plan(space, overrides=dict(bench.overrides), name=Path(space_name).stem,
+    plan = build_plan(space, overrides=dict(bench.overrides), name=Path(space_name).stem,
                       storage=bench.folder / STUDIES, mlflow_uri=None, num_samples=bench.num_samples,
                       confirm_seeds=bench.confirm_seeds)
+    plan.methods = list(bench.method_files)  # the study's trials register the user's methods from this record
+    return plan
 
 
 def check_benchmark(bench: Benchmark) -> list[Plan]:
