@@ -337,7 +337,7 @@ def _free(path: Path) -> tuple[Path, int]:
     return probe, shutil.disk_usage(probe).free
 
 
-def diagnose() -> tuple[list[str], list[str], list[str]]:
+def check_environment() -> tuple[list[str], list[str], list[str]]:
     """(report lines, errors, warnings) of this environment."""
     pins, reqs = lock_pins(), requirements()
     errors, warnings = version_problems(pins, reqs)
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.probe:
         return _child([n for n in args.probe.split(",") if n in PROBES])
-    lines, errors, warnings = diagnose()
+    lines, errors, warnings = check_environment()
     print("drl-tune doctor")
     for line in lines:
         print(f"  {line}")

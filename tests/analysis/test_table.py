@@ -341,3 +341,27 @@ def test_the_hand_made_answer_of_the_analysis_tests(tmp_path):
     assert t.ranks["drl"]["mean_rank"] == 1.0 and t.ranks["joint"]["mean_rank"] == 2.0
     assert "reason" not in t.cd and t.cd["friedman"]["p"] is None  # two methods: Nemenyi's pair only
     assert write_table(t, tmp_path / "out", tradeoff=False)[0].name == CD_PNG
+
+
+def test_the_html_page_in_a_browser(table, tmp_path):
+    """The page a reader opens: headless Chromium renders the table and the critical-difference picture."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it)")
+    write_table(table, tmp_path, tradeoff=False)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto((tmp_path / "table.html").as_uri())
+            cells = page.locator("table").first.locator("tr")
+            assert cells.count() == 1 + len(table.methods)  # a header row and one row per method
+            text = page.locator("body").inner_text()
+            assert all(m in text for m in table.methods) and "test-selected" in text.lower()
+            image = page.locator("img").first
+            assert image.evaluate("img => img.complete && img.naturalWidth > 200")
+            page.screenshot(path=str(tmp_path / "table.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "table.png").stat().st_size > 10_000
