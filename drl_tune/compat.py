@@ -2,7 +2,7 @@
 
 Tune pickles a study's search space, searcher, callbacks and trial-name function into the study folder under the
 module names they had when the study started. A folder written by an earlier layout names modules that have since
-moved (``drl_tune.spaces``, ``drl_tune.training.config``, the one-module ``drl_tune.study`` …), so reading it must
+moved (``drl_tune.spaces``, ``drl_tune.core.config``, the one-module ``drl_tune.study`` …), so reading it must
 still find those names. :func:`install` teaches Python the old names; the code that opens an existing study folder
 calls it (:meth:`drl_tune.study.plan.Plan.read`) before anything of the folder is unpickled, and nothing else
 imports this module: the package itself knows only its current names.
@@ -33,19 +33,19 @@ MOVED: dict[str, tuple[str, ...]] = {
     # the space file's distributions lived in spaces before params existed; the dataset blocks in the run config
     "drl_tune.spaces": ("drl_tune.study.spaces", "drl_tune.study.params"),
     "drl_tune.config": ("drl_tune.training.config", "drl_tune.data.config", "drl_tune.ground.errors"),
-    "drl_tune.training.config": ("drl_tune.training.config", "drl_tune.data.config", "drl_tune.ground.errors"),
+    "drl_tune.core.config": ("drl_tune.training.config", "drl_tune.data.config", "drl_tune.ground.errors"),
     "drl_tune.diagnosis": ("drl_tune.methods.drl_diagnosis",),
-    "drl_tune.methods.drl_diagnosis": ("drl_tune.methods.drl_diagnosis",),
+    "drl_tune.core.diagnosis": ("drl_tune.methods.drl_diagnosis",),
     "drl_tune.core": (),
     "drl_tune.bench_gpu": ("drl_tune.bench.gpu",),
     "drl_tune.bench_diagnosis": ("drl_tune.bench.diagnosis_speed",),
-    "drl_tune.bench.diagnosis_speed": ("drl_tune.bench.diagnosis_speed",),
+    "drl_tune.bench.diagnosis": ("drl_tune.bench.diagnosis_speed",),
     "drl_tune.bench_reference": ("drl_tune.bench.official_loops",),
-    "drl_tune.bench.official_loops": ("drl_tune.bench.official_loops",),
+    "drl_tune.bench.reference": ("drl_tune.bench.official_loops",),
     "drl_tune.data.bench": ("drl_tune.bench.data",),
-    "drl_tune.methods.docs_reference": ("drl_tune.methods.docs_reference",),
-    "drl_tune.analysis.html_report": ("drl_tune.analysis.html_report",),
-    "drl_tune.analysis.front_plot": ("drl_tune.analysis.front_plot",),
+    "drl_tune.methods.reference": ("drl_tune.methods.docs_reference",),
+    "drl_tune.analysis.report": ("drl_tune.analysis.html_report",),
+    "drl_tune.analysis.front": ("drl_tune.analysis.front_plot",),
 }
 # modules that still exist but held names that moved on: the space file's distributions were defined in
 # study/spaces.py before study/params.py existed (a2869b9)

@@ -253,6 +253,6 @@ def test_answer_table_shows_the_shared_keys_first():
                           {"method": "joint", "rank": 1, "source_trial": "b", "config": {"lr": 0.042},
                            "seeds": [1, 2], "failed_seeds": [], "stats": {"val/acc_best": stat}}]}
     header = answer_tables(answer).splitlines()[1].split()
-    assert header[4:10] == ["lr", "drl.lam", "drl.diagnosis_interval", "drl.kmeans_n_init", "drl.max_reinits",
+    assert header[4:10] == ["lr", "drl.diagnosis_interval", "drl.kmeans_n_init", "drl.lam", "drl.max_reinits",
                            "drl.n_clusters"]
     assert "0.042" in answer_tables(answer).splitlines()[4]

@@ -48,8 +48,8 @@ def test_old_module_names_are_found_once_a_study_folder_is_read(tmp_path):
     for name in ("Choice", "Uniform", "LogUniform", "IntRange", "Param"):  # the searcher pickles its space's params
         assert find("drl_tune.spaces", name) is getattr(params, name), name
         assert find("drl_tune.study.spaces", name) is getattr(params, name), name
-    assert find("drl_tune.training.config", "ConfigError").__module__ == "drl_tune.ground.errors"
-    assert find("drl_tune.training.config", "DataConfig").__module__ == "drl_tune.data.config"
+    assert find("drl_tune.core.config", "ConfigError").__module__ == "drl_tune.ground.errors"
+    assert find("drl_tune.core.config", "DataConfig").__module__ == "drl_tune.data.config"
     with pytest.raises(AttributeError):
         find("drl_tune.study", "Nothing")
 
@@ -58,7 +58,7 @@ def test_the_package_itself_knows_only_its_current_names():
     """Without compat (nothing of the package imports it), an old name is not importable."""
     code = ("import importlib, sys, drl_tune.study.plan, drl_tune.run\n"
             "assert 'drl_tune.compat' not in sys.modules, 'compat loaded'\n"
-            "for old in ('drl_tune.spaces', 'drl_tune.training.config'):\n"
+            "for old in ('drl_tune.spaces', 'drl_tune.core.config'):\n"
             "    try:\n        importlib.import_module(old)\n    except ModuleNotFoundError:\n        continue\n"
             "    raise SystemExit(old + ' imported')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
