@@ -33,6 +33,7 @@ from mlflow import MlflowClient
 
 from drl_tune.study.plan import PLAN_FILE, Plan
 from tests.e2e.test_study_e2e import tiny_sets
+from tests.methods.test_user_methods import GOOD
 from tests.study.test_study_address import SPACE, free_port
 
 pytestmark = pytest.mark.slow
@@ -230,13 +231,19 @@ def bad_input_args(case: str, folder: Path) -> tuple[list[str], str]:
 
 @pytest.fixture(scope="module")
 def jobs(cluster, mlflow_server, tmp_path_factory) -> dict[str, Job]:
-    """Four studies submitted at once with `ray job submit --no-wait` (a 2-core machine runs them faster
-    together than one after another), then waited for: a good one, logging to the tracking server, and three
-    bad inputs."""
+    """Five studies submitted at once with `ray job submit --no-wait` (a 2-core machine runs them faster
+    together than one after another), then waited for: a good one, logging to the tracking server, one of a user's
+    method from a file, and three bad inputs."""
     plans: dict[str, tuple[list[str], str]] = {}
-    folders = {name: tmp_path_factory.mktemp(name) for name in ("ok", "cpus", "storage", "dataset")}
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("ok", "mine", "cpus", "storage", "dataset")}
     plans["ok"] = (["--storage", str(folders["ok"] / "studies"), "--name", "onjob", "--mlflow-uri", mlflow_server],
                    SPACE)
+    # a method from a file outside the job's working directory: its trials register it from the plan's record
+    method_file = folders["mine"] / "elsewhere" / "smooth.py"
+    method_file.parent.mkdir()
+    method_file.write_text(GOOD)
+    plans["mine"] = (["--storage", str(folders["mine"] / "studies"), "--name", "mine", "--methods-from",
+                      str(method_file)], SPACE.replace("method: joint", "method: smooth_ce"))
     for case in ("cpus", "storage", "dataset"):
         plans[case] = bad_input_args(case, folders[case])
     started = {}
@@ -296,6 +303,23 @@ def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+
+
+def test_a_users_method_from_a_file_trains_on_the_worker_node(cluster, jobs):
+    """The job's driver read the user's file; the trials on the worker node registered the method from the text the
+    plan recorded (the trainable never opens the file) and trained it."""
+    job = jobs["mine"]
+    assert job.code == 0, job.logs[-6000:]
+    study = job.folder / "studies" / "mine"
+    plan = Plan.from_json((study / PLAN_FILE).read_text())
+    assert plan.methods and plan.methods[0]["source"] == GOOD
+    trials = sorted(study.glob("smooth_ce_*/result.json"))
+    assert len(trials) == 2, sorted(p.name for p in study.iterdir())
+    for result in trials:
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["config"]["method"] == "smooth_ce"
+        assert "smooth_ce.eps" in rows[-1]["config"]
+    assert set(trial_actor_nodes(cluster)) == {cluster.worker_id}
 
 
 def test_job_logs_to_an_mlflow_tracking_server(jobs, mlflow_server):
