@@ -215,8 +215,8 @@ def node_check(data_values: dict[str, Any], storage: str) -> dict[str, Any]:
     from drl_tune.training.config import make_config
 
     problems = []
-    try:
-        load_dataset(make_config(data_values).data)
+    try:  # the data keys alone: the study's methods (a user's own among them) are the trials' concern here
+        load_dataset(make_config({k: v for k, v in data_values.items() if k.startswith("data.")}).data)
     except Exception as err:  # noqa: BLE001 - CacheError names the folder it looked in; anything else likewise
         problems.append(f"dataset: {str(err).strip()}")
     reason = probe_storage(storage)
