@@ -51,6 +51,7 @@ from drl_tune.study.tune import (
     make_trainable,
     reroot_restored,
     trial_name,
+    with_loggers,
 )
 
 CONFIRM_DIR = "confirm"
@@ -409,7 +410,7 @@ def make_confirm_tuner(plan: Plan, gpus: float, entries: list[ConfirmEntry], cal
         name=CONFIRM_DIR, storage_path=str(plan.study_dir),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=callbacks, verbose=0,
+        callbacks=with_loggers(callbacks), verbose=0,
     )
     tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(PlannedConfigs([e.config for e in entries]),
                                                                 plan.max_concurrent),

@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -170,13 +171,25 @@ def trial_name(trial: Any) -> str:
     return f"{trial.config.get('method', 'trial')}_{trial.trial_id}"
 
 
+def with_loggers(callbacks: list) -> list:
+    """The study's callbacks plus the two Tune loggers its readers need (``result.json``: the loaders and the
+    confirmation; ``progress.csv``). Tune's automatic loggers are switched off, so its TensorBoard logger — files
+    nothing here reads, announced by a hint that names a temporary Ray folder — is not added; and Tune's new output
+    engine, which prints a "Configuration for experiment" box at every start whatever the verbosity, gives way to the
+    old one, silent at ``verbose=0``: the study prints its own plan and progress. A user's explicit setting of either
+    variable wins."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return [*callbacks, JsonLoggerCallback(), CSVLoggerCallback()]
+
+
 def make_tuner(plan: Plan, gpus: float, callbacks: list) -> Any:
     run_config = tune.RunConfig(
         name=plan.name,
         storage_path=plan.storage,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=callbacks,
+        callbacks=with_loggers(callbacks),
         verbose=0,  # the ProgressTable callback prints the few columns that matter
     )
     tune_config = tune.TuneConfig(

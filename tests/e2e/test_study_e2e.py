@@ -64,7 +64,11 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     code = main(["--space", str(space), "--storage", str(storage), "--name", "e2e", "--progress-interval", "0",
                  "--confirm-seeds", "0", *tiny_sets()])
     out = capsys.readouterr().out
+    # the study's own output only: no Tune box, no TensorBoard hint (there is no TensorBoard logger at all)
+    assert "Configuration for experiment" not in out and "TensorBoard" not in out, out[:3000]
     assert code == 0, out
+    assert not list((storage / "e2e").rglob("events.out.tfevents*"))  # and no TensorBoard files
+    assert list((storage / "e2e").glob("*/result.json")) and list((storage / "e2e").glob("*/progress.csv"))
     plan = Plan.from_json((storage / "e2e" / PLAN_FILE).read_text())
     assert plan.mlflow_uri == f"sqlite:///{(storage / 'e2e' / 'mlflow.db').resolve()}"
 
