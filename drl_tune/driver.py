@@ -307,6 +307,9 @@ def quiet_libraries(verbose: bool = False) -> None:
     frequent experiment snapshots is noise; unless ``verbose``, MLflow's INFO lines (creating its database
     tables) and the known start-up notices above are left out. Every other warning still shows."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's new output engine prints a "Configuration for experiment" box and a TensorBoard hint at every start
+    # whatever the verbosity; the old one is silent at verbose=0 (the study prints its own plan and progress)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     for name, prefixes in LIBRARY_NOTICES.items():
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, _DropNotices)]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.logger import LoggerCallback, TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -171,16 +171,30 @@ def trial_name(trial: Any) -> str:
     return f"{trial.config.get('method', 'trial')}_{trial.trial_id}"
 
 
+class NoTensorBoard(TBXLoggerCallback):
+    """Stands where Tune would put its TensorBoard logger, and logs nothing: Tune adds its own only when none is in
+    the callbacks, and nothing here reads TensorBoard files (it wrote one per trial-epoch). Tune's JSON and CSV loggers
+    (``result.json``: the loaders and the confirmation read it) are still added as usual."""
+
+    def __init__(self) -> None:  # noqa: D107 — TBXLoggerCallback's own imports tensorboardX and keeps writers
+        LoggerCallback.__init__(self)
+
+    def log_trial_start(self, trial: Any) -> None:
+        pass
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        pass
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        pass
+
+
 def with_loggers(callbacks: list) -> list:
-    """The study's callbacks plus the two Tune loggers its readers need (``result.json``: the loaders and the
-    confirmation; ``progress.csv``). Tune's automatic loggers are switched off, so its TensorBoard logger — files
-    nothing here reads, announced by a hint that names a temporary Ray folder — is not added; and Tune's new output
-    engine, which prints a "Configuration for experiment" box at every start whatever the verbosity, gives way to the
-    old one, silent at ``verbose=0``: the study prints its own plan and progress. A user's explicit setting of either
-    variable wins."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    return [*callbacks, JsonLoggerCallback(), CSVLoggerCallback()]
+    """The study's callbacks without Tune's TensorBoard logger (:class:`NoTensorBoard`). Tune's new output engine
+    prints a "Configuration for experiment" box and a TensorBoard hint at every start whatever the verbosity; the
+    commands select the old one, silent at ``verbose=0`` (``driver.quiet_libraries``): the study prints its own plan
+    and progress."""
+    return [*callbacks, NoTensorBoard()]
 
 
 def make_tuner(plan: Plan, gpus: float, callbacks: list) -> Any:
