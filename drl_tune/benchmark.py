@@ -21,7 +21,7 @@ from drl_tune.driver import EXIT_BAD_INPUT, UsageError, count, positive_int, qui
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import PathError, check_writable
-from drl_tune.methods.user import read_methods_file, use_methods
+from drl_tune.methods.user import check_resumed_files, use_methods
 from drl_tune.study.plan import DEFAULT_STORAGE
 from drl_tune.suite import Benchmark, check_benchmark, run_benchmark
 from drl_tune.training.config import parse_assignments
@@ -61,10 +61,7 @@ def benchmark_from_args(args: argparse.Namespace) -> Benchmark:
         if changed:
             raise UsageError(f"--resume finishes the saved benchmark; {changed[0]} cannot change it")
         bench = Benchmark.read(args.storage / args.name)
-        for given in args.methods_from:
-            if all(read_methods_file(given).sha256 != r["sha256"] for r in bench.method_files):
-                raise UsageError(f"--resume: --methods-from {given} is not a file the benchmark recorded (or it "
-                                 f"changed since); leave it out")
+        check_resumed_files(args.methods_from, bench.method_files, "benchmark")
         return bench
     if not args.spaces and not args.finished:
         raise UsageError("give --spaces (one comparison space per dataset) and/or --from (finished studies)")

@@ -34,7 +34,7 @@ from drl_tune.ground.domains import flag_type
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import check_writable
-from drl_tune.methods.user import read_methods_file, use_methods
+from drl_tune.methods.user import check_resumed_files, use_methods
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
 from drl_tune.study.plan import DEFAULT_STORAGE, PLAN_FILE, Plan, build_plan
 from drl_tune.study.safety import redact
@@ -129,12 +129,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             plan = open_study(study_dir, write=False)  # written (re-rooted plan saved) once the checks pass
         except ConfigError as err:
             raise UsageError(f"--resume: {err}") from None
-        recorded = use_methods(recorded=plan.methods)  # the methods the study started with, as their text was then
-        for given in args.methods_from:
-            text = read_methods_file(given)
-            if all(text.sha256 != r.sha256 for r in recorded):
-                raise UsageError(f"--resume: --methods-from {given} is not a file the study recorded (or it changed "
-                                 f"since); the study trains the methods it started with: leave --methods-from out")
+        use_methods(recorded=plan.methods)  # the methods the study started with, as their text was then
+        check_resumed_files(args.methods_from, plan.methods, "study")
         return plan
     if args.path:
         raise UsageError("--path names an existing study folder: use it with --resume (a new study takes --storage "

@@ -194,3 +194,12 @@ def use_methods(files: list[str] | None = None, recorded: list[dict[str, Any]] |
     for source in sources:
         register_source(source)
     return sources
+
+
+def check_resumed_files(files: list[str], recorded: list[dict[str, Any]], what: str) -> None:
+    """``--methods-from`` given to a ``--resume``: each file must be one the study (or benchmark, ``what``) recorded,
+    with the same text — what is resumed trains the methods it started with."""
+    for given in files:
+        if all(read_methods_file(given).sha256 != r["sha256"] for r in recorded):
+            raise ConfigError(f"--resume: --methods-from {given} is not a file the {what} recorded (or it changed "
+                              f"since); the {what} trains the methods it started with: leave --methods-from out")

@@ -180,3 +180,11 @@ def test_the_guides_comparison_space_plans_with_the_example_method(tmp_path):
                               "--dry-run"], capture_output=True, text=True, timeout=120,
                              cwd=tmp_path)
     assert without.returncode == 2 and "aux_heads" in without.stderr  # the space names a method nobody registered
+
+
+def test_a_resume_takes_only_the_method_files_it_recorded(tmp_path):
+    source = user_methods.read_methods_file(write(tmp_path, GOOD))
+    user_methods.check_resumed_files([source.origin], [source.to_dict()], "study")  # the same text: accepted
+    changed = write(tmp_path, GOOD.replace("0.1,", "0.2,"), "changed.py")
+    with pytest.raises(ConfigError, match=r"--methods-from .*changed.py is not a file the study recorded"):
+        user_methods.check_resumed_files([str(changed)], [source.to_dict()], "study")
