@@ -52,6 +52,7 @@ import pandas as pd
 from scipy import stats as st
 
 from drl_tune.analysis.colors import method_color
+from drl_tune.analysis import published as pub
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study, load_study
 from drl_tune.ground.io import atomic_write_bytes, atomic_write_text
 from drl_tune.ground.stats import t_interval
@@ -227,6 +228,7 @@ def _dataset_rows(dataset: str, study: Study, answer: dict[str, Any], methods: l
     ref = answer.get("reference")
     chosen = _representative(answer["configs"], ref)
     tuning = _tuning(study)
+    data_name = (study.plan.get("constants") or {}).get("data.name")
     joint_epoch = (tuning.get(REFERENCE) or {}).get("epoch_s_mean")
     paired = {(p["method"], p["rank"]): p for p in answer.get("paired", []) if p["metric"] == TEST_METRIC}
     rows, configs = [], []
@@ -254,6 +256,7 @@ def _dataset_rows(dataset: str, study: Study, answer: dict[str, Any], methods: l
         is_ref = ref is not None and ref["method"] == method and ref["rank"] == c["rank"]
         tune = tuning.get(method, {})
         epoch_s = tune.get("epoch_s_mean")
+        published = pub.published(data_name, method)
         row = {"dataset": dataset, "study": answer.get("study"), "method": method, "config_rank": c["rank"],
                "source_trial": c.get("source_trial"),
                "seeds": len(c.get("seeds") or []) or (stats.get(TEST_METRIC) or {}).get("n") or 0,
@@ -271,7 +274,9 @@ def _dataset_rows(dataset: str, study: Study, answer: dict[str, Any], methods: l
                "search_trials": tune.get("search_trials"), "search_errored": tune.get("search_errored"),
                "search_epochs": tune.get("search_epochs"), "search_hours": tune.get("search_hours"),
                "epoch_s_mean": epoch_s,
-               "epoch_cost_vs_joint": epoch_s / joint_epoch if epoch_s is not None and joint_epoch else None}
+               "epoch_cost_vs_joint": epoch_s / joint_epoch if epoch_s is not None and joint_epoch else None,
+               "published_acc": (published or {}).get("acc"), "published_macro_f1": (published or {}).get("macro_f1"),
+               "published_source": (published or {}).get("source")}
         rows.append(row)
     if no_hist:
         notes.append(f"{dataset}: no per-epoch history for the confirmation trials of {', '.join(no_hist)}: their "
@@ -279,6 +284,12 @@ def _dataset_rows(dataset: str, study: Study, answer: dict[str, Any], methods: l
     elif no_f1:
         notes.append(f"{dataset}: the confirmation trials of {', '.join(no_f1)} report no {F1_METRIC}: macro-F1 "
                      f"left out")
+    if pub.has_figures(data_name) and rows:
+        none = [r["method"] for r in rows if r["published_acc"] is None]
+        notes.append(f"{dataset} ({pub.DATASETS[data_name]}): † = {pub.SOURCE}'s published test accuracy, "
+                     f"{pub.CAVEAT} ({pub.CITATION}); it is not ranked with ours and compares with our "
+                     f"test-selected figure, not with the honest one"
+                     + (f"; none published for {', '.join(none)}" if none else ""))
     if not ref:
         notes.append(f"{dataset}: no joint configuration was confirmed, so there is no paired difference against "
                      f"joint training")
@@ -504,14 +515,25 @@ def legend(table: Table) -> str:
             f"seeds; macro-F1 at the same epoch; balance gap = |probe accuracy difference| at that epoch (lower = "
             f"more balanced). ↑/↓: the paired difference against joint training is significant at 5% "
             f"(Holm-adjusted across the methods compared with joint in that dataset). Mean rank over datasets "
-            f"(1 = best) with a 95% seed-bootstrap interval.")
+            f"(1 = best) with a 95% seed-bootstrap interval."
+            + (f" †: {pub.SOURCE}'s published figure ({pub.CAVEAT}; see the notes)."
+               if any(with_published(table, d) for d in table.datasets) else ""))
+
+
+def with_published(table: Table, dataset: str) -> bool:
+    """Whether the dataset's column group carries BalanceBenchmark's published figure (a dataset it reports)."""
+    return any(r.get("published_acc") is not None for r in table.rows if r["dataset"] == dataset)
+
+
+def group_columns(table: Table, dataset: str) -> list[str]:
+    return ["test acc", "macro-F1", "gap"] + ([f"{pub.SOURCE}†"] if with_published(table, dataset) else [])
 
 
 def main_grid(table: Table) -> tuple[list[str], list[list[str]]]:
     """Table 1's cells: method | per dataset: test acc [CI] + mark, macro-F1, gap | mean rank [interval]."""
     headers = ["method"]
     for d in table.datasets:
-        headers += [f"{d} test acc", f"{d} macro-F1", f"{d} gap"]
+        headers += [f"{d} {sub}" for sub in group_columns(table, d)]
     headers.append("mean rank")
     body = []
     for m in table.methods:
@@ -520,6 +542,8 @@ def main_grid(table: Table) -> tuple[list[str], list[list[str]]]:
             r = table.row(d, m)
             r = r or {}
             line += [_ci(r, "test_acc", mark=_mark(r)), _f(r.get("macro_f1_mean")), _f(r.get("gap_mean"))]
+            if with_published(table, d):
+                line.append(_f(r.get("published_acc"), 4))
         line.append(_rank_text(table, m))
         body.append(line)
     return headers, body
@@ -602,7 +626,7 @@ CAPTION_ARROW = "$\\{}arrow$"
 def _tex_text(text: str, arrows: str = "$^{{\\{}arrow}}$") -> str:
     text = tex_escape(text).replace("↑", arrows.format("up")).replace("↓", arrows.format("down"))
     for char, tex in (("–", "--"), ("−", "-"), ("×", r"$\times$"), ("≥", r"$\geq$"), ("Δ", r"$\Delta$"),
-                      ("α", r"$\alpha$"), ("χ²", r"$\chi^2$")):
+                      ("α", r"$\alpha$"), ("χ²", r"$\chi^2$"), ("†", r"$^\dagger$")):
         text = text.replace(char, tex)
     return text
 
@@ -617,11 +641,12 @@ def _tex_cell(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     h, b = main_grid(table)
-    d = len(table.datasets)
-    cols = "l" + "rrr" * d + "r"
-    group = " & ".join(f"\\multicolumn{{3}}{{c}}{{{tex_escape(x)}}}" for x in table.datasets)
-    rules = " ".join(f"\\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(d))
-    sub = " & ".join(["acc", "F1", "gap"] * d)
+    widths = [len(group_columns(table, x)) for x in table.datasets]
+    starts = [2 + sum(widths[:i]) for i in range(len(widths))]
+    cols = "l" + "".join("r" * w for w in widths) + "r"
+    group = " & ".join(f"\\multicolumn{{{w}}}{{c}}{{{tex_escape(x)}}}" for x, w in zip(table.datasets, widths))
+    rules = " ".join(f"\\cmidrule(lr){{{a}-{a + w - 1}}}" for a, w in zip(starts, widths))
+    sub = " & ".join(" & ".join(("acc", "F1", "gap", r"BB$^\dagger$")[:w]) for w in widths)
     lines = [r"% Table 1 (drl_tune.analysis.table); needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
              r"\small", f"\\caption{{{_tex_text(legend(table), CAPTION_ARROW)}}}",
              r"\label{tab:main}", f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
