@@ -69,5 +69,5 @@ def published(dataset_name: str | None, method: str) -> dict[str, Any] | None:
     cell = row.get(column) if column else None
     if cell is None:
         return None
-    return {"acc": round(cell[0] / 100, 4), "macro_f1": round(cell[1] / 100, 4), "source": SOURCE, "name": BB_NAMES[method],
-            "column": column}
+    return {"acc": round(cell[0] / 100, 4), "macro_f1": round(cell[1] / 100, 4), "source": SOURCE,
+            "name": BB_NAMES[method], "column": column}

@@ -51,8 +51,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from drl_tune.analysis.colors import method_color
 from drl_tune.analysis import published as pub
+from drl_tune.analysis.colors import method_color
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study, load_study
 from drl_tune.ground.io import atomic_write_bytes, atomic_write_text
 from drl_tune.ground.stats import t_interval
@@ -644,8 +644,9 @@ def to_latex(table: Table) -> str:
     widths = [len(group_columns(table, x)) for x in table.datasets]
     starts = [2 + sum(widths[:i]) for i in range(len(widths))]
     cols = "l" + "".join("r" * w for w in widths) + "r"
-    group = " & ".join(f"\\multicolumn{{{w}}}{{c}}{{{tex_escape(x)}}}" for x, w in zip(table.datasets, widths))
-    rules = " ".join(f"\\cmidrule(lr){{{a}-{a + w - 1}}}" for a, w in zip(starts, widths))
+    group = " & ".join(f"\\multicolumn{{{w}}}{{c}}{{{tex_escape(x)}}}"
+                       for x, w in zip(table.datasets, widths, strict=True))
+    rules = " ".join(f"\\cmidrule(lr){{{a}-{a + w - 1}}}" for a, w in zip(starts, widths, strict=True))
     sub = " & ".join(" & ".join(("acc", "F1", "gap", r"BB$^\dagger$")[:w]) for w in widths)
     lines = [r"% Table 1 (drl_tune.analysis.table); needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
              r"\small", f"\\caption{{{_tex_text(legend(table), CAPTION_ARROW)}}}",
