@@ -56,11 +56,6 @@ FIGURES: dict[str, dict[str, tuple[float, float] | None]] = {
 }
 
 
-def has_figures(dataset_name: str | None) -> bool:
-    """Whether BalanceBenchmark published a column for this dataset (the plan's ``data.name``)."""
-    return dataset_name in DATASETS
-
-
 def published(dataset_name: str | None, method: str) -> dict[str, Any] | None:
     """BalanceBenchmark's figure for ``method`` on ``dataset_name`` as fractions (our scale), or None when it
     published none (a dataset it does not have, a method it does not run — InfoReg — or a "–" cell)."""

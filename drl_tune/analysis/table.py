@@ -284,9 +284,10 @@ def _dataset_rows(dataset: str, study: Study, answer: dict[str, Any], methods: l
     elif no_f1:
         notes.append(f"{dataset}: the confirmation trials of {', '.join(no_f1)} report no {F1_METRIC}: macro-F1 "
                      f"left out")
-    if pub.has_figures(data_name) and rows:
+    column = pub.DATASETS.get(str(data_name))
+    if column and rows:
         none = [r["method"] for r in rows if r["published_acc"] is None]
-        notes.append(f"{dataset} ({pub.DATASETS[data_name]}): † = {pub.SOURCE}'s published test accuracy, "
+        notes.append(f"{dataset} ({column}): † = {pub.SOURCE}'s published test accuracy, "
                      f"{pub.CAVEAT} ({pub.CITATION}); it is not ranked with ours and compares with our "
                      f"test-selected figure, not with the honest one"
                      + (f"; none published for {', '.join(none)}" if none else ""))
