@@ -17,7 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from drl_tune.driver import EXIT_BAD_INPUT, UsageError, count, positive_int, quiet_libraries, seconds
+from drl_tune.driver import (
+    EXIT_BAD_INPUT,
+    UsageError,
+    add_progress_args,
+    count,
+    positive_int,
+    progress_of,
+    quiet_libraries,
+)
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import PathError, check_writable
@@ -46,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        "space's)")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     p.add_argument("--resume", action="store_true", help="finish the benchmark --name (its studies as they stand)")
-    p.add_argument("--progress-interval", type=seconds, default=15.0, help="seconds between progress tables")
+    add_progress_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="show the libraries' start-up lines")
     return p.parse_args(argv)
 
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        return run_benchmark(bench, args.address, args.progress_interval)
+        return run_benchmark(bench, args.address, progress_of(args))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -17,7 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from drl_tune.driver import EXIT_BAD_INPUT, UsageError, confirm_study, count, positive_int, seconds
+from drl_tune.driver import (
+    EXIT_BAD_INPUT,
+    UsageError,
+    add_progress_args,
+    confirm_study,
+    count,
+    positive_int,
+    progress_of,
+)
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import guarded
 from drl_tune.ground.paths import PathError, check_writable
@@ -47,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="finish an interrupted confirmation")
     p.add_argument("--answer", action="store_true", help="print the saved answer; run nothing")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    p.add_argument("--progress-interval", type=seconds, default=15.0, help="seconds between progress tables")
+    add_progress_args(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
     return p.parse_args(argv)
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    return confirm_study(plan, top_k, seeds, methods, args.address, args.progress_interval, args.verbose)
+    return confirm_study(plan, top_k, seeds, methods, args.address, progress_of(args), args.verbose)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,15 @@ from typing import Any
 
 from drl_tune.ground.domains import Domain, flag, flag_type
 from drl_tune.ground.errors import ConfigError
+from drl_tune.ground.guard import Stopped
 from drl_tune.study.plan import Plan
 from drl_tune.study.safety import redact
 from drl_tune.study.spaces import ConfirmSpec, StudySpec
+from drl_tune.study.stop import StopSignals
+from drl_tune.study.tables import ProgressSpec
 from drl_tune.training.config import make_config
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 EXIT_STORAGE = 3  # the results storage is full or read-only
 
 
@@ -39,6 +41,21 @@ class UsageError(ConfigError):
 positive_int = flag_type(StudySpec, "num_samples", integer=True)  # also --top-k of drl_tune.confirm
 count = flag_type(ConfirmSpec, "seeds", integer=True)  # >= 0; also --seeds of drl_tune.confirm
 seconds = flag(Domain(ge=0))
+
+
+def add_progress_args(p: Any) -> None:
+    """``--progress`` and ``--progress-interval``: the same for every command that runs trials."""
+    from drl_tune.study.tables import PROGRESS_MODES
+
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="line",
+                   help="line: a status line (in place on a terminal) and one line per trial event; table: also "
+                        "the whole trial table every --progress-interval seconds")
+    p.add_argument("--progress-interval", type=seconds, default=15.0,
+                   help="seconds between status lines when the output is not a terminal, and between tables")
+
+
+def progress_of(args: Any) -> ProgressSpec:
+    return ProgressSpec(args.progress, args.progress_interval)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,19 +206,12 @@ def sync_optuna_db(plan: Plan) -> str | None:
     return dashboard_command(plan.study_dir)
 
 
-def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval: float,
+def run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec,
               write_report: bool = True) -> int:
     """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; the report and the MLflow
     review at the end; exit code."""
-    from ray import tune
-
     from drl_tune.study import ray_session
-    from drl_tune.study.answer import answer_tables
-    from drl_tune.study.cluster import preflight, review_command
-    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
-    from drl_tune.study.tables import ProgressTable, outcomes, summary_table
-    from drl_tune.study.tracking import MLflowTrialCallback, ui_command
-    from drl_tune.study.tune import ctrl_c_watch, finished_trials, make_trainable, make_tuner, reroot_restored
+    from drl_tune.study.stop import stop_signals
 
     try:  # a SIGKILLed earlier driver of this study may have left Ray processes behind: stop those (only those)
         cleaned = ray_session.clean_previous(plan.study_dir)
@@ -211,72 +221,14 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
         print(cleaned, flush=True)
     started_ray = start_ray(address)
     try:
-        gpus = resolve_gpus(plan)
-        # every node can read the dataset and write the storage — checked before this study writes anything
-        preflight({**plan.constants, **(plan.points_to_evaluate or [{}])[0]}, plan.storage, plan.cpus_per_trial,
-                  gpus)
-        plan.study_dir.mkdir(parents=True, exist_ok=True)
-        ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
-        tracker = open_tracking(plan, resumed)
-        print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
-              flush=True)
-        start = time.monotonic()
-        if resumed:
-            tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
-                                       resume_unfinished=True, resume_errored=False)
-            reroot_restored(tuner, plan, plan.study_dir)
-        else:
-            callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
-                         ProgressTable(plan, progress_interval)]
-            tuner = make_tuner(plan, gpus, callbacks)
-        # a confirmation already under way means the search had finished: read it, don't run it again
-        confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()
-        with ctrl_c_watch() as ctrl_c:
-            results = tuner.get_results() if confirming else tuner.fit()
-        items = outcomes(results)
-        interrupted = ctrl_c.is_set() or finished_trials(results) < plan.num_samples
-        table = summary_table(items, plan)
-        print(f"\nsearch of study {plan.name!r} ({len(items)} trials, {time.monotonic() - start:.0f} s"
-              + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "
-              "is optimistic" + (", the confirmation is the answer" if plan.confirm_seeds else ""), flush=True)
-        print(table, flush=True)
-        dashboard = sync_optuna_db(plan)
-        answer = None
-        if not interrupted and plan.confirm_seeds > 0:
-            answer, interrupted = run_confirmation(plan, gpus, tracker, progress_interval, top_k=plan.confirm_top_k,
-                                                   n_seeds=plan.confirm_seeds, strict=False)
-        wall = time.monotonic() - start
-        best = [i for i in items if not math.isnan(i.val_acc_best) and i.status != "error"]
-        metrics = {"trials": float(len(items)), "wall_s": wall}
-        if best:
-            top = max(best, key=lambda i: i.val_acc_best)
-            metrics |= {"best/val_acc": top.val_acc_best, "best/test_acc_at_best_val": top.test_at_best_val}
-        summary = "search (one seed per trial, optimistic):\n" + table
-        if answer is not None:
-            text = answer_tables(answer)
-            summary += "\n\nanswer (confirmation over fresh seeds):\n" + text
-            print(f"\nanswer of study {plan.name!r} ({wall:.0f} s in all):\n{text}", flush=True)
-        tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, summary)
-        report, url = review(plan, write_report and not interrupted)
-        print(f"\nresults: {plan.study_dir}" + (f"  (answer: {plan.study_dir / 'answer.json'}, answer.csv)"
-                                                if answer is not None else ""))
-        if report:
-            print(f"report:  {report}")
-        print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")
-        print(f"review:  {redact(review_command(plan.mlflow_uri, plan.experiment_id, ui_command(plan.mlflow_uri)))}")
-        print(f"         then open {redact(url)}")
-        if dashboard:
-            print(f"optuna:  {dashboard}")
-        if interrupted:
-            print(f"interrupted: finish it with  python -m drl_tune.run --resume {plan.resume_args()}", flush=True)
-            return EXIT_INTERRUPTED
-        from drl_tune.study.faults import storage_message
-
-        full = next((m for m in (storage_message(i.error, plan) for i in items if i.status == "error") if m), None)
-        if full:  # trials failed because results could not be written: say so, and which path
-            print(f"error: {full}", file=sys.stderr)
-            return EXIT_STORAGE
-        return 1 if items and all(i.status == "error" for i in items) else 0
+        with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
+            try:
+                code = _run_study(plan, resumed, address, progress, write_report, started_ray, stop)
+            except Stopped as stopped:
+                print(f"\nstopped by {stop.name or stopped}: what had finished is saved in {plan.study_dir}; finish "
+                      f"it with  python -m drl_tune.run --resume {plan.resume_args()}", flush=True)
+                code = stopped.exit_code
+        return code
     finally:
         ray_session.mark_ended(plan.study_dir)
         if started_ray:
@@ -285,11 +237,98 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress_interval:
             ray.shutdown()
 
 
-# notices libraries log on every start that say nothing about this study (dropped unless -v): Ray's note that a
-# local cluster has token authentication on by default (it stays on; the note only says how to turn it off)
+def _run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec, write_report: bool,
+               started_ray: bool, stop: StopSignals) -> int:
+    from ray import tune
+
+    from drl_tune.study import ray_session
+    from drl_tune.study.answer import answer_tables
+    from drl_tune.study.cluster import preflight, review_command
+    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
+    from drl_tune.study.faults import storage_message
+    from drl_tune.study.stop import fit_watch
+    from drl_tune.study.tables import ProgressTable, outcomes, summary_table
+    from drl_tune.study.tracking import MLflowTrialCallback, ui_command
+    from drl_tune.study.tune import finished_trials, make_trainable, make_tuner, reroot_restored
+
+    gpus = resolve_gpus(plan)
+    # every node can read the dataset and write the storage — checked before this study writes anything
+    preflight({**plan.constants, **(plan.points_to_evaluate or [{}])[0]}, plan.storage, plan.cpus_per_trial,
+              gpus)
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
+    tracker = open_tracking(plan, resumed)
+    print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
+          flush=True)
+    start = time.monotonic()
+    if resumed:
+        tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
+                                   resume_unfinished=True, resume_errored=False)
+        reroot_restored(tuner, plan, plan.study_dir)
+    else:
+        callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
+                     ProgressTable(plan, progress)]
+        tuner = make_tuner(plan, gpus, callbacks)
+    # a confirmation already under way means the search had finished: read it, don't run it again
+    confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()
+    with fit_watch():
+        results = tuner.get_results() if confirming else tuner.fit()
+    items = outcomes(results)
+    finished = finished_trials(results)
+    interrupted = stop.is_set() or finished < plan.num_samples
+    table = summary_table(items, plan)
+    print(f"\nsearch of study {plan.name!r} ({len(items)} trials, {time.monotonic() - start:.0f} s"
+          + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "
+          "is optimistic" + (", the confirmation is the answer" if plan.confirm_seeds else ""), flush=True)
+    print(table, flush=True)
+    dashboard = sync_optuna_db(plan)
+    answer = None
+    if not interrupted and plan.confirm_seeds > 0:
+        answer, interrupted = run_confirmation(plan, gpus, tracker, progress, top_k=plan.confirm_top_k,
+                                               n_seeds=plan.confirm_seeds, strict=False)
+    wall = time.monotonic() - start
+    best = [i for i in items if not math.isnan(i.val_acc_best) and i.status != "error"]
+    metrics = {"trials": float(len(items)), "wall_s": wall}
+    if best:
+        top = max(best, key=lambda i: i.val_acc_best)
+        metrics |= {"best/val_acc": top.val_acc_best, "best/test_acc_at_best_val": top.test_at_best_val}
+    summary = "search (one seed per trial, optimistic):\n" + table
+    if answer is not None:
+        text = answer_tables(answer)
+        summary += "\n\nanswer (confirmation over fresh seeds):\n" + text
+        print(f"\nanswer of study {plan.name!r} ({wall:.0f} s in all):\n{text}", flush=True)
+    tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, summary)
+    report, url = review(plan, write_report and not interrupted)
+    print(f"\nresults: {plan.study_dir}" + (f"  (answer: {plan.study_dir / 'answer.json'}, answer.csv)"
+                                            if answer is not None else ""))
+    if report:
+        print(f"report:  {report}")
+    print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")
+    print(f"review:  {redact(review_command(plan.mlflow_uri, plan.experiment_id, ui_command(plan.mlflow_uri)))}")
+    print(f"         then open {redact(url)}")
+    if dashboard:
+        print(f"optuna:  {dashboard}")
+    if interrupted:
+        saved = (f"{finished} of {plan.num_samples} search trials finished" if answer is None and
+                 finished < plan.num_samples else "the search finished, the confirmation not")
+        print(f"{'stopped by ' + stop.name if stop.is_set() else 'interrupted'}: {saved}, saved in "
+              f"{plan.study_dir}; finish it with  python -m drl_tune.run --resume {plan.resume_args()}",
+              flush=True)
+        return stop.exit_code
+    full = next((m for m in (storage_message(i.error, plan) for i in items if i.status == "error") if m), None)
+    if full:  # trials failed because results could not be written: say so, and which path
+        print(f"error: {full}", file=sys.stderr)
+        return EXIT_STORAGE
+    return 1 if items and all(i.status == "error" for i in items) else 0
+
+
+# notices libraries log that say nothing about this study (dropped unless -v): Ray's note that a local cluster has
+# token authentication on by default (it stays on; the note only says how to turn it off), Tune's on a stop
 LIBRARY_NOTICES = {
     "ray._private.authentication.authentication_token_setup":
         ("Token authentication is enabled for this Ray cluster.",),
+    # a stop signal: Tune's two warnings name its own Tuner.restore(); the study prints one line with --resume
+    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted"),
 }
 
 
@@ -322,29 +361,36 @@ def quiet_libraries(verbose: bool = False) -> None:
 
 
 def confirm_study(plan: Plan, top_k: int, seeds: int, methods: list[str] | None, address: str | None,
-                  progress_interval: float, verbose: bool = False) -> int:
+                  progress: ProgressSpec, verbose: bool = False) -> int:
     """The confirmation of a finished search on its own (``python -m drl_tune.confirm``, the plan and its arguments
     checked): re-train the top configurations with fresh seeds, write and print the answer; exit code."""
     from drl_tune.ground.paths import PathError
     from drl_tune.study.answer import ANSWER_JSON, answer_tables
     from drl_tune.study.confirmation import ConfirmError, run_confirmation
+    from drl_tune.study.stop import stop_signals
 
     quiet_libraries(verbose)
     started_ray = start_ray(address)
+    resume = f"python -m drl_tune.confirm --resume {plan.resume_args()}"
     try:
-        gpus = resolve_gpus(plan)
-        tracker = open_tracking(plan, resumed=True)
-        answer, interrupted = run_confirmation(plan, gpus, tracker, progress_interval, top_k=top_k,
-                                               n_seeds=seeds, methods=methods)
-        if interrupted or answer is None:
-            tracker.finish_parent(plan.parent_run_id, "KILLED", {}, None)
-            print(f"interrupted: finish it with  python -m drl_tune.confirm --resume {plan.resume_args()}", flush=True)
-            return EXIT_INTERRUPTED
-        text = answer_tables(answer)
-        tracker.finish_parent(plan.parent_run_id, "FINISHED", {}, None)
-        tracker.client.log_text(plan.parent_run_id, text, "answer.txt")
-        print(f"\nanswer of study {plan.name!r}:\n{text}\n\nanswer: {plan.study_dir / ANSWER_JSON}", flush=True)
-        return 0
+        with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
+            gpus = resolve_gpus(plan)
+            tracker = open_tracking(plan, resumed=True)
+            answer, interrupted = run_confirmation(plan, gpus, tracker, progress, top_k=top_k,
+                                                   n_seeds=seeds, methods=methods)
+            if interrupted or answer is None:
+                tracker.finish_parent(plan.parent_run_id, "KILLED", {}, None)
+                print(f"{'stopped by ' + stop.name if stop.is_set() else 'interrupted'}: the finished confirmation "
+                      f"trials are saved in {plan.study_dir}; finish it with  {resume}", flush=True)
+                return stop.exit_code
+            text = answer_tables(answer)
+            tracker.finish_parent(plan.parent_run_id, "FINISHED", {}, None)
+            tracker.client.log_text(plan.parent_run_id, text, "answer.txt")
+            print(f"\nanswer of study {plan.name!r}:\n{text}\n\nanswer: {plan.study_dir / ANSWER_JSON}", flush=True)
+            return 0
+    except Stopped as stopped:
+        print(f"\nstopped by {stopped}: finish it with  {resume}", flush=True)
+        return stopped.exit_code
     except (ConfigError, ConfirmError, PathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,10 +25,11 @@ from drl_tune.driver import (
     EXIT_BAD_INPUT,
     EXIT_STORAGE,
     UsageError,
+    add_progress_args,
     check_dataset,
+    progress_of,
     quiet_libraries,
     run_study,
-    seconds,
 )
 from drl_tune.ground.domains import flag_type
 from drl_tune.ground.errors import ConfigError
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "a moved, copied or renamed folder resumes as itself")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
-    p.add_argument("--progress-interval", type=seconds, default=15.0, help="seconds between progress tables")
+    add_progress_args(p)
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (drl_tune.report)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n(dry run: nothing started)")
         return 0
     try:
-        return run_study(plan, args.resume, args.address, args.progress_interval, not args.no_report)
+        return run_study(plan, args.resume, args.address, progress_of(args), not args.no_report)
     except (UsageError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

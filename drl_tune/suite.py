@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drl_tune.driver import EXIT_INTERRUPTED, UsageError, check_dataset, run_study
+from drl_tune.driver import UsageError, check_dataset, run_study
 from drl_tune.ground.io import atomic_write_text
 from drl_tune.methods.user import use_methods
 from drl_tune.study.folder import open_study
 from drl_tune.study.plan import PLAN_FILE, Plan, build_plan
 from drl_tune.study.spaces import load_space, with_methods
+from drl_tune.study.tables import ProgressSpec
 
 BENCHMARK_FILE = "drl_tune_benchmark.json"
 STUDIES = "studies"
@@ -107,7 +108,7 @@ def check_benchmark(bench: Benchmark) -> list[Plan]:
     return plans
 
 
-def run_benchmark(bench: Benchmark, address: str | None, progress_interval: float) -> int:
+def run_benchmark(bench: Benchmark, address: str | None, progress: ProgressSpec) -> int:
     """Each study in turn (a finished one skipped, an interrupted one resumed), then the table; exit code."""
     plans = check_benchmark(bench)
     bench.save()
@@ -121,11 +122,11 @@ def run_benchmark(bench: Benchmark, address: str | None, progress_interval: floa
         resumed = (study / PLAN_FILE).is_file() and bool(plan.parent_run_id)
         print(f"{tag}: {'resuming' if resumed else 'starting'} the study in {study}", flush=True)
         start = time.monotonic()
-        code = run_study(plan, resumed, address, progress_interval, write_report=True)
+        code = run_study(plan, resumed, address, progress, write_report=True)
         if code != 0:
             print(f"{tag}: stopped (exit {code}); finish the benchmark with  python -m drl_tune.benchmark --resume "
                   f"--name {bench.name} --storage {bench.storage}", flush=True)
-            return EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else code
+            return code
         if not (study / "answer.json").is_file():
             raise UsageError(f"{tag}: the study ended without an answer (no confirmation: --confirm-seeds 0?); the "
                              f"table needs confirmed answers")

@@ -2,18 +2,44 @@
 
 Each command handles the errors it knows (bad input: exit 2 with its own message). Anything else is a defect or an
 environment problem the command did not foresee; the user gets ``error: <what>; rerun with -v for the traceback``
-and exit 1, and ``-v`` (every command has it) shows the traceback. Ctrl-C is exit 130 with one line.
+and exit 1, and ``-v`` (every command has it) shows the traceback. Ctrl-C is exit 130 with one line, and so is
+SIGTERM (exit 143): a scheduler's or ``kill``'s stop is an expected end, not a crash.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 
 EXIT_UNEXPECTED = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM, or SIGINT outside the places that stop gracefully) raised where the program was.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: no ``except Exception`` on the way up may swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def exit_code_of(signum: int | None) -> int:
+    return EXIT_INTERRUPTED if signum in (None, signal.SIGINT) else 128 + int(signum)
 
 
 def _verbose(argv: Sequence[str] | None) -> bool:
@@ -27,11 +53,17 @@ def guarded(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
+        main_thread = threading.current_thread() is threading.main_thread()
+        # without this SIGTERM ends the process with no word (and, once Ray is up, with Ray's native dump)
+        previous = signal.signal(signal.SIGTERM, raise_stopped) if main_thread else None
         try:
             return main(argv)
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C)", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Stopped as stop:
+            print(f"stopped ({stop})", file=sys.stderr)
+            return stop.exit_code
         except Exception as err:  # noqa: BLE001 — the point of the guard
             verbose = _verbose(argv)
             if verbose:
@@ -40,5 +72,8 @@ def guarded(main: Callable[..., int]) -> Callable[..., int]:
             what = f"{type(err).__name__}: {first}" if first else type(err).__name__
             print(f"error: {what}" if verbose else f"error: {what}; rerun with -v for the traceback", file=sys.stderr)
             return EXIT_UNEXPECTED
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
     return run

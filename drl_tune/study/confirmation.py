@@ -42,11 +42,11 @@ from drl_tune.study.answer import (
 from drl_tune.study.front import front_section, select_front
 from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import Plan
-from drl_tune.study.tables import ProgressTable
+from drl_tune.study.stop import fit_watch
+from drl_tune.study.tables import ProgressSpec, ProgressTable
 from drl_tune.study.tracking import MLflowTrialCallback
 from drl_tune.study.tune import (
     REUSE_ACTORS,
-    ctrl_c_watch,
     finished_trials,
     make_trainable,
     reroot_restored,
@@ -425,7 +425,7 @@ def confirm_tags(entries: list[ConfirmEntry]) -> dict[str, dict[str, str]]:
                                    "drl_tune.confirm_seed": str(e.seed)} for e in entries}
 
 
-def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: float, *, top_k: int, n_seeds: int,
+def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSpec, *, top_k: int, n_seeds: int,
                      methods: list[str] | None = None, strict: bool = True) -> tuple[dict[str, Any] | None, bool]:
     """Plan (or, when ``STUDY/confirm`` exists, resume) the confirmation, run it, and compute the answer.
 
@@ -438,7 +438,7 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
         print(f"\nresuming the confirmation: {len(entries)} trials in {folder}", flush=True)
         tuner = tune.Tuner.restore(str(folder), trainable=make_trainable(plan, gpus), resume_unfinished=True,
                                    resume_errored=False)
-        reroot_restored(tuner, plan, folder)
+        reroot_restored(tuner, plan, folder, progress)
     else:
         try:
             entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,
@@ -459,11 +459,11 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress_interval: f
             print(f"  {method} #{rank}: search trial {source} (search val acc {val:.3f}, single seed)", flush=True)
         callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
                                          stage="confirm", tags_by_config=confirm_tags(entries)),
-                     ProgressTable(plan, progress_interval)]
+                     ProgressTable(plan, progress, stage="confirmation", total=len(entries))]
         tuner = make_confirm_tuner(plan, gpus, entries, callbacks)
-    with ctrl_c_watch() as ctrl_c:
+    with fit_watch() as stop:
         results = tuner.fit()
-    if ctrl_c.is_set() or finished_trials(results) < len(entries):
+    if stop.is_set() or finished_trials(results) < len(entries):
         return None, True
     answer = build_answer(plan.study_dir, plan.name, plan.objectives)
     paths = write_answer(plan.study_dir, answer)

@@ -7,6 +7,9 @@ nothing here decides what a study runs.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,27 +46,176 @@ def render_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-class ProgressTable(Callback):
-    """Tune callback printing a compact live table (method, key knobs, epoch, val acc, best, balance gap) at
-    most every ``interval`` seconds, and one line whenever a trial ends. Picklable (Tune saves callbacks)."""
+PROGRESS_MODES = ("line", "table")
 
-    def __init__(self, plan: Plan, interval: float = 15.0) -> None:
+
+@dataclass(frozen=True)
+class ProgressSpec:
+    """How a study shows its progress: ``line`` (default) — one status line, redrawn in place on a terminal and
+    appended every ``interval`` seconds otherwise (Slurm, ``ray job submit``, CI), plus one line per trial event;
+    ``table`` — the same, plus the whole trial table every ``interval`` seconds (``--progress table``)."""
+
+    mode: str = "line"
+    interval: float = 15.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class ProgressTable(Callback):
+    """Tune callback: what a person watching a study sees while it runs (:class:`ProgressSpec`).
+
+    The status line counts the stage's trials from Tune's own trial states (so a resumed study counts what it
+    finished before) and estimates the time left from the epoch times seen so far: the epochs still to run
+    (running trials' remaining epochs; pending trials' full epochs, or the mean epochs a finished trial ran when
+    early stopping cut some) × the mean seconds per epoch ÷ the trials running at once. On a terminal the line is a
+    ``tqdm`` bar redrawn in place, and the event lines print above it (``tqdm.write``). Picklable (Tune saves its
+    callbacks with the experiment): the bar is not kept in the pickle."""
+
+    def __init__(self, plan: Plan, progress: ProgressSpec | float = ProgressSpec(), stage: str = "search",
+                 total: int | None = None) -> None:
+        spec = progress if isinstance(progress, ProgressSpec) else ProgressSpec(interval=float(progress))
         self.rows: dict[str, dict[str, Any]] = {}
-        self.interval = interval
+        self.interval = spec.interval
+        self.mode = spec.mode
+        self.stage = stage
+        self.total = plan.num_samples if total is None else total
+        self.epochs = int(plan.constants.get("epochs") or 0)
         self.last_print = 0.0
+        self.last_line = 0.0
         self.dirty = False
         self.knobs = knob_columns(plan)
+        self._reset_clock()
+
+    def _reset_clock(self) -> None:
+        self.started = time.monotonic()
+        self.epoch_times: list[float] = []
+        self.concurrency = 0
+        self.bar: Any = None
+        self.terminal = sys.stdout.isatty()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["bar"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a study saved by an earlier version holds only rows/interval/last_print/dirty/knobs
+        self.__dict__.update({"mode": "table", "stage": "search", "total": 0, "epochs": 0, "last_line": 0.0})
+        self.__dict__.update(state)
+        self._reset_clock()
+
+    def use(self, progress: ProgressSpec) -> None:
+        """Take this run's ``--progress`` settings (a restored callback carries the first run's)."""
+        self.mode, self.interval = progress.mode, progress.interval
+        self._reset_clock()
+
+    # ----- what is printed
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def _event(self, text: str) -> None:
+        self._say(f"[{time.strftime('%H:%M:%S')}] {text}")
+
+    def counts(self, trials: list) -> dict[str, int]:
+        status = [t.status for t in trials]
+        done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        stopped = sum(1 for t in done if t.status == "TERMINATED" and self._epochs_run(t) < self._epochs_of(t))
+        running = sum(1 for s in status if s in ("RUNNING", "PAUSED"))
+        total = max(self.total, len(trials))
+        return {"total": total, "done": len(done), "running": running, "stopped": stopped,
+                "errored": status.count("ERROR"), "pending": max(0, total - len(done) - running)}
+
+    def _epochs_of(self, trial: Any) -> int:
+        return int(trial.config.get("epochs") or self.epochs or 0)
+
+    @staticmethod
+    def _epochs_run(trial: Any) -> int:
+        last = trial.last_result or {}
+        return int(last["epoch"]) + 1 if "epoch" in last else 0
+
+    def eta(self, trials: list, counts: dict[str, int]) -> float | None:
+        """Seconds left, from the epoch times seen so far; None before the first epoch."""
+        if not self.epoch_times:
+            return None
+        per_epoch = sum(self.epoch_times) / len(self.epoch_times)
+        finished = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        full = self.epochs or max((self._epochs_of(t) for t in trials), default=0)
+        # early stopping cuts trials short: a pending trial is expected to run as many epochs as finished ones did
+        expected = (sum(self._epochs_run(t) for t in finished) / len(finished)) if finished else float(full)
+        left: float = sum(max(0, self._epochs_of(t) - self._epochs_run(t)) for t in trials
+                   if t.status in ("RUNNING", "PAUSED"))
+        left += counts["pending"] * expected
+        parallel = max(1, counts["running"], self.concurrency)
+        return left * per_epoch / parallel
+
+    def status_line(self, trials: list) -> str:
+        c = self.counts(trials)
+        eta = self.eta(trials, c) if c["done"] < c["total"] else 0.0
+        left = "–" if eta is None else f"~{_duration(eta)}"
+        # what matters most first: a narrow terminal cuts the line's end
+        return (f"{self.stage}: {c['done']}/{c['total']} trials done, {c['running']} running, {c['pending']} pending"
+                f" | {_duration(time.monotonic() - self.started)} elapsed, {left} left | {c['stopped']} stopped "
+                f"early, {c['errored']} errored")
+
+    def _show(self, trials: list, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.terminal:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                try:  # a terminal that reports no size (a bare pseudo-terminal) would hide the line: tqdm fits
+                    sized = min(os.get_terminal_size(sys.stdout.fileno())) > 0  # it to 0 columns and 0 rows
+                except (OSError, ValueError):
+                    sized = False
+                fallback = shutil.get_terminal_size()  # $COLUMNS / $LINES, else 80 x 24
+                self.bar = tqdm(total=max(1, self.total), file=sys.stdout, leave=False, bar_format="{bar:12} {desc}",
+                                dynamic_ncols=sized, ncols=None if sized else fallback.columns,
+                                nrows=None if sized else fallback.lines)
+            if force or now - self.last_line >= 0.5:
+                c = self.counts(trials)
+                self.bar.n = c["done"]
+                self.bar.total = max(1, c["total"])
+                self.bar.set_description_str(self.status_line(trials), refresh=True)
+                self.last_line = now
+        elif force or now - self.last_line >= self.interval:
+            print(f"[{time.strftime('%H:%M:%S')}] {self.status_line(trials)}", flush=True)
+            self.last_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    # ----- Tune's hooks
 
     def _row(self, trial: Any) -> dict[str, Any]:
         return self.rows.setdefault(trial.trial_id, {"status": "RUNNING", "config": dict(trial.config)})
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._row(trial)["status"] = "RUNNING"
+        self.concurrency = max(self.concurrency, sum(1 for t in trials if t.status == "RUNNING"))
+        self._event(f"trial {trial.trial_id} started ({trial.config.get('method')}"
+                    + "".join(f", {k}={format_cell(trial.config[k])}" for k in self.knobs if k in trial.config)
+                    + ")")
         self.dirty = True
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._row(trial)["result"] = result
+        if isinstance(result.get("time/epoch_s"), int | float):
+            self.epoch_times.append(float(result["time/epoch_s"]))
+        self.concurrency = max(self.concurrency, sum(1 for t in trials if t.status == "RUNNING"))
         self.dirty = True
+        self._show(trials)
 
     def _end(self, trial: Any, status: str) -> None:
         row = self._row(trial)
@@ -72,24 +224,36 @@ class ProgressTable(Callback):
         if status == "TERMINATED" and epochs_run < int(trial.config.get("epochs", 0)):
             status = "STOPPED"
         row["status"] = status
-        print(f"[{time.strftime('%H:%M:%S')}] trial {trial.trial_id} {status.lower()} "
-              f"({trial.config.get('method')}) after {epochs_run} epochs, "
-              f"best val acc {format_cell(res.get('val/acc_best'))}", flush=True)
+        word = {"TERMINATED": "finished", "STOPPED": "stopped early", "ERROR": "errored"}[status]
+        self._event(f"trial {trial.trial_id} {word} ({trial.config.get('method')}) after {epochs_run} epochs, "
+                    f"best val acc {format_cell(res.get('val/acc_best'))}")
         self.dirty = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "TERMINATED")
+        self._show(trials, force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "ERROR")
+        self._show(trials, force=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        res = self._row(trial).get("result", {})
+        self._event(f"trial {trial.trial_id} errored ({trial.config.get('method')}) after "
+                    f"{int(res.get('epoch', -1)) + 1} epochs: retried from its last checkpoint")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if self.dirty and time.monotonic() - self.last_print >= self.interval:
+        self._show(trials)
+        if self.mode == "table" and self.dirty and time.monotonic() - self.last_print >= self.interval:
             self.print_table()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self.dirty:
-            self.print_table()
+        from drl_tune.study.stop import stopping
+
+        self.close()  # the in-place line goes; its last state stays on screen as a plain line
+        if stopping():  # Tune marks the trials a signal cut short as terminated: they are not "stopped early"
+            return
+        print(f"[{time.strftime('%H:%M:%S')}] {self.status_line(trials)}", flush=True)
 
     def print_table(self) -> None:
         headers = ["trial", "status", "method", *self.knobs, "epoch", "val acc", "best", "gap"]
@@ -99,8 +263,7 @@ class ProgressTable(Callback):
             epoch = f"{int(res['epoch']) + 1}/{cfg.get('epochs', '?')}" if "epoch" in res else "-"
             rows.append([trial_id, row["status"], cfg.get("method"), *[cfg.get(k) for k in self.knobs],
                          epoch, res.get("val/acc"), res.get("val/acc_best"), res.get("balance/gap")])
-        print(f"[{time.strftime('%H:%M:%S')}] progress", flush=True)
-        print(render_table(headers, rows), flush=True)
+        self._say(f"[{time.strftime('%H:%M:%S')}] {self.stage} progress\n{render_table(headers, rows)}")
         self.last_print = time.monotonic()
         self.dirty = False
 

@@ -14,12 +14,7 @@ standing it had earned before the re-init and is stopped only if it never got an
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from drl_tune.study.plan import Plan
 from drl_tune.study.spaces import Param, SchedulerSpec
+from drl_tune.study.tables import ProgressSpec, ProgressTable
 from drl_tune.study.trainable import train_trial
 
 
@@ -142,12 +138,13 @@ class RootedSearchGenerator(SearchGenerator):
             storage.experiment_dir_name = folder.name
 
 
-def reroot_restored(tuner: Any, plan: Plan, folder: Path) -> None:
+def reroot_restored(tuner: Any, plan: Plan, folder: Path, progress: ProgressSpec | None = None) -> None:
     """Point a restored Tuner (the experiment in ``folder``) at where the study is now: its searcher's future trials
     (:class:`RootedSearchGenerator`) and its MLflow callback, which ``Tuner.restore`` unpickles with the absolute sqlite
     URI of the folder the study was made in (a moved folder's would fail on a missing database, a copy's would log
     into its original's). Ray 2.60 has no public way to replace a restored searcher or callbacks, so the ones the
-    Tuner holds are changed in place (through Ray Client, where the driver runs remotely, there are none to reach)."""
+    Tuner holds are changed in place (through Ray Client, where the driver runs remotely, there are none to reach).
+    The restored progress callback takes this run's ``progress`` settings, not the first run's."""
     from ray.tune.search import Searcher
 
     from drl_tune.study.tracking import MLflowTrialCallback
@@ -164,6 +161,8 @@ def reroot_restored(tuner: Any, plan: Plan, folder: Path) -> None:
         if isinstance(callback, MLflowTrialCallback) and callback.tracking_uri != plan.mlflow_uri:
             callback.tracking_uri = plan.mlflow_uri
             callback._client = None  # noqa: SLF001 — rebuilt on first use, on the new URI
+        if isinstance(callback, ProgressTable) and progress is not None:
+            callback.use(progress)
 
 
 def trial_name(trial: Any) -> str:
@@ -215,40 +214,6 @@ def make_tuner(plan: Plan, gpus: float, callbacks: list) -> Any:
         trial_dirname_creator=trial_name,
     )
     return tune.Tuner(make_trainable(plan, gpus), tune_config=tune_config, run_config=run_config)
-
-
-@contextlib.contextmanager
-def ctrl_c_watch() -> Iterator[threading.Event]:
-    """Run ``Tuner.fit()`` inside this; the event is set when Ctrl-C (SIGINT) asked the run to stop.
-
-    Why: Tune's own Ctrl-C handler stops ``fit()`` gracefully but tells the caller nothing, so a Ctrl-C that
-    lands after the last trial's final report returns a complete-looking result and the study went on into its
-    confirmation. Here the driver takes SIGINT itself (``TUNE_DISABLE_SIGINT_HANDLER``, read by Tune at
-    ``fit()``), records it, and hands it on as SIGUSR1, which Tune always handles as the same graceful stop. A
-    second Ctrl-C raises ``KeyboardInterrupt`` as usual.
-    """
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
-        yield event  # signals reach only the main thread; Tune then keeps its own handling
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if event.is_set():
-            raise KeyboardInterrupt
-        event.set()
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    try:
-        yield event
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-        if previous_env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def finished_trials(results: Any) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from drl_tune import doctor
-from drl_tune.study.tune import ctrl_c_watch
+from drl_tune.study.stop import fit_watch, stop_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 SYMBOL = "torch_exception_get_what_without_backtrace"
@@ -169,14 +170,38 @@ def test_ctrl_c_during_fit_is_recorded_and_handed_to_tune_as_sigusr1():
     previous = signal.signal(signal.SIGUSR1, lambda *_: got.append("usr1"))  # Tune's graceful-stop handler
     before = signal.getsignal(signal.SIGINT)
     try:
-        with ctrl_c_watch() as ctrl_c:
+        with fit_watch() as stop:
             assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"
-            assert not ctrl_c.is_set()
+            assert not stop.is_set()
             os.kill(os.getpid(), signal.SIGINT)
-            assert ctrl_c.is_set() and got == ["usr1"]
+            assert stop.is_set() and got == ["usr1"] and stop.exit_code == 130
             with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once, as without the watch
                 os.kill(os.getpid(), signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) is before
         assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_sigterm_stops_tune_gracefully_in_fit_and_raises_outside_it():
+    """SIGTERM takes the same path as Ctrl-C inside fit (exit status 143); outside fit — where Ray's own handler
+    would dump a native stack and abort — it raises ``Stopped`` where the driver is."""
+    from drl_tune.ground.guard import Stopped
+
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: got.append("usr1"))
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with stop_signals() as study:
+            with fit_watch() as stop:
+                assert stop is study  # the study's watch, so the driver sees what stopped the fit
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert study.is_set() and got == ["usr1"] and study.exit_code == 143 and study.name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is before
+        with stop_signals(), pytest.raises(Stopped) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs between bytecodes: the raise comes before this ends
+        assert raised.value.exit_code == 143
+        assert signal.getsignal(signal.SIGTERM) is before
     finally:
         signal.signal(signal.SIGUSR1, previous)

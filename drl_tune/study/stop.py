@@ -1,0 +1,105 @@
+"""Stopping a study by a signal — Ctrl-C (SIGINT) or SIGTERM (Slurm's ``scancel``, ``kill``, a closed tmux pane) —
+by one graceful path: what has finished is saved, one line says how to go on, the exit status says which signal.
+
+Why this module: the signals reach the driver in three different states. Inside ``Tuner.fit()`` Tune must stop
+itself (its trials' checkpoints and experiment state are then consistent), and Tune's own SIGINT handler tells its
+caller nothing, so the handler records the signal and hands it to Tune as SIGUSR1, which Tune always takes as the
+same graceful stop (``TUNE_DISABLE_SIGINT_HANDLER`` keeps Tune's own off while ours is on). Outside ``fit()`` (the
+MLflow writes, the answer, the report) the handler raises :class:`~drl_tune.ground.guard.Stopped` where the driver
+is; every file written there is written atomically, so the folder is resumable from any point. And ``ray.init``
+installs Ray's own SIGTERM handler in the driver, which prints a native stack dump and aborts — so the handler is
+installed (again) after Ray has started, for the whole study.
+
+A second signal stops at once (``KeyboardInterrupt``), as a second Ctrl-C does everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from drl_tune.ground.guard import Stopped, exit_code_of
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+class StopSignals:
+    """Which stop signal arrived (``signum``; None: none), and whether a ``Tuner.fit()`` is running to take it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_fit = False
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM (128 + the signal, the shells' convention)."""
+        return exit_code_of(self.signum)
+
+    @property
+    def name(self) -> str:
+        return NAMES.get(signal.Signals(self.signum), signal.Signals(self.signum).name) if self.signum else ""
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # the second signal: stop now
+        self.signum = signum
+        if self.in_fit:
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop
+        else:
+            raise Stopped(signum)
+
+
+_active: list[StopSignals] = []
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Take SIGINT and SIGTERM for the block (install it after Ray has started); restores the previous handlers.
+    Off the main thread (signals reach only the main thread) it installs nothing and Tune keeps its own handling."""
+    watch = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield watch
+        return
+    previous = {s: signal.signal(s, watch.handle) for s in SIGNALS}
+    _active.append(watch)
+    try:
+        yield watch
+    finally:
+        _active.remove(watch)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def fit_watch() -> Iterator[StopSignals]:
+    """Run ``Tuner.fit()`` inside this: a signal then stops Tune gracefully and is recorded in the watch returned
+    (the study's, when :func:`stop_signals` is active; else one installed for the block)."""
+    with contextlib.ExitStack() as stack:
+        watch = _active[-1] if _active else stack.enter_context(stop_signals())
+        if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+            yield watch
+            return
+        previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        watch.in_fit = True
+        try:
+            yield watch
+        finally:
+            watch.in_fit = False
+            if previous_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
+
+
+def stopping() -> str | None:
+    """The name of the stop signal the running study got (None: none, or no study here)."""
+    return _active[-1].name if _active and _active[-1].is_set() else None
