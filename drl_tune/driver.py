@@ -164,7 +164,7 @@ def open_tracking(plan: Plan, resumed: bool) -> Any:
     plan.parent_run_id = tracker.start_parent(plan.name, tags, params, {"": space_copy})
     plan.save()
     tracker.client.log_artifact(plan.parent_run_id, str(plan_path))
-    tracker.client.log_text(plan.parent_run_id, redact(plan.describe()), "plan.txt")
+    tracker.client.log_text(plan.parent_run_id, redact(plan.describe(show_all=True)), "plan.txt")  # the record
     return tracker
 
 
@@ -207,9 +207,10 @@ def sync_optuna_db(plan: Plan) -> str | None:
 
 
 def run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec,
-              write_report: bool = True) -> int:
+              write_report: bool = True, show_all: bool = False) -> int:
     """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; the report and the MLflow
-    review at the end; exit code."""
+    review at the end; exit code. The plan printed at the start lists the fixed keys that matter (``show_all``:
+    every one; the MLflow run's ``plan.txt`` always has every one)."""
     from drl_tune.study import ray_session
     from drl_tune.study.stop import stop_signals
 
@@ -223,7 +224,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
     try:
         with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
             try:
-                code = _run_study(plan, resumed, address, progress, write_report, started_ray, stop)
+                code = _run_study(plan, resumed, address, progress, write_report, show_all, started_ray, stop)
             except Stopped as stopped:
                 print(f"\nstopped by {stop.name or stopped}: what had finished is saved in {plan.study_dir}; finish "
                       f"it with  python -m drl_tune.run --resume {plan.resume_args()}", flush=True)
@@ -238,7 +239,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
 
 
 def _run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec, write_report: bool,
-               started_ray: bool, stop: StopSignals) -> int:
+               show_all: bool, started_ray: bool, stop: StopSignals) -> int:
     from ray import tune
 
     from drl_tune.study import ray_session
@@ -258,7 +259,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
     tracker = open_tracking(plan, resumed)
-    print(redact(plan.describe()) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
+    print(redact(plan.describe(show_all)) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
           flush=True)
     start = time.monotonic()
     if resumed:

@@ -83,11 +83,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--path", type=Path, help="with --resume: the study folder itself (instead of --storage/--name); "
                                              "a moved, copied or renamed folder resumes as itself")
     p.add_argument("--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; run nothing (its fixed "
+                                                           "keys: the ones that matter; with -v: every one)")
+    p.add_argument("--show-all", action="store_true",
+                   help="the plan (--dry-run, and the study's start) lists every fixed key, also those at their "
+                        "defaults (perf.* switches, feature-encoder sizes, a generated dataset's knobs)")
     add_progress_args(p)
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (drl_tune.report)")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show the libraries' informational start-up lines (MLflow, Ray notices)")
+                   help="also show the libraries' informational start-up lines (MLflow, Ray notices); with "
+                        "--dry-run: every fixed key of the plan")
     return p.parse_args(argv)
 
 
@@ -200,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        print(redact(plan.describe()))
+        print(redact(plan.describe(show_all=args.show_all or args.verbose)))
         print("\n(dry run: nothing started)")
         return 0
     try:
-        return run_study(plan, args.resume, args.address, progress_of(args), not args.no_report)
+        return run_study(plan, args.resume, args.address, progress_of(args), not args.no_report,
+                         show_all=args.show_all)
     except (UsageError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -19,6 +19,7 @@ import pandas as pd
 
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study, load_tune
 from drl_tune.ground.io import atomic_write_text
+from drl_tune.ground.readable import settings, sig4
 
 CAPTIONS = {
     "tradeoff": "Multimodal accuracy (test, at each trial's best-validation epoch) against balance: the gap between "
@@ -46,12 +47,11 @@ CAPTIONS = {
 }
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: Any) -> str:
+    """A cell as people read it: a float to 4 significant digits (a searched lr of 0.002774 stays 0.002774)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return html.escape(sig4(value))
 
 
 def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
@@ -72,7 +72,7 @@ def answer_section(study: Study) -> str:
         for m in metrics:
             s = cfg.get("stats", {}).get(m)
             cells.append(f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s else None)
-        cells.append(", ".join(f"{k}={v}" for k, v in cfg.get("config", {}).items()))
+        cells.append(settings(cfg.get("config", {})))
         rows.append(cells)
     out = [f"<p>Seeds {html.escape(str(answer.get('seeds')))}, top {answer.get('top_k')} configuration(s) per method "
            f"selected on <code>{html.escape(answer.get('select_metric', SELECT_METRIC))}</code>; "

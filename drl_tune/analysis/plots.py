@@ -39,6 +39,7 @@ from drl_tune.analysis.colors import (  # noqa: F401 (plots.* names)
 from drl_tune.analysis.front_plot import pareto as pareto_figure
 from drl_tune.analysis.load import SELECT_METRIC, TEST_METRIC, Study
 from drl_tune.ground.io import atomic_write_with
+from drl_tune.ground.readable import sig4
 from drl_tune.ground.stats import non_dominated
 from drl_tune.study.optuna_db import distribution
 
@@ -257,12 +258,12 @@ def dynamics(study: Study, trial_id: str | None = None) -> Figure:
 
 
 def _drl_setting(trial: pd.Series) -> str:
-    """``α(λ)=3.00, diagnose every 2`` for a DRL trial's title (only the keys the trial has)."""
+    """``λ=4.434, diagnose every 2`` for a DRL trial's title (only the keys the trial has; 4 significant digits)."""
     if trial["method"] != "drl":
         return ""
     parts = []
     if pd.notna(trial.get("drl.lam")):
-        parts.append(f"λ={float(trial['drl.lam']):.2f}")
+        parts.append(f"λ={sig4(float(trial['drl.lam']))}")
     if pd.notna(trial.get("drl.diagnosis_interval")):
         parts.append(f"diagnose every {int(trial['drl.diagnosis_interval'])}")
     return ", ".join(parts)

@@ -18,9 +18,10 @@ from typing import Any
 from drl_tune.data import GENERATED
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.io import atomic_write_text
+from drl_tune.ground.readable import settings
 from drl_tune.methods import REGISTRY
 from drl_tune.study.spaces import Param, SchedulerSpec, Space, parse_objectives
-from drl_tune.training.config import make_config
+from drl_tune.training.config import canonical_key, make_config
 
 PLAN_FILE = "drl_tune_study.json"
 # how the plan names its sampler; the budget curve (drl_tune.analysis.budget) says the same on its figure
@@ -28,6 +29,9 @@ SEARCHER_TEXT = {"tpe": "Optuna TPE (adaptive), seed {seed}",
                  "random": "Optuna random sampling (i.i.d. draws), seed {seed}",
                  "nsga2": "Optuna NSGA-II (adaptive), seed {seed}"}
 PLAN_FORMAT = "drl_tune.study/1"
+# fixed keys the plan always lists, default or not (Plan.fixed_keys): what a reader of any study wants to see
+CORE_KEYS = frozenset({"method", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "fusion",
+                       "data.name", "seed", "device"})
 DEFAULT_STORAGE = Path("runs") / "studies"
 
 
@@ -183,8 +187,9 @@ class Plan:
         label: a copied or renamed folder is resumed by its own name)."""
         return f"--name {self.study_dir.name} --storage {self.study_dir.parent}"
 
-    def describe(self) -> str:
-        """The human version of the plan (``--dry-run`` prints it)."""
+    def describe(self, show_all: bool = False) -> str:
+        """The human version of the plan (``--dry-run`` prints it). Its ``fixed:`` block lists the keys that matter
+        (:meth:`fixed_keys`) and counts the rest; ``show_all`` lists every fixed key."""
         lines = [f"study {self.name!r}: space {self.space_name} ({self.space_path})",
                  f"  results: {self.study_dir}", f"  mlflow:  {self.mlflow_uri}",
                  f"  trials: {self.num_samples}, at most {self.max_concurrent} at a time; "
@@ -234,20 +239,47 @@ class Plan:
                 lines.append(f"  note: {name} has no searched key, so its "
                              f"{self.num_samples // len(self.balanced_methods)} trials all run its official setting")
         if self.balanced_methods:
-            lines += [f"  first {m} trial (official setting): " + ", ".join(f"{k}={v}" for k, v in point.items())
+            lines += [f"  first {m} trial (official setting): " + settings(point)
                       for m, point in zip(self.balanced_methods, self.points_to_evaluate, strict=True)]
         else:
-            lines.append("  first trial (official setting): "
-                         + ", ".join(f"{k}={v}" for k, v in (self.points_to_evaluate or [{}])[0].items()))
+            lines.append("  first trial (official setting): " + settings((self.points_to_evaluate or [{}])[0]))
             for point in self.points_to_evaluate[1:]:
-                lines.append("  then the official setting of each other method: "
-                             + ", ".join(f"{k}={v}" for k, v in point.items()))
+                lines.append("  then the official setting of each other method: " + settings(point))
         lines.append("  fixed:")
-        # a generated dataset's knobs (data.synthetic.*, data.avdigits.*) only matter when it is the one read
+        shown, hidden = self.fixed_keys(show_all)
+        lines += [f"    {k:<32} {self.constants[k]}" for k in shown]
+        if hidden:
+            lines.append(f"    ({len(hidden)} more at their defaults: --dry-run -v or --show-all prints every key)")
+        return "\n".join(lines)
+
+    def study_methods(self) -> set[str]:
+        """The methods this study trains: the searched ``method`` choice (or the equal-budget round robin), else the
+        fixed ``method``."""
+        searched = next((p for p in self.search if p.key == "method"), None)
+        names = set(self.balanced_methods) | {str(m) for m in (searched.samples() if searched is not None else [])}
+        return names or {str(self.constants.get("method", make_config({}).method))}
+
+    def fixed_keys(self, show_all: bool = False) -> tuple[list[str], list[str]]:
+        """The fixed keys the plan lists, and those it leaves out (sorted). Listed: a key away from its default
+        (``make_config({})``), a key of a method this study trains, and the few a reader always wants
+        (:data:`CORE_KEYS`); left out: the rest, all at their defaults — the ``perf.*`` switches (they act only on a
+        CUDA device), the feature encoders' sizes, a generated dataset's knobs. ``show_all`` lists every key.
+        A generated dataset's knobs (``data.synthetic.*``, ``data.avdigits.*``) are never listed when another
+        dataset is read: they do not matter then."""
         dataset = self.constants.get("data.name")
         other = tuple(f"data.{name}." for name in sorted(GENERATED) if dataset and name != dataset)
-        lines += [f"    {k:<32} {v}" for k, v in sorted(self.constants.items()) if not k.startswith(other)]
-        return "\n".join(lines)
+        keys = sorted(k for k in self.constants if not k.startswith(other))
+        if show_all:
+            return keys, []
+        defaults = make_config({}).to_flat()
+        methods = self.study_methods()
+        missing = object()  # a key no default has (a method not registered here, an old plan's key): shown
+
+        def matters(key: str) -> bool:
+            default = defaults.get(canonical_key(key, notice=False), missing)
+            return key in CORE_KEYS or key.split(".")[0] in methods or self.constants[key] != default
+
+        return [k for k in keys if matters(k)], [k for k in keys if not matters(k)]
 
 
     def describe_protocol(self) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from drl_tune.ground.readable import sig4
 from drl_tune.study.faults import reason_of, recorded_error
 from drl_tune.study.history import dedupe_frame, read_result_json
 from drl_tune.study.plan import Plan
@@ -28,13 +29,10 @@ def knob_columns(plan: Plan) -> list[str]:
 
 
 def format_cell(value: Any) -> str:
-    if value is None:
+    """A table cell as people read it: a float to 4 significant digits (``sig4``), a missing value ``-``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.3f}".rstrip("0").rstrip(".")
-    return str(value)
+    return sig4(value)
 
 
 def render_table(headers: list[str], rows: list[list[Any]]) -> str:

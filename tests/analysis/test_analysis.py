@@ -234,3 +234,25 @@ def test_bad_input_one_line_nonzero_exit(tmp_path, capsys, case):
             load_mlflow("http://127.0.0.1:9", "hand")
         else:
             load_tune(Path(argv[1]))
+
+
+def test_report_shows_configurations_to_four_significant_digits(tmp_path):
+    """The report's answer and search tables read like the printed ones: drl.lam=4.434, lr 0.002774 (not 0.003),
+    an accuracy 0.55; answer.json, which the report reads, is left as it was."""
+    from drl_tune.analysis.html_report import _table, answer_section, search_rows
+
+    folder = tmp_path / "long"
+    make_study(tmp_path, "long", trials=False)
+    trial(folder, "drl", "d1", epoch_rows([0.3, 0.55]), **{"drl.lam": 4.433541515048307}, lr=0.0027741234)
+    trial(folder, "joint", "j1", epoch_rows([0.3, 0.4]))
+    answer = json.loads(write_answer(folder).read_text())
+    answer["configs"][0]["config"] = {"drl.lam": 4.433541515048307, "lr": 0.0027741234}
+    (folder / "answer.json").write_text(json.dumps(answer))
+    study = load_tune(folder)
+    section = answer_section(study)
+    assert "drl.lam=4.434, lr=0.002774" in section and "4.43354" not in section
+    search = _table(*search_rows(study))
+    assert "<td>4.434</td>" in search and "<td>0.002774</td>" in search and "<td>0.55</td>" in search
+    assert "4.43354" not in search and "0.0027741234" not in search
+    assert json.loads((folder / "answer.json").read_text())["configs"][0]["config"]["drl.lam"] == 4.433541515048307
+    assert plots._drl_setting(study.trials.set_index("trial_id").loc["d1"]) == "λ=4.434"  # the dynamics' title

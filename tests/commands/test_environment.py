@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest

@@ -110,3 +110,65 @@ def test_space_file_from_path_and_set(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "drl.lam" not in out.split("searched:")[1].split("first drl trial")[0]
     assert "first trial (official setting): lr=0.01" in out
+
+
+def fixed_block(out: str) -> tuple[dict[str, str], str]:
+    """The ``fixed:`` block of a printed plan: its keys with their printed values, and its closing line (or "")."""
+    lines = out.split("\n  fixed:\n")[1].split("\n\n")[0].splitlines()
+    closing = lines[-1].strip() if lines[-1].strip().startswith("(") else ""
+    rows = [line.split(maxsplit=1) for line in lines if line.strip() and not line.strip().startswith("(")]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}, closing
+
+
+def demo_plan(tmp_path, *args):
+    from drl_tune.run import parse_args, plan_from_args
+
+    return plan_from_args(parse_args(["--space", "demo", "--storage", str(tmp_path / "studies"), "--name", "x",
+                                      *args]))
+
+
+def test_dry_run_lists_the_fixed_keys_that_matter(tmp_path, capsys):
+    """The demo's fixed block: the core keys, DRL's own keys (drl is among its methods) and the keys away from their
+    defaults — not the 13 synthetic-data knobs, the 5 perf.* switches or the feature encoders' sizes at their
+    defaults; a closing line counts what was left out and says how to see it."""
+    from drl_tune.study.plan import CORE_KEYS
+    from drl_tune.training.config import make_config
+
+    assert main(["--space", "demo", "--dry-run", "--storage", str(tmp_path / "studies"), "--name", "x"]) == 0
+    shown, closing = fixed_block(capsys.readouterr().out)
+    plan, defaults = demo_plan(tmp_path), make_config({}).to_flat()
+    at_default = {k for k, v in plan.constants.items() if defaults.get(k) == v}
+    quiet = ("data.synthetic.", "perf.", "model.feature_", "model.sequence_encoder")
+    assert [k for k in shown if k.startswith(quiet) and k in at_default] == []
+    assert "data.synthetic.n_train" in plan.constants and "perf.bf16" in plan.constants  # fixed, but not shown
+    assert CORE_KEYS - {"method", "lr"} <= set(shown)  # method and lr are searched by the demo
+    drl_keys = {k for k in plan.constants if k.startswith("drl.")}
+    assert drl_keys and drl_keys <= set(shown)
+    assert drl_keys <= at_default  # shown for belonging to a method of the study, not for a changed value
+    assert {"epochs", "model.width", "eval.probe_samples"} <= set(shown) - at_default  # the demo's own choices
+    assert all(k in CORE_KEYS or k.startswith("drl.") or k not in at_default for k in shown)
+    assert shown["epochs"] == "10" and shown["data.name"] == "synthetic"
+    listed_by_show_all = {k for k in plan.constants if not k.startswith("data.avdigits.")}
+    left_out = len(listed_by_show_all) - len(shown)
+    assert left_out >= 20
+    assert closing == f"({left_out} more at their defaults: --dry-run -v or --show-all prints every key)"
+
+
+def test_dry_run_lists_a_key_set_away_from_its_default(tmp_path, capsys):
+    args = ["--set", "data.synthetic.n_train=300", "--set", "perf.bf16=false"]
+    assert main(["--space", "demo", "--dry-run", "--storage", str(tmp_path / "studies"), "--name", "x", *args]) == 0
+    shown, _ = fixed_block(capsys.readouterr().out)
+    assert shown["data.synthetic.n_train"] == "300" and shown["perf.bf16"] == "False"
+    assert "data.synthetic.n_val" not in shown and "perf.channels_last" not in shown  # still at their defaults
+
+
+@pytest.mark.parametrize("flags", [["--show-all"], ["-v"], ["--verbose", "--show-all"]])
+def test_dry_run_show_all_and_verbose_list_every_fixed_key(flags, tmp_path, capsys):
+    assert main(["--space", "demo", "--dry-run", "--storage", str(tmp_path / "studies"), "--name", "x",
+                 *flags]) == 0
+    shown, closing = fixed_block(capsys.readouterr().out)
+    plan = demo_plan(tmp_path)
+    # every constant, but another generated dataset's knobs (data.avdigits.* while the demo reads synthetic)
+    assert set(shown) == {k for k in plan.constants if not k.startswith("data.avdigits.")}
+    assert shown["perf.bf16"] == "True" and shown["data.synthetic.n_train"] == "1000"
+    assert closing == ""

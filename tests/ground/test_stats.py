@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -256,3 +257,24 @@ def test_answer_table_shows_the_shared_keys_first():
     assert header[4:10] == ["lr", "drl.diagnosis_interval", "drl.kmeans_n_init", "drl.lam", "drl.max_reinits",
                            "drl.n_clusters"]
     assert "0.042" in answer_tables(answer).splitlines()[4]
+
+
+def test_answer_tables_round_what_people_read_and_the_files_keep_every_digit(tmp_path):
+    """answer.txt and the printed tables show a configuration's floats to 4 significant digits; answer.json and
+    answer.csv, read by programs, keep the full values."""
+    from drl_tune.study.answer import answer_tables, write_answer
+
+    stat = {"mean": 0.8123456789, "std": 0.0123456789, "ci_low": 0.7, "ci_high": 0.9, "n": 2}
+    answer = {"metrics": ["val/acc_best"], "seeds": [1, 2], "reference": None, "paired": [], "headline": [],
+              "configs": [{"method": "drl", "rank": 1, "source_trial": "a", "seeds": [1, 2], "failed_seeds": [],
+                           "config": {"drl.lam": 4.433541515048307, "lr": 0.0027741234, "momentum": 0.8567891,
+                                      "drl.n_clusters": 12},
+                           "stats": {"val/acc_best": stat}}]}
+    row = answer_tables(answer).splitlines()[3].split()
+    assert row[:7] == ["drl", "1", "a", "0.002774", "0.8568", "4.434", "12"]  # lr, momentum, then drl's keys
+    paths = write_answer(tmp_path, answer)
+    assert "4.434" in paths["answer.txt"].read_text() and "4.43354" not in paths["answer.txt"].read_text()
+    saved = json.loads(paths["answer.json"].read_text())
+    assert saved["configs"][0]["config"] == answer["configs"][0]["config"]
+    assert saved["configs"][0]["config"]["momentum"] == 0.8567891
+    assert "0.8123456789" in paths["answer.csv"].read_text() and "0.0123456789" in paths["answer.csv"].read_text()

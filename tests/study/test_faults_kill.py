@@ -250,7 +250,7 @@ def test_interrupted_then_killed_study_resumes_to_exactly_the_planned_trials(tmp
     proc = start_study(study_cli("--space", str(space), "--storage", str(storage), "--name", "c"), log, ray_tmp,
                        tmp_path)
     try:
-        wait_for(lambda: "terminated" in log.read_text() and running(study) == 1,
+        wait_for(lambda: "finished (" in log.read_text() and running(study) == 1,
                  "a trial finished and the next one running", proc, log)
         # at once: on a quiet machine the rest of the search takes about a second, and a Ctrl-C that lands after
         # it would interrupt the confirmation instead

@@ -312,3 +312,24 @@ def test_distributions_are_typed_and_plans_of_the_old_shape_still_load(tmp_path)
     compat.install()  # what Plan.read does before a study folder is unpickled
 
     assert pickle.Unpickler(io.BytesIO(b"")).find_class("drl_tune.study", "ProgressTable") is tables.ProgressTable
+
+
+def test_plan_lists_the_fixed_keys_of_its_methods_and_rounds_its_first_trials(tmp_path):
+    """A method's own fixed keys are listed when the study trains it (searched or fixed ``method``), though at
+    their defaults; the first trials read to 4 significant digits, the plan file keeps every digit."""
+    space = load_space(str(write(tmp_path, GOOD.replace("drl.lam: 3.0", "drl.lam: 4.433541515048307"))))
+    plan = build_plan(space, overrides={}, name="t", storage=tmp_path, mlflow_uri=None)
+    text = plan.describe()
+    first = "first drl trial (official setting): method=drl, lr=0.01, batch_size=64, momentum=0.9, drl.lam=4.434,"
+    assert first in text
+    assert "4.43354" not in text and json.loads(plan.to_json())["points_to_evaluate"][0]["drl.lam"] == 4.433541515048307
+    fixed = text.split("\n  fixed:\n")[1]
+    assert "    drl.kmeans_backend " in fixed and "    perf.bf16 " not in fixed
+    only_drl = build_plan(space, overrides={"method": "drl"}, name="t", storage=tmp_path, mlflow_uri=None)
+    assert only_drl.study_methods() == {"drl"}
+    fixed = only_drl.describe().split("\n  fixed:\n")[1]
+    assert "    method                           drl\n" in fixed and "    drl.kmeans_backend " in fixed
+    only_joint = build_plan(space, overrides={"method": "joint"}, name="t", storage=tmp_path, mlflow_uri=None)
+    assert only_joint.study_methods() == {"joint"} and "drl." not in only_joint.describe().split("\n  fixed:\n")[1]
+    assert "    drl.kmeans_backend " in only_drl.describe(show_all=True)
+    assert "    perf.bf16                        True" in only_drl.describe(show_all=True)
