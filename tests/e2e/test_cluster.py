@@ -1,5 +1,5 @@
-"""A study submitted with ``ray job submit`` to a real two-node Ray cluster on this machine, and a study logging
-to a real ``mlflow server``.
+"""A study submitted with ``ray job submit`` to a real two-node Ray cluster on this machine, a study logging to a
+real ``mlflow server``, and a two-dataset benchmark of a user's method from a file outside the repository.
 
 The cluster: a head started with ``ray start --head --num-cpus 0`` (it runs the job's driver, never a trial)
 and a worker node with 2 CPUs, both on 127.0.0.1, with their own temp dir and ports so they never meet any
@@ -32,6 +32,7 @@ import pytest
 from mlflow import MlflowClient
 
 from drl_tune.study.plan import PLAN_FILE, Plan
+from tests.e2e.test_benchmark_e2e import SPACE as BENCH_SPACE
 from tests.e2e.test_study_e2e import tiny_sets
 from tests.methods.test_user_methods import GOOD
 from tests.study.test_study_address import SPACE, free_port
@@ -231,31 +232,41 @@ def bad_input_args(case: str, folder: Path) -> tuple[list[str], str]:
 
 @pytest.fixture(scope="module")
 def jobs(cluster, mlflow_server, tmp_path_factory) -> dict[str, Job]:
-    """Five studies submitted at once with `ray job submit --no-wait` (a 2-core machine runs them faster
-    together than one after another), then waited for: a good one, logging to the tracking server, one of a user's
-    method from a file, and three bad inputs."""
-    plans: dict[str, tuple[list[str], str]] = {}
+    """Four studies and a benchmark submitted at once with `ray job submit --no-wait` (a 2-core machine runs them
+    faster together than one after another), then waited for: a good study, logging to the tracking server, a
+    benchmark of a user's method from a file, and three bad inputs."""
+    commands: dict[str, list[str]] = {}
     folders = {name: tmp_path_factory.mktemp(name) for name in ("ok", "mine", "cpus", "storage", "dataset")}
-    plans["ok"] = (["--storage", str(folders["ok"] / "studies"), "--name", "onjob", "--mlflow-uri", mlflow_server],
-                   SPACE)
-    # a method from a file outside the job's working directory: its trials register it from the plan's record
+
+    def study(name: str, args: list[str], space_text: str) -> list[str]:
+        space = folders[name] / "cluster.yaml"
+        space.write_text(textwrap.dedent(space_text))
+        return ["drl_tune.run", "--space", str(space), *args]
+
+    commands["ok"] = study("ok", ["--storage", str(folders["ok"] / "studies"), "--name", "onjob", "--mlflow-uri",
+                                  mlflow_server], SPACE)
+    # a benchmark over two datasets of joint and a method from a file outside the repository (and outside the job's
+    # working directory): the driver reads the file; the trials register the method from the plans' record
     method_file = folders["mine"] / "elsewhere" / "smooth.py"
     method_file.parent.mkdir()
     method_file.write_text(GOOD)
-    plans["mine"] = (["--storage", str(folders["mine"] / "studies"), "--name", "mine", "--methods-from",
-                      str(method_file)], SPACE.replace("method: joint", "method: smooth_ce"))
+    spaces = []
+    for label, seed in (("set_a", 1), ("set_b", 2)):
+        spaces.append(folders["mine"] / f"{label}.yaml")
+        spaces[-1].write_text(BENCH_SPACE.format(name=label, seed=seed))
+    commands["mine"] = ["drl_tune.benchmark", "--spaces", *map(str, spaces), "--methods", "joint,smooth_ce",
+                        "--methods-from", str(method_file), "--confirm-seeds", "2", "--name", "mine", "--storage",
+                        str(folders["mine"] / "bench")]
     for case in ("cpus", "storage", "dataset"):
-        plans[case] = bad_input_args(case, folders[case])
+        commands[case] = study(case, *bad_input_args(case, folders[case]))
     started = {}
-    for name, (args, space_text) in plans.items():
-        space = folders[name] / "cluster.yaml"
-        space.write_text(textwrap.dedent(space_text))
+    for name, command in commands.items():
         out = cluster.ray("job", "submit", "--no-wait", "--address", cluster.dashboard, "--submission-id",
-                          f"drl-tune-{name}", "--working-dir", str(ROOT), "--", sys.executable, "-m", "drl_tune.run",
-                          "--space", str(space), "--progress-interval", "0", *tiny_sets(), *args)
+                          f"drl-tune-{name}", "--working-dir", str(ROOT), "--", sys.executable, "-m", *command,
+                          "--progress-interval", "0", *tiny_sets())
         assert out.returncode == 0, out.stdout + out.stderr
         started[name] = time.monotonic()
-    result = {name: Job(folders[name]) for name in plans}
+    result = {name: Job(folders[name]) for name in commands}
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline and any(job.code < 0 for job in result.values()):
         for name, job in result.items():
@@ -273,10 +284,16 @@ def jobs(cluster, mlflow_server, tmp_path_factory) -> dict[str, Job]:
     return result
 
 
-def trial_actor_nodes(cl: Cluster) -> list[str]:
-    """The node of every Tune trial actor (function trainables run as `ImplicitFunc`) from Ray's state API."""
+def trial_actors(cl: Cluster) -> list[dict]:
+    """Every Tune trial actor from Ray's state API: its node and pid. Function trainables run as `ImplicitFunc`; a
+    driver's later Tuners (a study's confirmation, a benchmark's next study) show it by its qualified name,
+    `wrap_function.<locals>.ImplicitFunc` (Ray 2.60)."""
     out = cl.ray("list", "actors", "--address", cl.dashboard, "--format", "json", "--detail", "--limit", "10000")
-    return [a["node_id"] for a in json.loads(out.stdout) if a.get("class_name") == "ImplicitFunc"]
+    return [a for a in json.loads(out.stdout) if str(a.get("class_name")).endswith("ImplicitFunc")]
+
+
+def trial_actor_nodes(cl: Cluster) -> list[str]:
+    return [a["node_id"] for a in trial_actors(cl)]
 
 
 def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
@@ -306,21 +323,43 @@ def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
 
 
-def test_a_users_method_from_a_file_trains_on_the_worker_node(cluster, jobs):
-    """The job's driver read the user's file; the trials on the worker node registered the method from the text the
-    plan recorded (the trainable never opens the file) and trained it."""
+def test_a_benchmark_of_a_users_method_from_a_file_trains_it_on_the_worker_node(cluster, jobs):
+    """`python -m drl_tune.benchmark` as a Ray job over two datasets: the driver read the user's file (outside the
+    repository); the trials on the worker node registered the method from the text the plans recorded (the trainable
+    never opens the file) and trained it; each study has its answer, and the table names the method in every format
+    with the answers' own numbers."""
     job = jobs["mine"]
     assert job.code == 0, job.logs[-6000:]
-    study = job.folder / "studies" / "mine"
-    plan = Plan.from_json((study / PLAN_FILE).read_text())
-    assert plan.methods and plan.methods[0]["source"] == GOOD
-    trials = sorted(study.glob("smooth_ce_*/result.json"))
-    assert len(trials) == 2, sorted(p.name for p in study.iterdir())
-    for result in trials:
-        rows = [json.loads(line) for line in result.read_text().splitlines()]
-        assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["config"]["method"] == "smooth_ce"
-        assert "smooth_ce.eps" in rows[-1]["config"]
-    assert set(trial_actor_nodes(cluster)) == {cluster.worker_id}
+    # each study joined the job's cluster (the driver leaves Ray between studies and joins it again)
+    joined = re.findall(r"^ray: inside Ray job drl-tune-mine, joined its cluster at .* on 2 nodes$", job.logs, re.M)
+    assert len(joined) == 2, job.logs[:3000]
+    folder = job.folder / "bench" / "mine"
+    actors = trial_actors(cluster)
+    node_of = {a["pid"]: a["node_id"] for a in actors if a.get("pid")}
+    assert set(node_of.values()) == {cluster.worker_id}, (node_of, cluster.head_id)
+    for label in ("set_a", "set_b"):
+        study = folder / "studies" / label
+        assert f"{label}: answered in" in job.logs, job.logs[-6000:]
+        plan = Plan.from_json((study / PLAN_FILE).read_text())
+        assert plan.methods and plan.methods[0]["source"] == GOOD
+        # the user's method: one search trial and two confirmation seeds, each two epochs, on the worker node
+        results = sorted(study.glob("smooth_ce_*/result.json")) + sorted(study.glob("confirm/smooth_ce_*/result.json"))
+        assert len(results) == 3, sorted(str(p.relative_to(study)) for p in study.glob("**/result.json"))
+        for result in results:
+            rows = [json.loads(line) for line in result.read_text().splitlines()]
+            assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["config"]["method"] == "smooth_ce"
+            assert "smooth_ce.eps" in rows[-1]["config"]
+            assert node_of.get(rows[-1]["pid"]) == cluster.worker_id, (rows[-1]["pid"], node_of)
+    for suffix in ("md", "tex", "csv", "json", "html"):
+        text = (folder / f"table.{suffix}").read_text()
+        assert "smooth_ce" in text.replace("\\_", "_") and "joint" in text, suffix  # LaTeX escapes the underscore
+    table = json.loads((folder / "table.json").read_text())
+    for label in ("set_a", "set_b"):
+        answer = json.loads((folder / "studies" / label / "answer.json").read_text())
+        for config in answer["configs"]:
+            row = next(r for r in table["rows"] if r["dataset"] == label and r["method"] == config["method"])
+            assert row["test_acc_mean"] == config["stats"]["test/acc_at_best_val"]["mean"], (label, row)
+        assert {c["method"] for c in answer["configs"]} == {"joint", "smooth_ce"}
 
 
 def test_job_logs_to_an_mlflow_tracking_server(jobs, mlflow_server):
