@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from drl_tune.study.plan import PLAN_FILE, Plan
 from drl_tune.training.config import make_config
 from drl_tune.training.engine import Engine
 from tests.conftest import TINY
+from tests.terminal import stopped_in_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +231,9 @@ resources: {cpus_per_trial: 1}
 def test_interrupted_then_killed_study_resumes_to_exactly_the_planned_trials(tmp_path, ray_tmp, capsys):
     """One DRL study through every way a run ends early, each resumed with ``--resume``:
 
-    1. Ctrl-C (SIGINT) in the search, one trial done and the next mid-run: exit 130 and the resume command;
+    1. SIGTERM in the search, run in a pseudo-terminal as a person runs it, one trial done and the next mid-run:
+       what the terminal shows (tests/terminal.py: the status line, events, no Tune output, no native dump),
+       exit 143 and the resume command;
     2. the resumed driver SIGKILLed while a confirmation trial runs: nothing of its Ray keeps burning CPU;
     3. a second ``--resume`` stops what the killed session left and completes the study with exactly the
        planned trials (3 search + 1 configuration x 2 fresh seeds), one FINISHED MLflow child per trial with
@@ -246,20 +250,12 @@ def test_interrupted_then_killed_study_resumes_to_exactly_the_planned_trials(tmp
     def running(folder: Path) -> int:  # trials under folder that reported some but not all epochs
         return sum(0 < len(epochs_in(d / "result.json")) < epochs for d in folder.glob("drl_*"))
 
-    log = tmp_path / "first.log"  # 1. Ctrl-C in the search
-    proc = start_study(study_cli("--space", str(space), "--storage", str(storage), "--name", "c"), log, ray_tmp,
-                       tmp_path)
-    try:
-        wait_for(lambda: "finished (" in log.read_text() and running(study) == 1,
-                 "a trial finished and the next one running", proc, log)
-        # at once: on a quiet machine the rest of the search takes about a second, and a Ctrl-C that lands after
-        # it would interrupt the confirmation instead
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=180) == 130, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert "finish it with  python -m drl_tune.run --resume --name c" in log.read_text()
+    # 1. SIGTERM in the search, in a terminal; at once once the next trial started: on a quiet machine the rest of
+    # the search takes about a second, and a signal that lands after it would stop the confirmation instead
+    out = stopped_in_a_terminal(study_cli("--space", str(space), "--storage", str(storage), "--name", "c"),
+                                env_for(ray_tmp), tmp_path,
+                                lambda text: "finished (drl)" in text and running(study) == 1)
+    assert "finish it with  python -m drl_tune.run --resume --name c" in out
     assert not (study / "confirm").exists()
 
     resume = [sys.executable, "-m", "drl_tune.run", "--resume", "--storage", str(storage), "--name", "c",
@@ -281,6 +277,10 @@ def test_interrupted_then_killed_study_resumes_to_exactly_the_planned_trials(tmp
             break
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resuming the confirmation: {confirm} trials" in done.stdout, done.stdout
+    # not a terminal: plain appended status lines, none redrawn in place
+    assert "\r" not in done.stdout
+    plain = rf"^\[\d\d:\d\d:\d\d\] confirmation: {confirm}/{confirm} trials done"
+    assert re.search(plain, done.stdout, re.M), done.stdout
     assert not [p for p in ray_session.leftovers(saved) if Path(f"/proc/{p}").exists()]  # the killed session's gone
     # the agents may have exited on their own (~1 min) before the resume got going; if not, it stopped them
     stopped = [line for line in done.stdout.splitlines() if "leftover Ray process" in line]
