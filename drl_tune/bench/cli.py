@@ -18,8 +18,10 @@ on a shared machine the load changes by the minute, so absolute seconds mean lit
   per epoch, the MLflow callback logging every epoch to a sqlite store) vs the plain engine loop in this
   process (engine built, epochs run). ``overhead.ratio`` = Tune trial wall time / plain wall time (``ray.init``
   excluded), ``overhead.per_epoch_ratio`` = Tune's mean ``time_this_iter_s`` / the plain mean epoch.
-* ``study``: trials per hour of ``python -m drl_tune.run --space demo`` (no confirmation) with
-  ``--max-concurrent`` 1 and 2 (``--concurrency``).
+* ``study``: ``python -m drl_tune.run --space demo`` as a user runs it (search, confirmation, report) with
+  ``--max-concurrent`` 1 and 2 (``--concurrency``): trials per hour of its search, and ``study.overhead_ratio`` = the
+  whole command's wall time / its trials' compute (Σ ``time/epoch_s`` ÷ trials at a time), broken down by stage
+  (:mod:`drl_tune.bench.study_cost`).
 
 * ``gpu``: every GPU figure of issue 13 in one command without Ray (:mod:`drl_tune.bench.gpu`; ``--budget-s``);
   not part of ``all``.
@@ -336,44 +338,51 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
 
 
 def run_study_bench(*, num_samples: int = 4, concurrency: tuple[int, ...] = (1, 2), overrides: list[str] | None = None,
-                    log: Log = print) -> dict[str, Any]:
-    """Trials per hour of the demo study (search only) at each ``--max-concurrent``."""
+                    confirm_seeds: int | None = None, log: Log = print) -> dict[str, Any]:
+    """The demo study as a user runs it (search, confirmation, report) at each ``--max-concurrent``: trials per hour
+    of its search, and where the whole command's wall time goes (:mod:`drl_tune.bench.study_cost`)."""
+    from drl_tune.bench.study_cost import describe, study_cost, timed_run
+
     work = Path(tempfile.mkdtemp(prefix="drl_tune_bench_study_"))
     rows = []
     for c in concurrency:
         cmd = [sys.executable, "-m", "drl_tune.run", "--space", "demo", "--num-samples", str(num_samples),
-               "--max-concurrent", str(c), "--confirm-seeds", "0", "--no-report", "--storage", str(work),
-               "--name", f"c{c}", "--progress-interval", "3600"]
+               "--max-concurrent", str(c), "--storage", str(work), "--name", f"c{c}", "--progress-interval", "3600"]
+        if confirm_seeds is not None:
+            cmd += ["--confirm-seeds", str(confirm_seeds)]
         for assignment in overrides or []:
             cmd += ["--set", assignment]
         load = _load()
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise RuntimeError(f"the demo study with --max-concurrent {c} failed ({proc.returncode}): "
-                               + " | ".join(tail))
-        found = re.search(r"search of study '[^']*' \((\d+) trials, (\d+) s", proc.stdout)
+        lines, wall, code = timed_run(cmd)
+        if code != 0:
+            tail = [text for _, text in lines][-5:]
+            raise RuntimeError(f"the demo study with --max-concurrent {c} failed ({code}): " + " | ".join(tail))
+        stdout = "\n".join(text for _, text in lines)
+        found = re.search(r"search of study '[^']*' \((\d+) trials, (\d+) s", stdout)
         trials, search_s = (int(found.group(1)), float(found.group(2))) if found else (num_samples, wall)
         search_s = max(search_s, 1.0)
         epochs = _epochs_trained(work / f"c{c}")
+        cost = study_cost(lines, wall, work / f"c{c}", c)
         row = {"max_concurrent": c, "trials": trials, "search_s": search_s, "wall_s": wall,
                "trials_per_hour": trials * 3600 / search_s, "epochs_trained": epochs,
-               "epochs_per_hour": epochs * 3600 / search_s, "load_before": load, "load_after": _load()}
+               "epochs_per_hour": epochs * 3600 / search_s, "load_before": load, "load_after": _load(),
+               "overhead_ratio": cost["overhead_ratio"], "cost": cost}
         rows.append(row)
         log(f"study: {trials} demo trials at --max-concurrent {c}: search {search_s:.0f} s (command {wall:.0f} s) "
-            f"-> {row['trials_per_hour']:.0f} trials/h, {row['epochs_per_hour']:.0f} epochs/h "
+            f"-> {row['trials_per_hour']:.0f} trials/h, {row['epochs_per_hour']:.0f} search epochs/h "
             f"({epochs} epochs, ASHA stops some trials early)")
+        for line in describe(cost):
+            log(f"study:   {line}")
     best = max(rows, key=lambda r: r["trials_per_hour"])
     return {"rows": rows, "trials_per_hour": best["trials_per_hour"], "max_concurrent": best["max_concurrent"],
-            "speedup": rows[-1]["trials_per_hour"] / rows[0]["trials_per_hour"]}
+            "speedup": rows[-1]["trials_per_hour"] / rows[0]["trials_per_hour"],
+            "overhead_ratio": rows[-1]["overhead_ratio"], "breakdown": rows[-1]["cost"]["stages"]}
 
 
 def _epochs_trained(study: Path) -> int:
     """Epochs reported by the study's trials (the lines of their result.json files)."""
     total = 0
-    for path in study.glob("*/result.json"):
+    for path in study.glob("*/result.json"):  # the search's trials (confirm/ holds the confirmation's)
         total += sum(1 for line in path.read_text().splitlines() if line.strip())
     return total
 
@@ -418,7 +427,8 @@ def run(benches: list[str], args: argparse.Namespace, log: Log = print) -> dict[
             # tiny: the demo's two methods one trial each (equal budgets need a multiple of the methods)
             result["study"] = run_study_bench(num_samples=2 if tiny else args.num_samples,
                                               concurrency=(1,) if tiny else tuple(args.concurrency),
-                                              overrides=[*TINY_DEMO, "epochs=2"] if tiny else None, log=log)
+                                              overrides=[*TINY_DEMO, "epochs=2"] if tiny else None,
+                                              confirm_seeds=1 if tiny else None, log=log)
         result[name]["seconds"] = time.perf_counter() - start
         result[name]["load"] = [load, _load()]
     result["summary"] = summary(result)
@@ -433,7 +443,7 @@ def summary(result: dict[str, Any]) -> dict[str, float]:
     """The headline figures under their dotted names (``data.ratio`` ...)."""
     keys = {"data": ("ratio", "eval_ratio"), "epoch": ("ratio", "demo_ratio"),
             "overhead": ("ratio", "per_epoch_ratio", "warm_ratio"), "diagnosis": ("fraction_of_epoch",),
-            "study": ("trials_per_hour", "speedup")}
+            "study": ("trials_per_hour", "speedup", "overhead_ratio")}
     out = {f"{b}.{k}": float(result[b][k]) for b, ks in keys.items() if b in result for k in ks if k in result[b]}
     for method, ratios in result.get("methods", {}).get("methods", {}).items():
         out[f"methods.{method}.epoch_ratio"] = float(ratios["epoch_ratio"])

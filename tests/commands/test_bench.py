@@ -14,7 +14,8 @@ import pytest
 
 from drl_tune.bench.cli import main
 
-SUMMARY_KEYS = {"data.ratio", "epoch.ratio", "overhead.ratio", "diagnosis.fraction_of_epoch", "study.trials_per_hour"}
+SUMMARY_KEYS = {"data.ratio", "epoch.ratio", "overhead.ratio", "diagnosis.fraction_of_epoch", "study.trials_per_hour",
+                "study.overhead_ratio"}
 
 
 def _finite_positive(value: float) -> bool:
@@ -65,6 +66,10 @@ def test_bench_all_tiny_writes_every_summary_key(tmp_path):
     assert set(result["summary"]) >= SUMMARY_KEYS
     assert all(_finite_positive(result["summary"][k]) for k in SUMMARY_KEYS)
     assert [r["max_concurrent"] for r in result["study"]["rows"]] == [1]
+    stages = result["study"]["breakdown"]  # the whole study (search, confirmation, report) split by stage
+    assert {"ray_start_s", "setup_s", "search", "between_s", "confirmation", "answer_report_s",
+            "shutdown_s"} <= set(stages)
+    assert stages["search"]["trials"] == 2 and stages["confirmation"]["trials"] == 2
     overhead = result["overhead"]
     assert overhead["epochs"] == 2 and overhead["fixed_s"] > 0
     # the second trial ran in the first one's worker (the studies' actor reuse), and the cold start-up was split
@@ -96,3 +101,48 @@ def test_methods_bench_times_every_method_against_joint(tmp_path, capsys):
     assert "CPU time per epoch relative to joint" in printed and "methods.gblending.epoch_ratio" in printed
     assert main(["methods", "--tiny", "--methods", "drl,nope"]) == 2
     assert "--methods: unknown method 'nope'" in capsys.readouterr().err
+
+
+def _trial(folder: Path, name: str, epochs: list[tuple[float, float]]) -> None:
+    """A trial folder whose result.json reports (time/epoch_s, time_this_iter_s) per epoch."""
+    (folder / name).mkdir(parents=True)
+    (folder / name / "result.json").write_text("".join(
+        json.dumps({"epoch": e, "time/epoch_s": a, "time_this_iter_s": b}) + "\n" for e, (a, b) in enumerate(epochs)))
+
+
+def test_study_cost_splits_the_wall_time_by_stage(tmp_path):
+    """Hand-made output lines (arrival seconds) and trial folders: every figure computed here by hand. Two trials at
+    a time; the search runs trials a (2 epochs) and b (1 epoch), the confirmation trial c."""
+    from drl_tune.bench.study_cost import describe, study_cost
+
+    _trial(tmp_path, "joint_a", [(2.0, 2.5), (2.0, 2.25)])  # 4 s compute, 0.75 s in-trial overhead
+    _trial(tmp_path, "drl_b", [(3.0, 3.5)])                 # 3 s compute, 0.5 s
+    _trial(tmp_path / "confirm", "joint_c", [(1.0, 1.5)])   # 1 s compute, 0.5 s
+    lines = [(3.0, "ray: started a local Ray (2 CPUs, 0 GPUs) on 1 node"), (3.5, "study 's': space demo"),
+             (5.0, "[10:00:00] trial a started (joint, lr=0.01)"), (5.5, "[10:00:00] trial b started (drl, lr=0.01)"),
+             (10.0, "[10:00:05] trial b finished (drl) after 1 epochs, best val acc 0.5"),
+             (11.0, "[10:00:06] trial a finished (joint) after 2 epochs, best val acc 0.6"),
+             (12.0, "search of study 's' (2 trials, 7 s): one seed per trial"),
+             (13.0, "confirmation: the top 1 configuration(s) of each method ..."),
+             (15.0, "[10:00:10] trial c started (joint, lr=0.01)"),
+             (17.0, "[10:00:12] trial c finished (joint) after 1 epochs, best val acc 0.6"),
+             (18.0, "answer of study 's' (15 s in all):"), (20.0, "results: runs/studies/s")]
+    cost = study_cost(lines, 21.0, tmp_path, slots=2)
+    st = cost["stages"]
+    assert st["ray_start_s"] == 3.0 and st["setup_s"] == 2.0
+    search = st["search"]  # 5.0 -> 12.0: 7 s of wall, 14 slot-seconds; lifetimes a 6 s, b 4.5 s
+    assert search["wall_s"] == pytest.approx(7.0) and search["trials"] == 2 and search["trial_epochs"] == 3
+    assert search["compute_s"] == pytest.approx(7.0 / 2) and search["in_trial_overhead_s"] == pytest.approx(1.25 / 2)
+    assert search["trial_startup_s"] == pytest.approx((10.5 - 7.0 - 1.25) / 2)
+    assert search["idle_slots_s"] == pytest.approx((14.0 - 10.5) / 2)
+    parts = ("compute_s", "in_trial_overhead_s", "trial_startup_s", "idle_slots_s")
+    assert sum(search[k] for k in parts) == pytest.approx(search["wall_s"])
+    assert st["between_s"] == pytest.approx(3.0)  # search's end -> the first confirmation trial started
+    confirmation = st["confirmation"]  # 15 -> 18; c lived 2 s: 1 compute, 0.5 in-trial, 0.5 start-up
+    assert confirmation["trials"] == 1 and confirmation["compute_s"] == pytest.approx(0.5)
+    assert confirmation["trial_startup_s"] == pytest.approx(0.25) and confirmation["idle_slots_s"] == pytest.approx(2.0)
+    assert st["answer_report_s"] == pytest.approx(2.0) and st["shutdown_s"] == pytest.approx(1.0)
+    assert cost["compute_wall_s"] == pytest.approx(4.0)  # (7 + 1) s of trial compute, 2 at a time
+    assert cost["overhead_ratio"] == pytest.approx(21.0 / 4.0)
+    assert cost["overhead_ratio_after_ray_start"] == pytest.approx(18.0 / 4.0)
+    assert "overhead_ratio 5.25x" in describe(cost)[0]

@@ -1,0 +1,141 @@
+"""Where a study's wall time goes: the whole ``python -m drl_tune.run`` command against what its trials compute.
+
+A study's trials compute Σ ``time/epoch_s`` (the engine's own clock around each epoch: training, evaluation, the
+probe, DRL's diagnosis). With ``c`` trials at a time, ``Σ / c`` is the wall time a perfect harness would take;
+``overhead_ratio`` = the command's wall time / that. The difference is broken down from two clocks, not guesses:
+
+* the arrival time of each line the study prints (this process reads its output as it comes: the plan, one line
+  per trial event, the end of each stage) gives the stages — Ray's start, the study's set-up (plan, MLflow, Tuner,
+  and the first trial's worker: Tune calls a trial started once its actor is up), the search, what lies between
+  search and confirmation (Optuna's database, planning the confirmation, a new Tuner, its first worker), the
+  confirmation, and the end (answer, MLflow, report, Ray's shutdown);
+* each trial's ``result.json`` (Tune's ``time_this_iter_s`` per reported epoch) and its lifetime (its "started"
+  line to its last line) split a stage's trial-slot time into **compute** (Σ ``time/epoch_s``), **in-trial
+  overhead** (``time_this_iter_s`` − ``time/epoch_s``: building the engine and mapping the data before the first
+  epoch, the checkpoint and ``tune.report`` after each), **trial start-up** (lifetime − Σ ``time_this_iter_s``:
+  the worker process, its imports, the actor's set-up and teardown) and **idle slots** (the stage's wall × c − Σ
+  lifetimes: Tune's loop, the searcher, scheduling, and a trial's start before Tune calls it started). Each is
+  given in wall seconds (÷ c), so a stage's parts sum to its wall time.
+
+The event lines come from the study's progress callback (``study/tables.py``); the stage lines from the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+EVENT = re.compile(r"^\[\d\d:\d\d:\d\d\] trial (\w+) (started|finished|stopped early|errored)\b")
+STAGE_LINES = {"ray": "ray: ", "search_end": "search of study ", "confirm_plan": "confirmation: the top",
+               "answer": "answer of study ", "results": "results: "}
+
+
+def timed_run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+              ) -> tuple[list[tuple[float, str]], float, int]:
+    """Run ``cmd``; every line of its output (stdout and stderr together) with the seconds since the start at which
+    it arrived; the wall time; the exit code."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                            bufsize=1)
+    lines: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - start, line.rstrip("\n")))
+    code = proc.wait()
+    return lines, time.perf_counter() - start, code
+
+
+def _first(lines: list[tuple[float, str]], prefix: str, after: float = -1.0) -> float | None:
+    return next((t for t, text in lines if t > after and text.startswith(prefix)), None)
+
+
+def _trial_rows(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Trial id -> its reported epochs (``METHOD_ID/result.json`` under ``folder``)."""
+    out = {}
+    for path in sorted(folder.glob("*_*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[path.parent.name.rsplit("_", 1)[-1]] = rows
+    return out
+
+
+def stage_cost(lines: list[tuple[float, str]], folder: Path, start: float, end: float, slots: int) -> dict[str, Any]:
+    """One stage (the search, or the confirmation) between ``start`` and ``end``: its wall time split into compute,
+    in-trial overhead, trial start-up and idle slots (each ÷ ``slots``), from its trials' folders and event lines."""
+    events: dict[str, list[float]] = {}
+    for t, text in lines:
+        found = EVENT.match(text)
+        if found and start - 1e-9 <= t <= end + 1e-9:
+            events.setdefault(found.group(1), []).append(t)
+    trials = _trial_rows(folder)
+    compute = in_trial = lifetime = 0.0
+    counted = 0
+    for trial_id, rows in trials.items():
+        if trial_id not in events:
+            continue  # not run in this window (a resumed study's earlier trials)
+        counted += 1
+        epoch_s = sum(float(r.get("time/epoch_s", 0.0)) for r in rows)
+        iter_s = sum(float(r.get("time_this_iter_s", 0.0)) for r in rows)
+        compute += epoch_s
+        in_trial += max(0.0, iter_s - epoch_s)
+        seen = events[trial_id]
+        lifetime += max(seen) - min(seen) if len(seen) > 1 else iter_s
+    wall = end - start
+    startup = max(0.0, lifetime - compute - in_trial)
+    idle = wall * slots - lifetime
+    return {"wall_s": wall, "trials": counted, "slots": slots, "compute_s": compute / slots,
+            "in_trial_overhead_s": in_trial / slots, "trial_startup_s": startup / slots, "idle_slots_s": idle / slots,
+            "trial_epochs": sum(len(r) for i, r in trials.items() if i in events)}
+
+
+def study_cost(lines: list[tuple[float, str]], wall: float, study: Path, slots: int) -> dict[str, Any]:
+    """The whole command's breakdown and ``overhead_ratio`` (see the module docstring)."""
+    ray = _first(lines, STAGE_LINES["ray"]) or 0.0
+    first_search = next((t for t, text in lines if (m := EVENT.match(text)) and m.group(2) == "started"), None)
+    search_end = _first(lines, STAGE_LINES["search_end"])
+    if first_search is None or search_end is None:
+        raise RuntimeError("the study's output has no trial event or no end of search: it did not run its search")
+    confirm_plan = _first(lines, STAGE_LINES["confirm_plan"], search_end)
+    answer = _first(lines, STAGE_LINES["answer"], search_end)
+    stages: dict[str, Any] = {"ray_start_s": ray, "setup_s": first_search - ray}
+    stages["search"] = stage_cost(lines, study, first_search, search_end, slots)
+    end_of_trials = search_end
+    if confirm_plan is not None and answer is not None:
+        first_confirm = next((t for t, text in lines if t > confirm_plan and (m := EVENT.match(text))
+                              and m.group(2) == "started"), answer)
+        stages["between_s"] = first_confirm - search_end
+        stages["confirmation"] = stage_cost(lines, study / "confirm", first_confirm, answer, slots)
+        end_of_trials = answer
+    results = _first(lines, STAGE_LINES["results"], end_of_trials) or wall
+    stages["answer_report_s"] = results - end_of_trials  # the answer, MLflow's parent run, the HTML report
+    stages["shutdown_s"] = wall - results  # the review lines, Ray's shutdown, the interpreter's exit
+    compute = sum(stages[s]["compute_s"] for s in ("search", "confirmation") if s in stages)
+    epochs = sum(stages[s]["trial_epochs"] for s in ("search", "confirmation") if s in stages)
+    return {"wall_s": wall, "compute_wall_s": compute, "trial_epochs": epochs, "slots": slots,
+            "overhead_ratio": wall / compute if compute else float("nan"),
+            "overhead_ratio_after_ray_start": (wall - ray) / compute if compute else float("nan"),
+            "stages": stages}
+
+
+def describe(cost: dict[str, Any]) -> list[str]:
+    """The breakdown as lines for the console."""
+    s = cost["stages"]
+    out = [f"whole command {cost['wall_s']:.0f} s vs its trials' compute {cost['compute_wall_s']:.0f} s "
+           f"(Σ time/epoch_s over {cost['trial_epochs']} trial-epochs ÷ {cost['slots']} at a time): "
+           f"overhead_ratio {cost['overhead_ratio']:.2f}x ({cost['overhead_ratio_after_ray_start']:.2f}x after "
+           f"Ray's start)",
+           f"  Ray start {s['ray_start_s']:.1f} s, set-up {s['setup_s']:.1f} s"]
+    for name in ("search", "confirmation"):
+        if name in s:
+            st = s[name]
+            out.append(f"  {name} {st['wall_s']:.1f} s: compute {st['compute_s']:.1f}, in-trial overhead "
+                       f"{st['in_trial_overhead_s']:.1f}, trial start-up {st['trial_startup_s']:.1f}, idle slots "
+                       f"{st['idle_slots_s']:.1f} ({st['trials']} trials)")
+        if name == "search" and "between_s" in s:
+            out.append(f"  search -> confirmation {s['between_s']:.1f} s")
+    out.append(f"  answer + report {s['answer_report_s']:.1f} s, shutdown {s['shutdown_s']:.1f} s")
+    return out
