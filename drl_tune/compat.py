@@ -53,9 +53,10 @@ FALLBACKS: dict[str, tuple[str, ...]] = {"drl_tune.study.spaces": ("drl_tune.stu
 # ``drl_tune.study`` was one module before it became the package; its top-level names now live here
 OLD_STUDY_MODULE = ("drl_tune.study.tune", "drl_tune.study.tables", "drl_tune.study.plan", "drl_tune.study.params",
                     "drl_tune.study.spaces", "drl_tune.study.trainable")
+# (its ctrl_c_watch, never in a pickle, was retired on 2026-12-07: drl_tune.study.stop.fit_watch took SIGTERM too)
 OLD_STUDY_NAMES = frozenset({
     "DefineByRun", "make_searcher", "make_scheduler", "REUSE_ACTORS", "make_trainable", "trial_name", "make_tuner",
-    "ctrl_c_watch", "finished_trials", "ProgressTable", "Plan", "Param", "SchedulerSpec", "train_trial"})
+    "finished_trials", "ProgressTable", "Plan", "Param", "SchedulerSpec", "train_trial"})
 
 
 def find(modules: tuple[str, ...], name: str, old: str) -> Any:
