@@ -94,6 +94,7 @@ class ProgressTable(Callback):
         self.concurrency = 0
         self.bar: Any = None
         self.terminal = sys.stdout.isatty()
+        self.changed = True  # a trial started, reported or ended since the last appended status line
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -185,9 +186,10 @@ class ProgressTable(Callback):
                 self.bar.total = max(1, c["total"])
                 self.bar.set_description_str(self.status_line(trials), refresh=True)
                 self.last_line = now
-        elif force or now - self.last_line >= self.interval:
+        elif force or (self.changed and now - self.last_line >= self.interval):  # nothing new: no line
             print(f"[{time.strftime('%H:%M:%S')}] {self.status_line(trials)}", flush=True)
             self.last_line = now
+            self.changed = False
 
     def close(self) -> None:
         if self.bar is not None:
@@ -201,6 +203,7 @@ class ProgressTable(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._row(trial)["status"] = "RUNNING"
+        self.changed = True
         self.concurrency = max(self.concurrency, sum(1 for t in trials if t.status == "RUNNING"))
         self._event(f"trial {trial.trial_id} started ({trial.config.get('method')}"
                     + "".join(f", {k}={format_cell(trial.config[k])}" for k in self.knobs if k in trial.config)
@@ -209,6 +212,7 @@ class ProgressTable(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._row(trial)["result"] = result
+        self.changed = True
         if isinstance(result.get("time/epoch_s"), int | float):
             self.epoch_times.append(float(result["time/epoch_s"]))
         self.concurrency = max(self.concurrency, sum(1 for t in trials if t.status == "RUNNING"))
@@ -222,6 +226,7 @@ class ProgressTable(Callback):
         if status == "TERMINATED" and epochs_run < int(trial.config.get("epochs", 0)):
             status = "STOPPED"
         row["status"] = status
+        self.changed = True
         word = {"TERMINATED": "finished", "STOPPED": "stopped early", "ERROR": "errored"}[status]
         self._event(f"trial {trial.trial_id} {word} ({trial.config.get('method')}) after {epochs_run} epochs, "
                     f"best val acc {format_cell(res.get('val/acc_best'))}")
