@@ -32,6 +32,7 @@ PLAN_FORMAT = "drl_tune.study/1"
 # fixed keys the plan always lists, default or not (Plan.fixed_keys): what a reader of any study wants to see
 CORE_KEYS = frozenset({"method", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "fusion",
                        "data.name", "seed", "device"})
+FEATURE_KEYS = ("model.feature_", "model.sequence_encoder")
 DEFAULT_STORAGE = Path("runs") / "studies"
 
 
@@ -262,8 +263,10 @@ class Plan:
     def fixed_keys(self, show_all: bool = False) -> tuple[list[str], list[str]]:
         """The fixed keys the plan lists, and those it leaves out (sorted). Listed: a key away from its default
         (``make_config({})``), a key of a method this study trains, and the few a reader always wants
-        (:data:`CORE_KEYS`); left out: the rest, all at their defaults — the ``perf.*`` switches (they act only on a
-        CUDA device), the feature encoders' sizes, a generated dataset's knobs. ``show_all`` lists every key.
+        (:data:`CORE_KEYS`), and what the dataset and device use (the feature encoders' keys for a manifest, the
+        ``perf.*`` switches when GPUs are asked for); left out: the rest, all at their defaults — the ``perf.*``
+        switches otherwise (they act only on a CUDA device), the feature encoders' sizes for a dataset without
+        feature modalities, a generated dataset's knobs. ``show_all`` lists every key.
         A generated dataset's knobs (``data.synthetic.*``, ``data.avdigits.*``) are never listed when another
         dataset is read: they do not matter then."""
         dataset = self.constants.get("data.name")
@@ -275,9 +278,15 @@ class Plan:
         methods = self.study_methods()
         missing = object()  # a key no default has (a method not registered here, an old plan's key): shown
 
+        # what the dataset and the device use: the feature encoders' keys where a manifest can hold feature
+        # modalities (the built-in datasets have none), the GPU switches where GPUs are asked for
+        used = (FEATURE_KEYS if dataset == "manifest" else ()) + (("perf.",) if self.gpus_explicit
+                                                                  and self.gpus_per_trial > 0 else ())
+
         def matters(key: str) -> bool:
             default = defaults.get(canonical_key(key, notice=False), missing)
-            return key in CORE_KEYS or key.split(".")[0] in methods or self.constants[key] != default
+            return (key in CORE_KEYS or key.split(".")[0] in methods or key.startswith(used)
+                    or self.constants[key] != default)
 
         return [k for k in keys if matters(k)], [k for k in keys if not matters(k)]
 

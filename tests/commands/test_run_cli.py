@@ -172,3 +172,19 @@ def test_dry_run_show_all_and_verbose_list_every_fixed_key(flags, tmp_path, caps
     assert set(shown) == {k for k in plan.constants if not k.startswith("data.avdigits.")}
     assert shown["perf.bf16"] == "True" and shown["data.synthetic.n_train"] == "1000"
     assert closing == ""
+
+
+def test_the_plan_lists_what_the_device_and_the_dataset_use(tmp_path):
+    """perf.* (at their defaults) once GPUs are asked for; the feature encoders' keys for a manifest dataset (the
+    only kind with feature modalities) — neither for the demo on CPUs."""
+    from drl_tune.run import parse_args, plan_from_args
+
+    shown, _ = demo_plan(tmp_path).fixed_keys()
+    assert not [k for k in shown if k.startswith(("perf.", "model.feature_", "model.sequence_encoder"))]
+    shown, _ = demo_plan(tmp_path, "--gpus-per-trial", "1").fixed_keys()
+    assert {"perf.bf16", "perf.channels_last", "perf.compile"} <= set(shown)
+    custom = plan_from_args(parse_args(["--space", "custom", "--storage", str(tmp_path / "s"), "--name", "c",
+                                        "--set", f"data.root={tmp_path}"]))
+    shown, _ = custom.fixed_keys()
+    assert {"model.feature_hidden", "model.feature_layers", "model.sequence_encoder"} <= set(shown)
+    assert not [k for k in shown if k.startswith("perf.")]
