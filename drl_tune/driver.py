@@ -206,6 +206,11 @@ def sync_optuna_db(plan: Plan) -> str | None:
     return dashboard_command(plan.study_dir)
 
 
+def resume_command(plan: Plan) -> str:
+    """The command that finishes this study, as the stop line prints it."""
+    return f"python -m drl_tune.run --resume {plan.resume_args()}"
+
+
 def run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec,
               write_report: bool = True, show_all: bool = False) -> int:
     """The search, then (``plan.confirm_seeds`` > 0) the confirmation and its answer; the report and the MLflow
@@ -227,7 +232,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
                 code = _run_study(plan, resumed, address, progress, write_report, show_all, started_ray, stop)
             except Stopped as stopped:
                 print(f"\nstopped by {stop.name or stopped}: what had finished is saved in {plan.study_dir}; finish "
-                      f"it with  python -m drl_tune.run --resume {plan.resume_args()}", flush=True)
+                      f"it with  {resume_command(plan)}", flush=True)
                 code = stopped.exit_code
         return code
     finally:
@@ -265,7 +270,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     if resumed:
         tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
                                    resume_unfinished=True, resume_errored=False)
-        reroot_restored(tuner, plan, plan.study_dir)
+        reroot_restored(tuner, plan, plan.study_dir, progress)
     else:
         callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
                      ProgressTable(plan, progress)]
@@ -313,8 +318,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
         saved = (f"{finished} of {plan.num_samples} search trials finished" if answer is None and
                  finished < plan.num_samples else "the search finished, the confirmation not")
         print(f"{'stopped by ' + stop.name if stop.is_set() else 'interrupted'}: {saved}, saved in "
-              f"{plan.study_dir}; finish it with  python -m drl_tune.run --resume {plan.resume_args()}",
-              flush=True)
+              f"{plan.study_dir}; finish it with  {resume_command(plan)}", flush=True)
         return stop.exit_code
     full = next((m for m in (storage_message(i.error, plan) for i in items if i.status == "error") if m), None)
     if full:  # trials failed because results could not be written: say so, and which path

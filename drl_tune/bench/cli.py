@@ -361,8 +361,8 @@ def run_study_bench(*, num_samples: int = 4, concurrency: tuple[int, ...] = (1, 
         found = re.search(r"search of study '[^']*' \((\d+) trials, (\d+) s", stdout)
         trials, search_s = (int(found.group(1)), float(found.group(2))) if found else (num_samples, wall)
         search_s = max(search_s, 1.0)
-        epochs = _epochs_trained(work / f"c{c}")
         cost = study_cost(lines, wall, work / f"c{c}", c)
+        epochs = cost["stages"]["search"]["trial_epochs"]  # the search's epochs (confirm/ holds the confirmation's)
         row = {"max_concurrent": c, "trials": trials, "search_s": search_s, "wall_s": wall,
                "trials_per_hour": trials * 3600 / search_s, "epochs_trained": epochs,
                "epochs_per_hour": epochs * 3600 / search_s, "load_before": load, "load_after": _load(),
@@ -377,14 +377,6 @@ def run_study_bench(*, num_samples: int = 4, concurrency: tuple[int, ...] = (1, 
     return {"rows": rows, "trials_per_hour": best["trials_per_hour"], "max_concurrent": best["max_concurrent"],
             "speedup": rows[-1]["trials_per_hour"] / rows[0]["trials_per_hour"],
             "overhead_ratio": rows[-1]["overhead_ratio"], "breakdown": rows[-1]["cost"]["stages"]}
-
-
-def _epochs_trained(study: Path) -> int:
-    """Epochs reported by the study's trials (the lines of their result.json files)."""
-    total = 0
-    for path in study.glob("*/result.json"):  # the search's trials (confirm/ holds the confirmation's)
-        total += sum(1 for line in path.read_text().splitlines() if line.strip())
-    return total
 
 
 # -- all ---------------------------------------------------------------------------------------------------

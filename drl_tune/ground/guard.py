@@ -16,8 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 EXIT_UNEXPECTED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention
-EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shells' convention (SIGTERM: 143)
 
 
 class Stopped(BaseException):
@@ -31,7 +30,7 @@ class Stopped(BaseException):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return exit_code_of(self.signum)
 
 
 def raise_stopped(signum: int, frame: object) -> None:
@@ -39,6 +38,7 @@ def raise_stopped(signum: int, frame: object) -> None:
 
 
 def exit_code_of(signum: int | None) -> int:
+    """128 + the signal (130 for SIGINT, 143 for SIGTERM); no signal counts as an interruption (130)."""
     return EXIT_INTERRUPTED if signum in (None, signal.SIGINT) else 128 + int(signum)
 
 

@@ -157,8 +157,8 @@ class ProgressTable(Callback):
         parallel = max(1, counts["running"], self.concurrency)
         return left * per_epoch / parallel
 
-    def status_line(self, trials: list) -> str:
-        c = self.counts(trials)
+    def status_line(self, trials: list, c: dict[str, int] | None = None) -> str:
+        c = c or self.counts(trials)
         eta = self.eta(trials, c) if c["done"] < c["total"] else 0.0
         left = "–" if eta is None else f"~{_duration(eta)}"
         # what matters most first: a narrow terminal cuts the line's end
@@ -184,7 +184,7 @@ class ProgressTable(Callback):
                 c = self.counts(trials)
                 self.bar.n = c["done"]
                 self.bar.total = max(1, c["total"])
-                self.bar.set_description_str(self.status_line(trials), refresh=True)
+                self.bar.set_description_str(self.status_line(trials, c), refresh=True)
                 self.last_line = now
         elif force or (self.changed and now - self.last_line >= self.interval):  # nothing new: no line
             print(f"[{time.strftime('%H:%M:%S')}] {self.status_line(trials)}", flush=True)

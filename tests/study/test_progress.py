@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
@@ -58,3 +59,15 @@ def test_the_pickle_keeps_no_bar_and_takes_this_runs_settings(progress):
     assert copy.bar is None and copy.total == 8 and copy.mode == "line"
     copy.use(ProgressSpec("table", 3.0))  # a --resume's --progress, not the first run's
     assert (copy.mode, copy.interval) == ("table", 3.0)
+
+
+def test_a_restored_study_takes_the_resuming_runs_progress_settings(progress):
+    """``reroot_restored`` hands the resuming command's ``--progress`` to the progress callback Tune unpickled."""
+    from drl_tune.study.tune import reroot_restored
+
+    restored = pickle.loads(pickle.dumps(progress))
+    tuner = NS(_local_tuner=NS(_tune_config=NS(search_alg=None),
+                               get_run_config=lambda: NS(callbacks=[restored])))
+    plan = NS(mlflow_uri="sqlite:///unused.db")
+    reroot_restored(tuner, plan, Path("."), ProgressSpec("table", 2.0))
+    assert (restored.mode, restored.interval) == ("table", 2.0)
