@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,35 @@ def start_ray(address: str | None) -> bool:
     return True
 
 
+class LocalRay:
+    """The Ray a study's driver started (or None: it joined one, which it leaves running), and its shutdown.
+
+    Ray's shutdown is mostly waiting for its processes to exit (2.5 s of a demo study's driver, py-spy). Once the
+    study's last Tune run has ended, :meth:`release` starts it in a thread, so the answer, MLflow's review and the
+    report are written meanwhile; :meth:`close` waits for it (or shuts Ray down now if nothing released it)."""
+
+    def __init__(self, started: bool) -> None:
+        self.started = started
+        self._thread: threading.Thread | None = None
+
+    def release(self) -> None:
+        if self.started and self._thread is None:
+            import ray
+
+            self._thread = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        if not self.started:
+            return
+        if self._thread is None:
+            import ray
+
+            ray.shutdown()
+        else:
+            self._thread.join()
+
+
 def resolve_gpus(plan: Plan) -> float:
     """GPUs per trial: the plan's when the cluster has GPUs, else 0 — so one command works on both."""
     import ray
@@ -225,11 +255,11 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
         raise UsageError(str(err)) from None
     if cleaned:
         print(cleaned, flush=True)
-    started_ray = start_ray(address)
+    local = LocalRay(start_ray(address))
     try:
         with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
             try:
-                code = _run_study(plan, resumed, address, progress, write_report, show_all, started_ray, stop)
+                code = _run_study(plan, resumed, address, progress, write_report, show_all, local, stop)
             except Stopped as stopped:
                 print(f"\nstopped by {stop.name or stopped}: what had finished is saved in {plan.study_dir}; finish "
                       f"it with  {resume_command(plan)}", flush=True)
@@ -237,14 +267,11 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
         return code
     finally:
         ray_session.mark_ended(plan.study_dir)
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        local.close()
 
 
 def _run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec, write_report: bool,
-               show_all: bool, started_ray: bool, stop: StopSignals) -> int:
+               show_all: bool, local: LocalRay, stop: StopSignals) -> int:
     from ray import tune
 
     from drl_tune.study import ray_session
@@ -262,7 +289,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     preflight({**plan.constants, **(plan.points_to_evaluate or [{}])[0]}, plan.storage, plan.cpus_per_trial,
               gpus)
     plan.study_dir.mkdir(parents=True, exist_ok=True)
-    ray_session.record(plan.study_dir, ray_session.describe_local_ray() if started_ray and not address else None)
+    ray_session.record(plan.study_dir, ray_session.describe_local_ray() if local.started and not address else None)
     tracker = open_tracking(plan, resumed)
     print(redact(plan.describe(show_all)) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
           flush=True)
@@ -287,11 +314,12 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
           + (", INTERRUPTED" if interrupted else "") + "): one seed per trial — the best of many noisy trials "
           "is optimistic" + (", the confirmation is the answer" if plan.confirm_seeds else ""), flush=True)
     print(table, flush=True)
-    dashboard = sync_optuna_db(plan)
     answer = None
     if not interrupted and plan.confirm_seeds > 0:
         answer, interrupted = run_confirmation(plan, gpus, tracker, progress, top_k=plan.confirm_top_k,
                                                n_seeds=plan.confirm_seeds, strict=False)
+    local.release()  # the last Tune run has ended: Ray shuts down while the rest is written
+    dashboard = sync_optuna_db(plan)
     wall = time.monotonic() - start
     best = [i for i in items if not math.isnan(i.val_acc_best) and i.status != "error"]
     metrics = {"trials": float(len(items)), "wall_s": wall}
@@ -375,7 +403,7 @@ def confirm_study(plan: Plan, top_k: int, seeds: int, methods: list[str] | None,
     from drl_tune.study.stop import stop_signals
 
     quiet_libraries(verbose)
-    started_ray = start_ray(address)
+    local = LocalRay(start_ray(address))
     resume = f"python -m drl_tune.confirm --resume {plan.resume_args()}"
     try:
         with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
@@ -383,6 +411,7 @@ def confirm_study(plan: Plan, top_k: int, seeds: int, methods: list[str] | None,
             tracker = open_tracking(plan, resumed=True)
             answer, interrupted = run_confirmation(plan, gpus, tracker, progress, top_k=top_k,
                                                    n_seeds=seeds, methods=methods)
+            local.release()
             if interrupted or answer is None:
                 tracker.finish_parent(plan.parent_run_id, "KILLED", {}, None)
                 print(f"{'stopped by ' + stop.name if stop.is_set() else 'interrupted'}: the finished confirmation "
@@ -400,7 +429,4 @@ def confirm_study(plan: Plan, top_k: int, seeds: int, methods: list[str] | None,
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        local.close()
