@@ -16,6 +16,7 @@ from drl_tune.methods.ogm_ge import OGMGE
 from drl_tune.methods.opm import OPM
 from drl_tune.methods.pmr import PMR
 from drl_tune.methods.reconboost import ReconBoost
+from drl_tune.methods.remix import Remix
 from drl_tune.methods.umt import UMT
 from drl_tune.methods.valuation import Valuation
 
@@ -35,6 +36,7 @@ REGISTRY: dict[str, type[Method]] = {
     ReconBoost.name: ReconBoost,
     UMT.name: UMT,
     GBlending.name: GBlending,
+    Remix.name: Remix,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]

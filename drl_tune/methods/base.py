@@ -20,8 +20,8 @@ A method that needs several backward passes (MMPareto) overrides ``training_step
 checks the returned loss is finite and steps the optimizer. Randomness inside hooks uses torch's global
 generator, whose state the engine checkpoints (so resumed runs draw the same numbers).
 
-Three small extensions serve the rules that train in steps, stages or nested runs (MLA, ReconBoost, UMT,
-G-Blending), so that none of them copies the epoch loop:
+Small extensions serve the rules that train in steps, stages, nested runs or uni-modal batches (MLA, ReconBoost,
+UMT, G-Blending, Data Remixing), so that none of them copies the epoch loop:
 
 * ``steps_optimizer = True`` (a class attribute): ``training_step`` steps the optimizer itself, as often and over
   whichever parameters its rule says (MLA: the run's optimizer once per modality per batch; ReconBoost: its own
@@ -33,6 +33,10 @@ G-Blending), so that none of them copies the epoch loop:
   the first epoch, G-Blending's nested re-estimation on a held-out part of the training split). Training batches
   are shuffled and augmented with the engine's generator, which the checkpoint holds, so a resumed run draws the
   same batches. Validation and test data are not reachable through it: no method trains or selects on them.
+* ``batch_by_keep = True`` (a class attribute): the epoch's rows are batched per keep pattern — the rows that keep
+  the same modalities are shuffled and batched among themselves, one pattern after another in the order of each
+  pattern's first row in ``training_rows`` — so that every batch holds one pattern only (Data Remixing's uni-modal
+  batches). The default shuffles all rows together.
 * ``eval_logits(model, features)``: the class logits evaluation scores (val/test accuracy and macro-F1) from
   eval-mode features; the default is the fused head. MLA fuses its shared head's uni-modal outputs by their
   entropies, ReconBoost sums its learners' outputs.
@@ -122,6 +126,8 @@ class Method:
     modalities: ClassVar[int | None] = None
     # True: training_step steps the optimizer(s) itself; the engine then skips its own step (module docstring)
     steps_optimizer: ClassVar[bool] = False
+    # True: each training batch holds rows of one keep pattern only (module docstring; the engine's _row_batches)
+    batch_by_keep: ClassVar[bool] = False
     # keys renamed: old field name -> (new field name, the date of the rename); the old key is still read, with a
     # one-line notice, until the deprecation is retired (training.config.canonical_key)
     renamed_params: ClassVar[dict[str, tuple[str, str]]] = {}

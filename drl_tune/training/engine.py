@@ -170,6 +170,20 @@ class Engine:
             if len(chosen) >= 2:
                 yield chosen
 
+    def _row_batches(self, rows: np.ndarray, keep: np.ndarray | None) -> Iterator[np.ndarray]:
+        """The epoch's batches as positions into ``rows``: all rows shuffled together; or, for a method with
+        ``batch_by_keep``, the rows of each keep pattern shuffled and batched on their own, pattern after pattern in
+        the order of each pattern's first row (Data Remixing's uni-modal batches)."""
+        if keep is None or not self.method.batch_by_keep:
+            yield from self._shuffled_batches(len(rows))
+            return
+        _, first, group = np.unique(keep, axis=0, return_index=True, return_inverse=True)
+        group = group.reshape(-1)
+        for g in np.argsort(first, kind="stable"):
+            members = np.flatnonzero(group == g)
+            for chosen in self._shuffled_batches(len(members)):
+                yield members[chosen]
+
     # -- training --------------------------------------------------------------------------------------
 
     def train_epoch(self) -> float:
@@ -184,7 +198,7 @@ class Engine:
         # adding the float32 losses' Python floats one by one)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
-        for chosen in self._shuffled_batches(len(rows)):
+        for chosen in self._row_batches(rows, keep):
             # rows sorted by sample index read memory-mapped arrays in file order; order inside a batch is
             # irrelevant (with the default rows, this is the sorted slice of the permutation)
             chosen = chosen[np.argsort(rows[chosen], kind="stable")]
