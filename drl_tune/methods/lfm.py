@@ -1,5 +1,5 @@
-"""LFM: learning to fuse by dynamically learning the modality gap (Yang, Wan et al., NeurIPS 2024, "Facilitating
-Multimodal Classification via Dynamically Learning Modality Gap").
+"""LFM (Yang et al., NeurIPS 2024, "Facilitating Multimodal Classification via Dynamically Learning Modality Gap"):
+a supervised and an unsupervised (alignment) loss whose weights are learned during training.
 
 Reference: the official njustkmg/NeurIPS24-LFM at ad44fa0, ``Crema_epoch_learnable.py`` (the learnable weighting,
 the issue's "second-order step"; line numbers below are that file's unless named) and ``Crema_epoch.py`` (the
@@ -36,7 +36,9 @@ What the official code trains:
   official code has it), w_align = 1 − w_cls (the official second coefficient list is exactly that).
 
 Defaults here are the official ones: schedule learnable (the issue's rule; the README runs the fitted script),
-init_align 0.95, alpha_lr 1e-4, alpha_lr_decay 0.5 every 20 epochs, clip 0.05, held_out 16 (8 used). The official
+init_align 0.95, alpha_lr 1e-4, alpha_lr_decay 0.5 every 20 epochs, clip 0.05, held_out 16 (8 used); the file's
+first version (63d6961) had cls_k = [0.02, 0.98], lr_α 1e-7 on the *sum* of h over the first tensor (≈ 3e-4 on the
+mean for a 64×1×7×7 convolution), lr_α/10 every 5 epochs and the band [0.1, 0.9]. The official
 run (``data/crema.json``): SGD lr 1e-2, momentum 0.9, weight decay 1e-4, batch 64, 200 epochs, StepLR(70, 0.1)
 stepped before each epoch's training (line 255), Xavier/Kaiming initialisation (line 237, ``utils/tools.py``
 lines 114–122), one frame per clip at 224² — run-level settings, not this method's; the engine has no learning-rate
