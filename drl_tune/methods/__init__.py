@@ -7,6 +7,7 @@ from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
 from drl_tune.methods.gblending import GBlending
+from drl_tune.methods.greedy import Greedy
 from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
 from drl_tune.methods.lfm import LFM
@@ -39,6 +40,7 @@ REGISTRY: dict[str, type[Method]] = {
     GBlending.name: GBlending,
     Remix.name: Remix,
     LFM.name: LFM,
+    Greedy.name: Greedy,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]

@@ -10,7 +10,7 @@ interrupted run resumes exactly.
 
 The default ``training_step`` is plain joint training, split into the hooks most methods override:
 
-    features = model.encode(inputs)
+    features = encode_batch(model, inputs)                         # default: model.encode
     features, labels = modify_features(features, labels, batch)   # OPM drops features; None skips the batch
     outputs = ModelOutput(model.fuse(features), features)
     loss = loss(outputs, labels);  loss.backward()
@@ -40,6 +40,15 @@ UMT, G-Blending, Data Remixing), so that none of them copies the epoch loop:
 * ``eval_logits(model, features)``: the class logits evaluation scores (val/test accuracy and macro-F1) from
   eval-mode features; the default is the fused head. MLA fuses its shared head's uni-modal outputs by their
   entropies, ReconBoost sums its learners' outputs.
+
+One more serves a rule that changes the encoders' forward itself (Greedy's MMTM blocks between the two ResNet
+trunks), so that training and evaluation run the same forward:
+
+* ``encode_batch(model, inputs)``: a batch's pooled features per modality. The default is ``model.encode``;
+  the default ``training_step`` and every evaluation-mode pass of the engine (val/test logits, the probe's and
+  ``ctx.features``' features) call it. A method overriding it runs its own ``training_step`` through it too
+  (methods that encode in their own ``training_step`` with ``model.encode`` do not override it). Modules it adds
+  come from ``extra_modules``.
 """
 
 from __future__ import annotations
@@ -166,7 +175,7 @@ class Method:
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
         """Forward, loss, backward; gradients are left in ``.grad`` for the engine's optimizer step.
         Returns the (detached) loss, or None to skip the batch without a step."""
-        features = model.encode(batch.inputs)
+        features = self.encode_batch(model, batch.inputs)
         modified = self.modify_features(features, batch.labels, batch)
         if modified is None:
             return None
@@ -178,6 +187,11 @@ class Method:
         loss.backward()
         self.after_backward(model)
         return loss.detach()
+
+    def encode_batch(self, model: MultimodalClassifier, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality's pooled features of a batch; training and evaluation both encode through it (the model's
+        mode tells which). Default: ``model.encode``."""
+        return model.encode(inputs)
 
     def modify_features(
         self, features: dict[str, torch.Tensor], labels: torch.Tensor, batch: Batch

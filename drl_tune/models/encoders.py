@@ -4,6 +4,10 @@ precomputed features (an MLP for a vector, a 1-D convolution or Transformer enco
 torchvision hard-codes ResNet18's 64 base channels; the paper's models use exactly that, but a CPU study
 wants narrower nets. :class:`ResNet18Trunk` therefore reuses torchvision's ``ResNet`` (its ``BasicBlock``,
 ``_make_layer`` and weight initialisation) and only chooses the channel counts and input channels.
+
+The two image encoders also expose their trunk's steps (``trunk_input``, ``trunk.stem``, ``trunk.layer1``–``4``,
+``pool``), so that a method can run the trunks stage by stage and exchange information between them (Greedy's
+MMTM blocks after ``layer2``–``4``); ``forward`` is exactly those steps in a row.
 """
 
 from __future__ import annotations
@@ -45,9 +49,12 @@ class ResNet18Trunk(ResNet):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
 
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1, bn1, ReLU and max-pool: what precedes ``layer1``."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
 class SpectrogramEncoder(nn.Module):
@@ -58,8 +65,16 @@ class SpectrogramEncoder(nn.Module):
         self.trunk = ResNet18Trunk(1, width)
         self.out_dim = self.trunk.out_dim
 
+    def trunk_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch as the trunk's images [B, 1, T, F]."""
+        return x.unsqueeze(1)
+
+    def pool(self, maps: torch.Tensor, batch: int) -> torch.Tensor:
+        """The trunk's last maps [B, D, h, w] (one per sample: ``batch`` = B) to features [B, D]."""
+        return maps.mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x.unsqueeze(1)).mean(dim=(2, 3))
+        return self.pool(self.trunk(self.trunk_input(x)), x.shape[0])
 
 
 class FrameEncoder(nn.Module):
@@ -71,10 +86,16 @@ class FrameEncoder(nn.Module):
         self.trunk = ResNet18Trunk(in_channels, width)
         self.out_dim = self.trunk.out_dim
 
+    def trunk_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch as the trunk's images: frames folded into the batch, [B*T, C, H, W]."""
+        return x.flatten(0, 1)
+
+    def pool(self, maps: torch.Tensor, batch: int) -> torch.Tensor:
+        """The trunk's last maps [B*T, D, h, w] to features [B, D] (mean over time and space)."""
+        return maps.view(batch, -1, *maps.shape[1:]).mean(dim=(1, 3, 4))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t = x.shape[:2]
-        maps = self.trunk(x.flatten(0, 1))  # [B*T, D, h, w]
-        return maps.view(b, t, *maps.shape[1:]).mean(dim=(1, 3, 4))
+        return self.pool(self.trunk(self.trunk_input(x)), x.shape[0])
 
 
 @dataclass(frozen=True)

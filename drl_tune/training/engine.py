@@ -231,7 +231,7 @@ class Engine:
         features: dict[str, list[np.ndarray]] = {m: [] for m in self.model.modalities}
         for start in range(0, len(indices), self.config.eval.batch_size):
             inputs, _ = self._batch(split, indices[start : start + self.config.eval.batch_size], train=False)
-            feats = self.model.encode(inputs)
+            feats = self.method.encode_batch(self.model, inputs)  # default: model.encode
             logits.append(self.method.eval_logits(self.model, feats).float().cpu().numpy())  # default: the fused head
             for m, f in feats.items():
                 features[m].append(f.float().cpu().numpy())
