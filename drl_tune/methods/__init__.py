@@ -10,6 +10,7 @@ from drl_tune.methods.drl import DRL
 from drl_tune.methods.gblending import GBlending
 from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
+from drl_tune.methods.mbsd import MBSD
 from drl_tune.methods.mla import MLA
 from drl_tune.methods.mmcosine import MMCosine
 from drl_tune.methods.mmpareto import MMPareto
@@ -37,6 +38,7 @@ REGISTRY: dict[str, type[Method]] = {
     UMT.name: UMT,
     GBlending.name: GBlending,
     AMCo.name: AMCo,
+    MBSD.name: MBSD,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]
