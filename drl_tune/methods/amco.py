@@ -11,8 +11,8 @@ No official code was found; the reference is BalanceBenchmark's reading (GeWu-La
   ``extra_modules``;
 * a class mask for the batch (trainer lines 73–83): p_t = sin(π/2·min(ε, l)/ε), N = int(p_t·C) of the C class
   positions zeroed at random, then l += epoch/10 (0-based epoch), with l = 0 at each epoch's start (line 64) —
-  so epoch 0 never masks and from epoch e ≥ 1 the ramp is full (N = C, every logit of the masked modality zeroed)
-  from about the (3/e)-th batch on with ε = 0.3;
+  so epoch 0 never masks, and in epoch e ≥ 1 the ramp is full (N = C: every logit of the masked modality zeroed)
+  from batch ⌈3/e⌉ (0-based) on with ε = 0.3;
 * z̃_m = z_m ⊙ mask for every modality flagged *dependent* by the previous batch of the epoch, z̃_m = z_m for the
   others (model lines 376–377; the flags start False each epoch, trainer lines 61–63);
 * loss = CE(out) + Σ_m CE(z̃_m) (lines 140–145: ``loss.backward(retain_graph=True)`` then each uni-modal CE's
@@ -35,10 +35,11 @@ the epoch's batches on which m was masked.
 
 What the code at @4c1482f does not run as written, and what this file implements instead:
 (1) the trainer expands the mask to [2, C] (lines 81–82, added in c1ce5a8) and the model multiplies it with the
-[B, C] logits (line 377): that broadcasts only through ``MultiModalParallel``'s scatter of keyword tensors over
-exactly two GPUs (one [1, C] row per replica; ``train.py`` lines 64–70 wrap the model over every visible GPU);
-on one GPU it raises a size mismatch as soon as a modality is flagged (for B > 2). Here the mask is one [C]
-vector for the whole batch — what each replica gets on two GPUs, and what the code before c1ce5a8 used;
+[B, C] logits (line 377): that is one [C] mask per batch only when ``MultiModalParallel`` scatters the keyword
+tensors over exactly two GPUs (one [1, C] row per replica; ``train.py`` lines 64–70 wrap the model over every
+visible GPU); on one GPU the multiplication raises a size mismatch as soon as a modality is flagged (for B > 2).
+Here the mask is one [C] vector for the whole batch — what each replica gets on two GPUs, and what the code
+before c1ce5a8 used;
 (2) ``encoder_process`` (model line 247) calls ``self.resnet``, which no longer exists (renamed
 ``resnet_process``, line 214, in 39ed569): every ResNet18 forward raises AttributeError; our encoders stand in;
 (3) with gradient accumulation (``grad_accum_steps`` > 1; the config's is 1) line 103 calls ``training_step``

@@ -16,15 +16,16 @@ as that code trains it:
   two scalars, not a divergence between distributions; RS_i = (1/C)·Σ_c (z_a − z_b)²_{i,c} on the *logits* with
   two modalities (line 132), on the *probabilities* (p_a − p_b) with three (lines 197–199);
 * pair terms KL = Σ_i w_i·KL_i / B and RS = Σ_i w_i·RS_i / B (lines 154–158); w, ps and pw are written into
-  tensors by index assignment, which keeps their graph (checked in plain torch), so the gradient also flows
-  through the weight and both confidences;
+  tensors by index assignment, which keeps their graph (checked in plain torch 2.11; the repository pins
+  1.12.1), so the gradient also flows through the weight and both confidences;
 * while ``modulation_starts`` ≤ epoch ≤ ``modulation_ends`` (line 129): loss = CE(fused) + Σ_m CE(z_m) + KL + RS
   for two modalities (line 159); for three, the pair terms of (1, 2), (1, 3), (2, 3) each averaged over the three
   pairs (lines 184–224). Outside the window: CE(fused) alone (lines 226–228).
 
 Defaults from ``configs/trainer_config.yaml`` lines 47–50 (window 0–80 of the 30 epochs of
-``configs/global_config.yaml`` line 27: always on; MBSD has no other parameter there). ``rs_on``: ``official`` (logits
-for two modalities, probabilities for three or more, as the code's two branches), ``logits`` or ``probs`` for both.
+``configs/global_config.yaml`` line 27: always on; its ``modality: 2`` is not read, trainer lines 22–23).
+``rs_on``: ``official`` (logits for two modalities, probabilities for three or more, as the code's two
+branches), ``logits`` or ``probs`` for both.
 For more than three modalities the code's three-modality branch silently ignores the fourth and later (it reads
 ``key[0..2]`` only); here every pair is averaged and every modality's CE is added (our extension). One modality is
 refused (there is no pair). Concat fusion (``unimodality_calculate`` computes z_m only for concat); ``sum`` works
