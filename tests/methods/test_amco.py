@@ -175,12 +175,14 @@ def test_amco_trains_through_the_engine_with_the_common_metrics(tiny_config, tin
 
 
 def test_amco_resumes_exactly(tiny_config, tiny_data, tmp_path):
-    config = {"method": "amco", "epochs": 4, "amco__sigma": 0.3}  # σ < 1/2: some modality is always flagged
-    expected, resumed = straight_and_resumed(lambda: Engine(tiny_config(**config), tiny_data), 4, 2,
+    """Epoch 2 draws masks from torch's generator after the resume (σ < 1/2: some modality is always flagged)."""
+    config = {"method": "amco", "epochs": 3, "amco__sigma": 0.3}
+    expected, resumed = straight_and_resumed(lambda: Engine(tiny_config(**config), tiny_data), 3, 1,
                                              tmp_path / "state.pt")
     got = [without_time(resumed.run_epoch()) for _ in range(2)]
-    assert got == expected[2:]
-    assert max(expected[3]["diag/dependent_audio"], expected[3]["diag/dependent_visual"]) > 0
+    assert got == expected[1:]
+    assert max(expected[2]["diag/dependent_audio"], expected[2]["diag/dependent_visual"]) > 0
+    assert 0 < expected[2]["diag/p_t"] < 1  # a partial mask (random positions) on some batch
 
 
 @pytest.mark.parametrize(("key", "value"), [
