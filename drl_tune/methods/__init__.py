@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from drl_tune.methods.agm import AGM
+from drl_tune.methods.amco import AMCo
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
@@ -11,6 +12,7 @@ from drl_tune.methods.greedy import Greedy
 from drl_tune.methods.inforeg import InfoReg
 from drl_tune.methods.joint import Joint
 from drl_tune.methods.lfm import LFM
+from drl_tune.methods.mbsd import MBSD
 from drl_tune.methods.mla import MLA
 from drl_tune.methods.mmcosine import MMCosine
 from drl_tune.methods.mmpareto import MMPareto
@@ -41,6 +43,8 @@ REGISTRY: dict[str, type[Method]] = {
     Remix.name: Remix,
     LFM.name: LFM,
     Greedy.name: Greedy,
+    AMCo.name: AMCo,
+    MBSD.name: MBSD,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]
