@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from drl_tune.methods.agm import AGM
+from drl_tune.methods.arl import ARL
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
@@ -35,6 +36,7 @@ REGISTRY: dict[str, type[Method]] = {
     ReconBoost.name: ReconBoost,
     UMT.name: UMT,
     GBlending.name: GBlending,
+    ARL.name: ARL,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]
