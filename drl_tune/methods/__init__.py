@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from drl_tune.methods.agm import AGM
 from drl_tune.methods.amco import AMCo
+from drl_tune.methods.arl import ARL
 from drl_tune.methods.base import Batch, EpochContext, Method, NoParams
 from drl_tune.methods.cml import CML
 from drl_tune.methods.drl import DRL
@@ -45,6 +46,7 @@ REGISTRY: dict[str, type[Method]] = {
     Greedy.name: Greedy,
     AMCo.name: AMCo,
     MBSD.name: MBSD,
+    ARL.name: ARL,
 }
 
 __all__ = ["REGISTRY", "Batch", "EpochContext", "Method", "NoParams"]
