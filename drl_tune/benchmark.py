@@ -27,7 +27,7 @@ from drl_tune.driver import (
     quiet_libraries,
 )
 from drl_tune.ground.errors import ConfigError
-from drl_tune.ground.guard import guarded
+from drl_tune.ground.guard import exit_command, guarded
 from drl_tune.ground.paths import PathError, check_writable
 from drl_tune.methods.user import check_resumed_files, use_methods
 from drl_tune.study.plan import DEFAULT_STORAGE
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

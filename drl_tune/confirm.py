@@ -27,7 +27,7 @@ from drl_tune.driver import (
     progress_of,
 )
 from drl_tune.ground.errors import ConfigError
-from drl_tune.ground.guard import guarded
+from drl_tune.ground.guard import exit_command, guarded
 from drl_tune.ground.paths import PathError, check_writable
 from drl_tune.methods.user import use_methods
 from drl_tune.study.answer import ANSWER_JSON, answer_tables
@@ -107,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

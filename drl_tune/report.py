@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from drl_tune.ground.guard import guarded
+from drl_tune.ground.guard import exit_command, guarded
 from drl_tune.ground.paths import PathError, check_writable
 
 EXIT_BAD_INPUT = 2
@@ -56,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -33,7 +33,7 @@ from drl_tune.driver import (
 )
 from drl_tune.ground.domains import flag_type
 from drl_tune.ground.errors import ConfigError
-from drl_tune.ground.guard import guarded
+from drl_tune.ground.guard import exit_command, guarded
 from drl_tune.ground.paths import check_writable
 from drl_tune.methods.user import check_resumed_files, use_methods
 from drl_tune.study.cluster import ClusterError, check_address, check_storage_arg
@@ -225,4 +225,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

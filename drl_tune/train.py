@@ -17,7 +17,7 @@ from pathlib import Path
 from drl_tune.data.cache import CacheError
 from drl_tune.doctor import EXIT_BROKEN, check_before_start
 from drl_tune.ground.errors import ConfigError
-from drl_tune.ground.guard import guarded
+from drl_tune.ground.guard import exit_command, guarded
 from drl_tune.ground.io import atomic_write_json
 from drl_tune.ground.paths import check_writable
 from drl_tune.methods.user import use_methods
@@ -97,4 +97,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -1,7 +1,6 @@
 """``python -m drl_tune.bench``: the benchmark command (drl_tune/bench/cli.py)."""
 
-import sys
-
 from drl_tune.bench.cli import main
+from drl_tune.ground.guard import exit_command
 
-sys.exit(main())
+exit_command(main())

@@ -59,7 +59,7 @@ from drl_tune.bench.official_loops import (
 )
 from drl_tune.ground.domains import Domain, flag
 from drl_tune.ground.errors import ConfigError
-from drl_tune.ground.guard import guarded
+from drl_tune.ground.guard import exit_command, guarded
 from drl_tune.ground.io import atomic_write_text
 from drl_tune.ground.paths import PathError, check_writable
 from drl_tune.training.config import TrainConfig, make_config, parse_assignments
@@ -516,4 +516,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -109,3 +109,18 @@ def test_the_guard_never_hides_a_known_errors_own_message(capsys, tmp_path):
     assert train_cli.main(["--space", "demo", "--set", "momentum=1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "momentum must be a number in [0, 1), got 1.0" in err and "-v" not in err
+
+
+def test_exit_command_skips_the_last_collection_but_keeps_the_exit_code_and_atexit():
+    """exit_command freezes the objects alive at the end (so the interpreter's final collection skips them); the
+    exit code, atexit handlers and flushed output are as with sys.exit."""
+    import sys
+
+    code = ("import atexit, gc, sys\n"
+            "from drl_tune.ground.guard import exit_command\n"
+            "atexit.register(lambda: print('atexit ran, frozen', gc.get_freeze_count() > 0))\n"
+            "print('before', end='')\n"
+            "exit_command(3)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "beforeatexit ran, frozen True\n"
