@@ -334,7 +334,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     tracker.finish_parent(plan.parent_run_id, "KILLED" if interrupted else "FINISHED", metrics, summary)
     report, url = review(plan, write_report and not interrupted)
     print(f"\nresults: {plan.study_dir}" + (f"  (answer: {plan.study_dir / 'answer.json'}, answer.csv)"
-                                            if answer is not None else ""))
+                                            if answer is not None else ""), flush=True)
     if report:
         print(f"report:  {report}")
     print(f"MLflow:  {redact(plan.mlflow_uri)}  (experiment {plan.name!r})")

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ def connect(address: str | None) -> str:
     import ray
 
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
+    started = time.monotonic()
     job = job_submission_id()
     env_address = os.environ.get("RAY_ADDRESS", "")
     if address:
@@ -128,7 +130,7 @@ def connect(address: str | None) -> str:
     nodes = alive_nodes()
     total = ray.cluster_resources()
     return (f"ray: {where} ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs) on {len(nodes)} node"
-            + ("s" if len(nodes) != 1 else ""))
+            + ("s" if len(nodes) != 1 else "") + f" in {time.monotonic() - started:.1f} s")  # bench study reads it
 
 
 def _init(shown: str, **kwargs: Any) -> None:

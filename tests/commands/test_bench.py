@@ -118,7 +118,7 @@ def test_study_cost_splits_the_wall_time_by_stage(tmp_path):
     _trial(tmp_path, "joint_a", [(2.0, 2.5), (2.0, 2.25)])  # 4 s compute, 0.75 s in-trial overhead
     _trial(tmp_path, "drl_b", [(3.0, 3.5)])                 # 3 s compute, 0.5 s
     _trial(tmp_path / "confirm", "joint_c", [(1.0, 1.5)])   # 1 s compute, 0.5 s
-    lines = [(3.0, "ray: started a local Ray (2 CPUs, 0 GPUs) on 1 node"), (3.5, "study 's': space demo"),
+    lines = [(3.0, "ray: started a local Ray (2 CPUs, 0 GPUs) on 1 node in 1.5 s"), (3.5, "study 's': space demo"),
              (5.0, "[10:00:00] trial a started (joint, lr=0.01)"), (5.5, "[10:00:00] trial b started (drl, lr=0.01)"),
              (10.0, "[10:00:05] trial b finished (drl) after 1 epochs, best val acc 0.5"),
              (11.0, "[10:00:06] trial a finished (joint) after 2 epochs, best val acc 0.6"),
@@ -129,7 +129,7 @@ def test_study_cost_splits_the_wall_time_by_stage(tmp_path):
              (18.0, "answer of study 's' (15 s in all):"), (20.0, "results: runs/studies/s")]
     cost = study_cost(lines, 21.0, tmp_path, slots=2)
     st = cost["stages"]
-    assert st["ray_start_s"] == 3.0 and st["setup_s"] == 2.0
+    assert st["ray_start_s"] == 3.0 and st["setup_s"] == 2.0 and st["ray_init_s"] == 1.5
     search = st["search"]  # 5.0 -> 12.0: 7 s of wall, 14 slot-seconds; lifetimes a 6 s, b 4.5 s
     assert search["wall_s"] == pytest.approx(7.0) and search["trials"] == 2 and search["trial_epochs"] == 3
     assert search["compute_s"] == pytest.approx(7.0 / 2) and search["in_trial_overhead_s"] == pytest.approx(1.25 / 2)
@@ -146,3 +146,6 @@ def test_study_cost_splits_the_wall_time_by_stage(tmp_path):
     assert cost["overhead_ratio"] == pytest.approx(21.0 / 4.0)
     assert cost["overhead_ratio_after_ray_start"] == pytest.approx(18.0 / 4.0)
     assert "overhead_ratio 5.25x" in describe(cost)[0]
+    # the goal: 1.2 x 4 s of compute + Ray's own 1.5 s start = 6.3 s, missed by 21 - 6.3 s
+    assert cost["goal_s"] == pytest.approx(1.2 * 4.0 + 1.5) and not cost["meets_goal"]
+    assert "goal: wall <= 1.2 x compute + Ray's own start = 6 s: missed by 15 s" in describe(cost)[1]
