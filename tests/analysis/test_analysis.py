@@ -256,3 +256,13 @@ def test_report_shows_configurations_to_four_significant_digits(tmp_path):
     assert "4.43354" not in search and "0.0027741234" not in search
     assert json.loads((folder / "answer.json").read_text())["configs"][0]["config"]["drl.lam"] == 4.433541515048307
     assert plots._drl_setting(study.trials.set_index("trial_id").loc["d1"]) == "λ=4.434"  # the dynamics' title
+
+
+def test_every_registered_method_has_a_colour_of_its_own():
+    """A figure with every method tells them apart: one fixed colour per registered method, no two alike (user
+    methods take EXTRA_COLORS)."""
+    from drl_tune.analysis.colors import METHOD_COLORS
+    from drl_tune.methods import REGISTRY
+
+    assert set(REGISTRY) <= set(METHOD_COLORS)
+    assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
