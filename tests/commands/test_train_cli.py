@@ -52,8 +52,7 @@ def test_train_resume_continues_the_log(tmp_path):
 
 
 @pytest.mark.parametrize(("assignment", "message"), [
-    ("method=nope", "unknown method 'nope'; registered methods: agm, cml, drl, gblending, inforeg, joint, mla, "
-     "mmcosine, mmpareto, ogm_ge, opm, pmr, reconboost, umt, valuation"),
+    ("method=nope", "unknown method 'nope'; registered methods: " + ", ".join(sorted(REGISTRY))),
     ("learning_rate=0.1", "unknown key 'learning_rate'"),
     ("drl.alpah=1", "unknown key 'drl.alpah'"),
     ("drl.lam=-1", "drl.lam must be a finite number >= 0"),

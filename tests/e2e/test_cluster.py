@@ -302,7 +302,7 @@ def test_job_submit_runs_the_study_on_the_worker_node(cluster, jobs):
     # the first line: the job joined its own cluster (the worker's 2 CPUs; the head has none) — no local Ray
     # (Ray hands the job the GCS address with the machine's own IP in place of 127.0.0.1)
     assert re.search(rf"^ray: inside Ray job drl-tune-ok, joined its cluster at [\d.]+:{cluster.gcs_port} "
-                     r"\(2 CPUs, 0 GPUs\) on 2 nodes$", job.logs, re.M), job.logs[:3000]
+                     r"\(2 CPUs, 0 GPUs\) on 2 nodes in [\d.]+ s$", job.logs, re.M), job.logs[:3000]
     # the job's log is not a terminal: plain status lines, and the search's table
     assert "search: 2/2 trials done" in job.logs and "search of study 'onjob' (2 trials" in job.logs
     # every trial actor ran on the worker node
@@ -331,7 +331,8 @@ def test_a_benchmark_of_a_users_method_from_a_file_trains_it_on_the_worker_node(
     job = jobs["mine"]
     assert job.code == 0, job.logs[-6000:]
     # each study joined the job's cluster (the driver leaves Ray between studies and joins it again)
-    joined = re.findall(r"^ray: inside Ray job drl-tune-mine, joined its cluster at .* on 2 nodes$", job.logs, re.M)
+    joined = re.findall(r"^ray: inside Ray job drl-tune-mine, joined its cluster at .* on 2 nodes in [\d.]+ s$",
+                        job.logs, re.M)
     assert len(joined) == 2, job.logs[:3000]
     folder = job.folder / "bench" / "mine"
     actors = trial_actors(cluster)
