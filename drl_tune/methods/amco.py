@@ -162,8 +162,7 @@ class AMCo(Method):
         return self.params.modulation_starts <= self.epoch <= self.params.modulation_ends
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
-        features = model.encode(batch.inputs)
-        modified = self.modify_features(features, batch.labels, batch)
+        modified = self.encoded(model, batch)
         if modified is None:
             return None
         features, labels = modified

@@ -171,8 +171,7 @@ class ARL(Method):
         return arl_coefficients(logits[a], logits[v], self.params.temperature)
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
-        features = model.encode(batch.inputs)
-        modified = self.modify_features(features, batch.labels, batch)
+        modified = self.encoded(model, batch)
         if modified is None:
             return None
         features, labels = modified

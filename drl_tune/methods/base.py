@@ -175,8 +175,7 @@ class Method:
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
         """Forward, loss, backward; gradients are left in ``.grad`` for the engine's optimizer step.
         Returns the (detached) loss, or None to skip the batch without a step."""
-        features = self.encode_batch(model, batch.inputs)
-        modified = self.modify_features(features, batch.labels, batch)
+        modified = self.encoded(model, batch)
         if modified is None:
             return None
         features, labels = modified
@@ -192,6 +191,12 @@ class Method:
         """Each modality's pooled features of a batch; training and evaluation both encode through it (the model's
         mode tells which). Default: ``model.encode``."""
         return model.encode(inputs)
+
+    def encoded(self, model: MultimodalClassifier, batch: Batch
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """The default step's first half, also for methods that write their own ``training_step``: the batch's
+        features (``encode_batch``) after ``modify_features``, with its labels; None = skip the batch."""
+        return self.modify_features(self.encode_batch(model, batch.inputs), batch.labels, batch)
 
     def modify_features(
         self, features: dict[str, torch.Tensor], labels: torch.Tensor, batch: Batch

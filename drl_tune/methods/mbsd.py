@@ -138,8 +138,7 @@ class MBSD(Method):
         self._diag.reset()
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
-        features = model.encode(batch.inputs)
-        modified = self.modify_features(features, batch.labels, batch)
+        modified = self.encoded(model, batch)
         if modified is None:
             return None
         features, labels = modified

@@ -91,8 +91,7 @@ class MMPareto(Method):
         self._cos = {m: [] for m in model.modalities}
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
-        features = model.encode(batch.inputs)
-        modified = self.modify_features(features, batch.labels, batch)
+        modified = self.encoded(model, batch)
         if modified is None:
             return None
         features, labels = modified

@@ -160,8 +160,7 @@ class Remix(Method):
         return self.rows, self.keep
 
     def training_step(self, model: MultimodalClassifier, batch: Batch) -> torch.Tensor | None:
-        features = model.encode(batch.inputs)
-        modified = self.modify_features(features, batch.labels, batch)  # zeroes what batch.keep masks out
+        modified = self.encoded(model, batch)  # modify_features zeroes what batch.keep masks out
         if modified is None:
             return None
         features, labels = modified
