@@ -67,7 +67,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from drl_tune.ground.domains import check_fields, param
-from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import (
     Batch,
     EpochContext,
@@ -133,6 +132,7 @@ def summed(logits: dict[str, torch.Tensor]) -> torch.Tensor:
 class AMCo(Method):
     name = "amco"
     Params = AMCoParams
+    min_modalities = 2  # it masks the modality the model depends on: one alone is always "dependent"
     params: AMCoParams
 
     def __init__(self, params: AMCoParams) -> None:
@@ -149,9 +149,6 @@ class AMCo(Method):
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         require_unimodal_head(model, self.name)
-        if len(model.modalities) < 2:
-            raise ConfigError(f"method {self.name} masks the modality the model depends on, which needs two or more "
-                              f"modalities; this run has {len(model.modalities)} ({', '.join(model.modalities)})")
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.epoch, self.level = ctx.epoch, 0.0

@@ -133,6 +133,9 @@ class Method:
     # dataset before anything starts (driver.check_methods_fit), a run when it builds the method (Engine), both
     # through modality_mismatch
     modalities: ClassVar[int | None] = None
+    # the fewest modalities a rule defined for any number needs (AMCo and MBSD compare or mask them: two); checked
+    # the same way
+    min_modalities: ClassVar[int] = 1
     # True: training_step steps the optimizer(s) itself; the engine then skips its own step (module docstring)
     steps_optimizer: ClassVar[bool] = False
     # True: each training batch holds rows of one keep pattern only (module docstring; the engine's _row_batches)
@@ -287,7 +290,13 @@ def modality_mismatch(method: type[Method], name: str, modalities: list[str]) ->
     """Why ``method`` (registered as ``name``) cannot run on ``modalities`` — its rule is defined for another number
     of them (``Method.modalities``) — or None when it can."""
     wanted = method.modalities
-    if wanted is None or wanted == len(modalities):
+    if wanted is None:
+        if len(modalities) >= method.min_modalities:
+            return None
+        count = COUNT_WORDS.get(method.min_modalities, str(method.min_modalities))
+        return (f"method {name} needs {count} or more modalities, this run has {len(modalities)} "
+                f"({', '.join(modalities)}); set data.modalities to {count} or more of them")
+    if wanted == len(modalities):
         return None
     count = COUNT_WORDS.get(wanted, str(wanted))
     return (f"method {name} is defined for exactly {count} modalities, this run has {len(modalities)} "

@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 
 from drl_tune.ground.domains import check_fields, param
-from drl_tune.ground.errors import ConfigError
 from drl_tune.methods.base import (
     Batch,
     EpochContext,
@@ -120,6 +119,7 @@ def mbsd_loss(fused: torch.Tensor, unimodal: list[torch.Tensor], labels: torch.T
 class MBSD(Method):
     name = "mbsd"
     Params = MBSDParams
+    min_modalities = 2  # it compares pairs of modalities
     params: MBSDParams
 
     def __init__(self, params: MBSDParams) -> None:
@@ -129,9 +129,6 @@ class MBSD(Method):
 
     def setup(self, model: MultimodalClassifier, optimizer: torch.optim.Optimizer) -> None:
         require_unimodal_head(model, self.name)
-        if len(model.modalities) < 2:
-            raise ConfigError(f"method {self.name} compares pairs of modalities, which needs two or more; this run "
-                              f"has {len(model.modalities)} ({', '.join(model.modalities)})")
 
     def on_epoch_start(self, model: MultimodalClassifier, ctx: EpochContext) -> None:
         self.epoch = ctx.epoch

@@ -156,3 +156,17 @@ def test_one_modality_and_a_fusion_without_unimodal_logits_are_refused(tiny_conf
         Engine(tiny_config(method="mbsd", data__modalities="visual", epochs=1), tiny_data)
     with pytest.raises(ConfigError, match="fusion=concat"):
         Engine(tiny_config(method="mbsd", fusion="gated", epochs=1), tiny_data)
+
+
+def test_the_study_check_refuses_one_modality_before_anything_starts():
+    """AMCo and MBSD need two or more modalities: the same check a study runs before it starts
+    (driver.check_methods_fit, through modality_mismatch) says so; two and three pass."""
+    from drl_tune.methods import REGISTRY
+    from drl_tune.methods.base import modality_mismatch
+
+    for name in ("amco", "mbsd"):
+        assert modality_mismatch(REGISTRY[name], name, ["visual"]) == (
+            f"method {name} needs two or more modalities, this run has 1 (visual); set data.modalities to two or "
+            "more of them")
+        assert modality_mismatch(REGISTRY[name], name, ["audio", "visual"]) is None
+        assert modality_mismatch(REGISTRY[name], name, ["audio", "visual", "flow"]) is None
