@@ -112,18 +112,21 @@ def check_methods_fit(plan: Plan, modalities: list[str]) -> None:
 # running
 
 
-def start_ray(address: str | None) -> bool:
-    """Join ``address``, the Ray job's cluster, or start a local Ray (drl_tune/study/cluster.py says which when);
-    False if Ray was already running here. Prints which Ray it is as the first line."""
+def start_ray(address: str | None, plan: Plan) -> bool:
+    """Join ``address``, the Ray job's cluster, or start a local Ray (drl_tune/study/cluster.py says which when) whose
+    prestarted workers take the plan's first trials (drl_tune/study/tune.py, ``local_workers``); False if Ray was
+    already running here. Prints which Ray it is as the first line."""
     import ray
 
-    from drl_tune.study.cluster import connect
+    from drl_tune.study.cluster import connect, starts_local
+    from drl_tune.study.tune import local_workers
 
     if ray.is_initialized():
         return False
+    preload = local_workers(plan.cpus_per_trial, plan.max_concurrent) if starts_local(address) else ()
     # trial processes' own log lines (Tune's "checkpoint created" chatter) stay in the trial logs; the driver
     # prints the progress table, trial endings and errors
-    print(connect(address), flush=True)
+    print(connect(address, preload), flush=True)
     return True
 
 
@@ -255,7 +258,7 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
         raise UsageError(str(err)) from None
     if cleaned:
         print(cleaned, flush=True)
-    local = LocalRay(start_ray(address))
+    local = LocalRay(start_ray(address, plan))
     try:
         with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
             try:
@@ -403,7 +406,7 @@ def confirm_study(plan: Plan, top_k: int, seeds: int, methods: list[str] | None,
     from drl_tune.study.stop import stop_signals
 
     quiet_libraries(verbose)
-    local = LocalRay(start_ray(address))
+    local = LocalRay(start_ray(address, plan))
     resume = f"python -m drl_tune.confirm --resume {plan.resume_args()}"
     try:
         with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack

@@ -103,15 +103,29 @@ def check_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             "prints it") from None
 
 
-def connect(address: str | None) -> str:
-    """``ray.init`` for the cases in the module docstring; returns the line saying which Ray this is."""
+def starts_local(address: str | None) -> bool:
+    """Whether :func:`connect` starts a Ray of its own here (no address, not inside a Ray job, no ``RAY_ADDRESS``
+    naming a cluster's GCS) rather than joining one."""
+    env_address = os.environ.get("RAY_ADDRESS", "")
+    return (not address and job_submission_id() is None
+            and not (env_address and not env_address.startswith(("http://", "https://"))))
+
+
+def connect(address: str | None, preload: tuple[str, ...] = ()) -> str:
+    """``ray.init`` for the cases in the module docstring; returns the line saying which Ray this is. A local Ray's
+    worker processes import ``preload`` when they start (Ray's ``preload_python_modules``), the ones Ray prestarts
+    at ``ray.init`` included (drl_tune/study/tune.py, :func:`~drl_tune.study.tune.local_workers`, says when and why)."""
     import ray
 
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
     started = time.monotonic()
     job = job_submission_id()
     env_address = os.environ.get("RAY_ADDRESS", "")
-    if address:
+    if starts_local(address):  # "local": a RAY_ADDRESS=http://…:8265 exported for `ray job submit` must not redirect
+        system = {"preload_python_modules": list(preload)} if preload else None
+        ray.init(address="local", include_dashboard=False, _system_config=system, **quiet)
+        where = "started a local Ray"
+    elif address:
         check_address(address)
         _init(address, address=address, **quiet)
         where = f"joined the cluster at {address}"
@@ -120,13 +134,10 @@ def connect(address: str | None) -> str:
             check_address(env_address)
         _init(env_address or "the job's cluster", **quiet)  # plain: see the module docstring
         where = f"inside Ray job {job or '?'}, joined its cluster at {env_address or 'auto'}"
-    elif env_address and not env_address.startswith(("http://", "https://")):
+    else:  # RAY_ADDRESS names a cluster's GCS
         check_address(env_address)
         _init(env_address, address=env_address, **quiet)
         where = f"joined the cluster at {env_address} (RAY_ADDRESS)"
-    else:  # "local": a RAY_ADDRESS=http://…:8265 exported for `ray job submit` must not redirect a local run
-        ray.init(address="local", include_dashboard=False, **quiet)
-        where = "started a local Ray"
     nodes = alive_nodes()
     total = ray.cluster_resources()
     return (f"ray: {where} ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs) on {len(nodes)} node"

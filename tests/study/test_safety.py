@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
 from mlflow import MlflowClient
+from ray.tune.execution import class_cache
 
 from drl_tune import driver
 from drl_tune import run as run_cli
@@ -67,7 +69,9 @@ def test_servers_bind_localhost(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
-    driver.start_ray(None)
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", dict(class_cache.DEFAULT_ENV_VARS))  # start_ray edits it
+    monkeypatch.setenv("PL_DISABLE_FORK", "1")
+    driver.start_ray(None, SimpleNamespace(cpus_per_trial=4.0, max_concurrent=1))
     # a local Ray: no dashboard at all (were one asked for, Ray's own default host is 127.0.0.1)
     assert seen.get("include_dashboard") is False and seen.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
     for path in SOURCES:

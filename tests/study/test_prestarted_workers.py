@@ -1,0 +1,92 @@
+"""A study's first trials start in the workers a local Ray prestarts, with the trial's modules already imported
+(drl_tune/study/tune.py, ``local_workers``): the Tune internals it relies on, the rule for when it preloads, and a
+real local Ray where a trial actor made the way Tune makes it runs in a prestarted process that has torch imported."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.tune.execution import class_cache
+
+from drl_tune.study.cluster import connect
+from drl_tune.study.ray_session import start_time
+from drl_tune.study.tune import TRIAL_MODULES, local_workers
+
+
+@pytest.fixture
+def tune_env(monkeypatch):
+    """Tune's per-actor variables and this process's environment as they were, after the test."""
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", dict(class_cache.DEFAULT_ENV_VARS))
+    monkeypatch.setenv("PL_DISABLE_FORK", os.environ.get("PL_DISABLE_FORK", "0"))
+    monkeypatch.delenv("PL_DISABLE_FORK")
+
+
+def test_tune_still_gives_actors_the_variable_local_workers_moves():
+    # Ray 2.60's Tune copies this module dict into every trial actor's runtime env. If this fails, Ray changed how it
+    # sets it and local_workers' edit would silently do nothing: look at ray/tune/execution/class_cache.py.
+    assert '"PL_DISABLE_FORK": "1"' in inspect.getsource(class_cache)
+    assert "DEFAULT_ENV_VARS.copy()" in inspect.getsource(class_cache._ActorClassCache.get)  # noqa: SLF001
+
+
+def test_local_workers_moves_the_variable_and_preloads_only_when_every_worker_hosts_a_trial(tune_env, monkeypatch):
+    import ray._private.utils as ray_utils
+
+    monkeypatch.setattr(ray_utils, "get_num_cpus", lambda *a, **k: 4)
+    assert local_workers(1.0, 4) == TRIAL_MODULES
+    assert local_workers(0.5, 8) == TRIAL_MODULES
+    assert local_workers(1.0, 3) == ()  # one prestarted worker would sit idle with torch imported
+    assert local_workers(4.0, 4) == ()  # a GPU study's 4 CPUs a trial: one trial per 4 prestarted workers
+    assert os.environ["PL_DISABLE_FORK"] == "1"  # the local Ray's processes inherit it
+    assert "PL_DISABLE_FORK" not in class_cache.DEFAULT_ENV_VARS
+
+    class Probe:
+        pass
+
+    remote = class_cache._ActorClassCache().get(Probe)  # noqa: SLF001 — how Tune makes a trial's actor class
+    assert not remote._default_options["runtime_env"].get("env_vars")  # noqa: SLF001 — an empty env: no own process
+
+
+class Trial:
+    """Stands for a trial's actor: says which process it runs in and what that process had imported."""
+
+    def __init__(self) -> None:
+        self.had_torch = "torch" in sys.modules and "drl_tune.study.trainable" in sys.modules
+
+    def where(self) -> tuple[int, bool, str | None]:
+        return os.getpid(), self.had_torch, os.environ.get("PL_DISABLE_FORK")
+
+
+def _started(pid: int) -> float:
+    """A process's start, in seconds since boot."""
+    ticks = start_time(pid)
+    assert ticks is not None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process start times from /proc")
+def test_a_trial_actor_runs_in_a_prestarted_worker_with_its_modules_imported(tune_env):
+    if ray.is_initialized():
+        ray.shutdown()
+    preload = local_workers(1.0, 64)  # as many trials as this machine's CPUs, or more
+    assert preload == TRIAL_MODULES
+    print(connect(None, preload))
+    try:
+        time.sleep(1.0)
+        made = _uptime()
+        actor = class_cache._ActorClassCache().get(Trial).options(num_cpus=1).remote()  # noqa: SLF001
+        pid, had_torch, variable = ray.get(actor.where.remote(), timeout=120)
+        assert _started(pid) < made - 0.5, "the actor started a new process instead of taking a prestarted one"
+        assert had_torch, "the worker had not imported the trial's modules when the actor was created"
+        assert variable == "1"  # inherited from the driver: a trial still sees it
+    finally:
+        ray.shutdown()
