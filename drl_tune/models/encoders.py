@@ -17,50 +17,20 @@ from typing import cast
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
-from torchvision.ops import MLP
 
 from drl_tune.ground.modality import ModalityKind
 
-
-class ResNet18Trunk(ResNet):
-    """ResNet18 (BasicBlock, [2, 2, 2, 2]) without pooling/classifier: returns the last feature map.
-
-    ``width`` is the base channel count (64 = torchvision/paper); the feature dimension is 8·width.
-    """
-
-    def __init__(self, in_channels: int, width: int = 64) -> None:
-        nn.Module.__init__(self)  # ResNet.__init__ would build the fixed 64-channel net first
-        self._norm_layer = nn.BatchNorm2d
-        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
-        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(BasicBlock, width, 2)
-        self.layer2 = self._make_layer(BasicBlock, width * 2, 2, stride=2)
-        self.layer3 = self._make_layer(BasicBlock, width * 4, 2, stride=2)
-        self.layer4 = self._make_layer(BasicBlock, width * 8, 2, stride=2)
-        self.out_dim = width * 8
-        for module in self.modules():  # the same initialisation torchvision's ResNet applies
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1, bn1, ReLU and max-pool: what precedes ``layer1``."""
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+# torchvision is imported where an encoder is built (drl_tune/models/resnet.py holds the ResNet18 trunk): importing
+# it loads all of torchvision, torch._dynamo included, ≈ 1.3 s here, and a study's driver imports every method
+# (and so this module) to check its plan without ever building a model
 
 
 class SpectrogramEncoder(nn.Module):
     """Audio: a [B, T, F] spectrogram as a 1-channel image; features = global average pool."""
 
     def __init__(self, width: int = 64) -> None:
+        from drl_tune.models.resnet import ResNet18Trunk
+
         super().__init__()
         self.trunk = ResNet18Trunk(1, width)
         self.out_dim = self.trunk.out_dim
@@ -82,6 +52,8 @@ class FrameEncoder(nn.Module):
     batch) and features are pooled over time and space together, as the paper's adaptive_avg_pool3d."""
 
     def __init__(self, in_channels: int, width: int = 64) -> None:
+        from drl_tune.models.resnet import ResNet18Trunk
+
         super().__init__()
         self.trunk = ResNet18Trunk(in_channels, width)
         self.out_dim = self.trunk.out_dim
@@ -112,6 +84,8 @@ class VectorEncoder(nn.Module):
     """A feature vector [B, D] through torchvision's MLP (``layers`` Linear+ReLU); features = its output."""
 
     def __init__(self, in_dim: int, sizes: FeatureSizes) -> None:
+        from torchvision.ops import MLP
+
         super().__init__()
         # MLP ends in a bare Linear; the final ReLU makes the features non-negative activations, as the pooled
         # ReLU maps of the ResNet encoders are

@@ -56,7 +56,8 @@ class Trial:
     """Stands for a trial's actor: says which process it runs in and what that process had imported."""
 
     def __init__(self) -> None:
-        self.had_torch = "torch" in sys.modules and "drl_tune.study.trainable" in sys.modules
+        # what a trial imports before its first epoch (the engine's probes need sklearn, its transforms torchvision)
+        self.had_torch = all(m in sys.modules for m in ("torch", "torchvision", "sklearn", "drl_tune.study.trainable"))
 
     def where(self) -> tuple[int, bool, str | None]:
         return os.getpid(), self.had_torch, os.environ.get("PL_DISABLE_FORK")
