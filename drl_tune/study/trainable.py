@@ -12,6 +12,7 @@ a retry of a failure that would repeat identically (non-finite loss, bad configu
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,17 @@ from drl_tune.training.config import make_config
 from drl_tune.training.engine import Engine
 
 CHECKPOINT_FILE = "engine.pt"
-# the worker's torch threads as Ray started it (OMP_NUM_THREADS = the trial's CPUs): a reused actor
-# (study.REUSE_ACTORS) runs trial after trial in one process, and Engine sets threads only when a config asks
-# (threads > 0), so each trial starts from this value instead of what the previous trial left
-WORKER_THREADS = torch.get_num_threads()
+WORKER_THREADS = torch.get_num_threads()  # torch's own default in this process (every core, unless OMP says)
+
+
+def worker_threads() -> int:
+    """The trial's torch threads: ``OMP_NUM_THREADS`` as Ray sets it for the trial's actor (the trial's CPUs, at
+    least 1, unless the user set it). Set at every trial's start: a reused actor (study.REUSE_ACTORS) runs trial after
+    trial in one process, and Engine sets threads only when a config asks (threads > 0). Read then, not at import: a
+    worker Ray prestarted imports this module before it hosts a trial (study/tune.py, ``local_workers``), when torch's
+    default is still every core — two 1-CPU trials with 2 threads each on 2 cores ran ≈ 20% slower."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else WORKER_THREADS
 
 
 def clean_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -63,7 +71,7 @@ def train_trial(config: dict[str, Any], methods: list[dict[str, str]] | None = N
     faults.refuse_deterministic_retry(trial_dir)
     try:
         use_methods(recorded=methods)  # installed packages' entry points, then the study's own files
-        torch.set_num_threads(WORKER_THREADS)
+        torch.set_num_threads(worker_threads())
         train_config = make_config(config)
         if train_config.perf.compile:  # a reused actor holds earlier trials' compiled graphs, and torch stops
             torch.compiler.reset()  # compiling (falls back to eager) once a function has too many of them

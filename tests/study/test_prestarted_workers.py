@@ -59,8 +59,10 @@ class Trial:
         # what a trial imports before its first epoch (the engine's probes need sklearn, its transforms torchvision)
         self.had_torch = all(m in sys.modules for m in ("torch", "torchvision", "sklearn", "drl_tune.study.trainable"))
 
-    def where(self) -> tuple[int, bool, str | None]:
-        return os.getpid(), self.had_torch, os.environ.get("PL_DISABLE_FORK")
+    def where(self) -> tuple[int, bool, str | None, int]:
+        from drl_tune.study.trainable import worker_threads
+
+        return os.getpid(), self.had_torch, os.environ.get("PL_DISABLE_FORK"), worker_threads()
 
 
 def _started(pid: int) -> float:
@@ -85,9 +87,12 @@ def test_a_trial_actor_runs_in_a_prestarted_worker_with_its_modules_imported(tun
         time.sleep(1.0)
         made = _uptime()
         actor = class_cache._ActorClassCache().get(Trial).options(num_cpus=1).remote()  # noqa: SLF001
-        pid, had_torch, variable = ray.get(actor.where.remote(), timeout=120)
+        pid, had_torch, variable, threads = ray.get(actor.where.remote(), timeout=120)
         assert _started(pid) < made - 0.5, "the actor started a new process instead of taking a prestarted one"
         assert had_torch, "the worker had not imported the trial's modules when the actor was created"
         assert variable == "1"  # inherited from the driver: a trial still sees it
+        # torch was imported before the worker hosted a 1-CPU trial, when its default was every core: the trial
+        # still gets the 1 thread that Ray's OMP_NUM_THREADS gives it
+        assert threads == 1
     finally:
         ray.shutdown()
