@@ -23,8 +23,9 @@ from drl_tune.study.tune import TRIAL_MODULES, local_workers
 def tune_env(monkeypatch):
     """Tune's per-actor variables and this process's environment as they were, after the test."""
     monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", dict(class_cache.DEFAULT_ENV_VARS))
-    monkeypatch.setenv("PL_DISABLE_FORK", os.environ.get("PL_DISABLE_FORK", "0"))
-    monkeypatch.delenv("PL_DISABLE_FORK")
+    for name in ("PL_DISABLE_FORK", "OMP_NUM_THREADS"):  # restored afterwards, unset during the test
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
+        monkeypatch.delenv(name)
 
 
 def test_tune_still_gives_actors_the_variable_local_workers_moves():
@@ -43,6 +44,7 @@ def test_local_workers_moves_the_variable_and_preloads_only_when_every_worker_ho
     assert local_workers(1.0, 3) == ()  # one prestarted worker would sit idle with torch imported
     assert local_workers(4.0, 4) == ()  # a GPU study's 4 CPUs a trial: one trial per 4 prestarted workers
     assert os.environ["PL_DISABLE_FORK"] == "1"  # the local Ray's processes inherit it
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # what Ray gives a 1-CPU trial's actor
     assert "PL_DISABLE_FORK" not in class_cache.DEFAULT_ENV_VARS
 
     class Probe:
@@ -59,10 +61,13 @@ class Trial:
         # what a trial imports before its first epoch (the engine's probes need sklearn, its transforms torchvision)
         self.had_torch = all(m in sys.modules for m in ("torch", "torchvision", "sklearn", "drl_tune.study.trainable"))
 
-    def where(self) -> tuple[int, bool, str | None, int]:
+    def where(self) -> tuple[int, bool, str | None, int, dict[str, int]]:
+        from threadpoolctl import threadpool_info
+
         from drl_tune.study.trainable import worker_threads
 
-        return os.getpid(), self.had_torch, os.environ.get("PL_DISABLE_FORK"), worker_threads()
+        pools = {f"{p['internal_api']} {p['filepath']}": p["num_threads"] for p in threadpool_info()}
+        return os.getpid(), self.had_torch, os.environ.get("PL_DISABLE_FORK"), worker_threads(), pools
 
 
 def _started(pid: int) -> float:
@@ -87,12 +92,15 @@ def test_a_trial_actor_runs_in_a_prestarted_worker_with_its_modules_imported(tun
         time.sleep(1.0)
         made = _uptime()
         actor = class_cache._ActorClassCache().get(Trial).options(num_cpus=1).remote()  # noqa: SLF001
-        pid, had_torch, variable, threads = ray.get(actor.where.remote(), timeout=120)
+        pid, had_torch, variable, threads, pools = ray.get(actor.where.remote(), timeout=120)
         assert _started(pid) < made - 0.5, "the actor started a new process instead of taking a prestarted one"
         assert had_torch, "the worker had not imported the trial's modules when the actor was created"
         assert variable == "1"  # inherited from the driver: a trial still sees it
         # torch was imported before the worker hosted a 1-CPU trial, when its default was every core: the trial
         # still gets the 1 thread that Ray's OMP_NUM_THREADS gives it
         assert threads == 1
+        # and so does every BLAS/OpenMP pool loaded before (numpy's OpenBLAS, sklearn's and torch's OpenMP): one
+        # 1-CPU trial, one thread, as in a worker Ray starts for the trial
+        assert pools and all(n == 1 for n in pools.values()), pools
     finally:
         ray.shutdown()
