@@ -9,8 +9,6 @@ rule, PIL and torchvision's ``Resize((224, 224))`` + ``ToTensor`` + ``Normalize`
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,13 +125,14 @@ def test_official_frame_rules():
 
 
 @pytest.mark.parametrize("space", ["cremad", "cremad_compare"])
-def test_dry_run_shows_the_protocol_and_where_it_comes_from(cremad, space):
-    def dry_run(*extra: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "drl_tune.run", "--space", space, "--set",
-                               f"data.root={cremad / 'cache'}", "--dry-run", *extra],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return " ".join(done.stdout.split())  # the plan wraps long lines
+def test_dry_run_shows_the_protocol_and_where_it_comes_from(cremad, space, capsys):
+    from drl_tune.run import main as run_main
+
+    def dry_run(*extra: str) -> str:  # the command's main in this process (a subprocess adds only its imports)
+        code = run_main(["--space", space, "--set", f"data.root={cremad / 'cache'}", "--dry-run", *extra])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return " ".join(out.split())  # the plan wraps long lines
 
     out = dry_run()
     assert "data protocol (every method alike" in out
