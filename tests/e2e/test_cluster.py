@@ -278,7 +278,7 @@ def jobs(cluster, mlflow_server, tmp_path_factory) -> dict[str, Job]:
                 job.code = 0 if "succeeded" in status else 1
                 job.logs = cluster.ray("job", "logs", "--address", cluster.dashboard, f"drl-tune-{name}").stdout
                 (job.folder / "job.log").write_text(job.logs)  # the whole story, when an assertion shows its end
-        time.sleep(2)  # each poll is three `ray job` commands; a finished job is read within 2 s
+        time.sleep(5)
     for name, job in result.items():
         print(f"job {name}: {'succeeded' if job.code == 0 else 'failed'} after {job.seconds:.0f} s")
     return result
