@@ -114,12 +114,11 @@ def check_methods_fit(plan: Plan, modalities: list[str]) -> None:
 
 def start_ray(address: str | None, plan: Plan) -> bool:
     """Join ``address``, the Ray job's cluster, or start a local Ray (drl_tune/study/cluster.py says which when) whose
-    prestarted workers take the plan's first trials (drl_tune/study/tune.py, ``local_workers``); False if Ray was
+    prestarted workers take the plan's first trials (``study.cluster.local_workers``); False if Ray was
     already running here. Prints which Ray it is as the first line."""
     import ray
 
-    from drl_tune.study.cluster import connect, starts_local
-    from drl_tune.study.tune import local_workers
+    from drl_tune.study.cluster import connect, local_workers, starts_local
 
     if ray.is_initialized():
         return False

@@ -36,8 +36,8 @@ def worker_threads() -> int:
     """The trial's torch threads: ``OMP_NUM_THREADS`` as Ray sets it for the trial's actor (the trial's CPUs, at
     least 1, unless the user set it). Set at every trial's start: a reused actor (study.REUSE_ACTORS) runs trial after
     trial in one process, and Engine sets threads only when a config asks (threads > 0). Read then, not at import: a
-    worker Ray prestarted imports this module before it hosts a trial (study/tune.py, ``local_workers``), when torch's
-    default is still every core — two 1-CPU trials with 2 threads each on 2 cores ran ≈ 20% slower."""
+    worker Ray prestarted imports this module before it hosts a trial (``study.cluster.local_workers``), when torch's
+    default is still every core (two 1-CPU trials on 2 cores would each run 2 threads)."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else WORKER_THREADS
 

@@ -14,7 +14,6 @@ standing it had earned before the re-init and is stopped only if it never got an
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,43 +108,6 @@ def make_scheduler(sc: SchedulerSpec) -> Any:
 # trainable's thread is stopped at a report (synchronous reporting), every trial builds its own Engine (seeds, RNGs,
 # model, data), restores the worker's torch thread count (trainable.py) and gets its own trial folder and cwd.
 REUSE_ACTORS = True
-
-# What a trial's worker imports before its first epoch: the trainable and, through the methods, torch, torchvision
-# and sklearn (≈ 4.5 s of CPU in a new process here).
-TRIAL_MODULES = ("drl_tune.study.trainable",)
-
-
-def local_workers(cpus_per_trial: float, max_concurrent: int) -> tuple[str, ...]:
-    """Before a driver starts its own Ray: let the study's trial actors start in the Python workers Ray prestarts,
-    and return the modules those workers should import as they start (:func:`drl_tune.study.cluster.connect`).
-
-    Why: a local Ray prestarts one idle worker per CPU when the driver connects, and a new actor with no runtime
-    environment of its own takes one. Tune gives every trial actor ``env_vars={"PL_DISABLE_FORK": "1"}`` (for
-    PyTorch Lightning, ray-project/ray#28197), so each trial actor started a new process instead (≈ 1.5 s here) and
-    imported torch there, while the prestarted workers sat idle. Here the variable is set in the driver's own
-    environment, which the local Ray's processes inherit (a trial still sees it), and left out of Tune's per-actor
-    copy (Ray 2.60 has no option for it: ``ray.tune.execution.class_cache.DEFAULT_ENV_VARS``; a test checks it is
-    still there). Then the first trials start in the prestarted workers, which have imported
-    :data:`TRIAL_MODULES` (Ray's ``preload_python_modules``) while the driver opened MLflow and built the Tuner.
-
-    The modules are preloaded only when every prestarted worker will host a trial (``cpus_per_trial`` ≤ 1 and at
-    least as many trials at a time as CPUs): a study that uses fewer workers than CPUs (a GPU study takes 4 CPUs a
-    trial) would otherwise hold idle processes with torch imported, ≈ 0.4 GB each."""
-    from ray._private.utils import get_num_cpus  # noqa: PLC2701 — Ray's count, the workers it prestarts (services.py)
-    from ray.tune.execution import class_cache
-
-    os.environ["PL_DISABLE_FORK"] = "1"
-    class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
-    if cpus_per_trial > 1 or max_concurrent < get_num_cpus():
-        return ()
-    # A preloading worker loads torch's OpenMP, numpy's OpenBLAS and sklearn's OpenMP before it hosts a trial, and
-    # each sizes its thread pool from the environment then: to every core, since Ray sets OMP_NUM_THREADS (to the
-    # trial's CPUs, here 1) only when the trial's actor starts. Two 1-CPU demo trials then ran their probes and
-    # k-means on 2 threads each, ≈ 18% slower epochs on 2 cores. So the local Ray's processes get the value Ray
-    # would give these trials from the start (a user's own OMP_NUM_THREADS wins, as in Ray).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return TRIAL_MODULES
-
 
 def make_trainable(plan: Plan, gpus: float) -> Any:
     """One trial's function with its resources; the study's own method files travel with it (Ray's object store), so

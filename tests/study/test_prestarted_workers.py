@@ -1,5 +1,5 @@
 """A study's first trials start in the workers a local Ray prestarts, with the trial's modules already imported
-(drl_tune/study/tune.py, ``local_workers``): the Tune internals it relies on, the rule for when it preloads, and a
+(drl_tune/study/cluster.py, ``local_workers``): the Tune internals it relies on, the rule for when it preloads, and a
 real local Ray where a trial actor made the way Tune makes it runs in a prestarted process that has torch imported."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import pytest
 import ray
 from ray.tune.execution import class_cache
 
-from drl_tune.study.cluster import connect
+from drl_tune.study.cluster import TRIAL_MODULES, connect, local_workers
 from drl_tune.study.ray_session import start_time
-from drl_tune.study.tune import TRIAL_MODULES, local_workers
 
 
 @pytest.fixture
