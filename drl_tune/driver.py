@@ -122,10 +122,10 @@ def start_ray(address: str | None, plan: Plan) -> bool:
 
     if ray.is_initialized():
         return False
-    preload = local_workers(plan.cpus_per_trial, plan.max_concurrent) if starts_local(address) else ()
+    preload, env = local_workers(plan.cpus_per_trial, plan.max_concurrent) if starts_local(address) else ((), {})
     # trial processes' own log lines (Tune's "checkpoint created" chatter) stay in the trial logs; the driver
     # prints the progress table, trial endings and errors
-    print(connect(address, preload), flush=True)
+    print(connect(address, preload, env), flush=True)
     return True
 
 

@@ -18,12 +18,14 @@ to ``--storage`` — checked by a tiny Ray task pinned to each such node, report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +110,18 @@ def check_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 TRIAL_MODULES = ("drl_tune.study.trainable",)
 
 
-def local_workers(cpus_per_trial: float, max_concurrent: int) -> tuple[str, ...]:
-    """Before a driver starts its own Ray: let the study's trial actors start in the Python workers Ray prestarts,
-    and return the modules those workers should import as they start (:func:`connect`).
+def local_workers(cpus_per_trial: float, max_concurrent: int) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Before a driver starts its own Ray: let the study's trial actors start in the Python workers Ray prestarts;
+    returns the modules those workers should import as they start and the environment the local Ray's processes
+    should start with (both for :func:`connect`).
 
     Why: a local Ray prestarts one idle worker per CPU when the driver connects, and a new actor with no runtime
     environment of its own takes one. Tune gives every trial actor ``env_vars={"PL_DISABLE_FORK": "1"}`` (for
     PyTorch Lightning, ray-project/ray#28197), so each trial actor started a new process instead (≈ 1.5 s here) and
-    imported torch there, while the prestarted workers sat idle. Here the variable is set in the driver's own
-    environment, which the local Ray's processes inherit (a trial still sees it), and left out of Tune's per-actor
-    copy (Ray 2.60 has no option for it: ``ray.tune.execution.class_cache.DEFAULT_ENV_VARS``; a test checks it is
-    still there). Then the first trials start in the prestarted workers, which have imported
+    imported torch there, while the prestarted workers sat idle. Here the variable goes into the environment the
+    local Ray's processes start with (a trial still sees it) and out of Tune's per-actor copy (Ray 2.60 has no
+    option for it: ``ray.tune.execution.class_cache.DEFAULT_ENV_VARS``; a test checks it is still there). Then the
+    first trials start in the prestarted workers, which have imported
     :data:`TRIAL_MODULES` (Ray's ``preload_python_modules``) while the driver opened MLflow and built the Tuner.
 
     The modules are preloaded only when every prestarted worker will host a trial (``cpus_per_trial`` ≤ 1 and at
@@ -128,17 +131,34 @@ def local_workers(cpus_per_trial: float, max_concurrent: int) -> tuple[str, ...]
     from ray._private.utils import get_num_cpus  # noqa: PLC2701 — Ray's count, the workers it prestarts (services.py)
     from ray.tune.execution import class_cache
 
-    os.environ["PL_DISABLE_FORK"] = "1"
     class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+    env = {"PL_DISABLE_FORK": "1"}
     if cpus_per_trial > 1 or max_concurrent < get_num_cpus():
-        return ()
+        return (), env
     # A preloading worker loads torch's OpenMP, numpy's OpenBLAS and sklearn's OpenMP before it hosts a trial, and
     # each sizes its thread pool from the environment then: to every core, since Ray sets OMP_NUM_THREADS (to the
     # trial's CPUs, here 1) only when the trial's actor starts: two 1-CPU trials had 2 threads each in every pool on
     # 2 cores (threadpoolctl, tests/study/test_prestarted_workers.py). So the local Ray's processes get the value
     # Ray gives these trials from the start (a user's own OMP_NUM_THREADS wins, as in Ray).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return TRIAL_MODULES
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = "1"
+    return TRIAL_MODULES, env
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment while Ray starts its processes (which keep what they inherited),
+    then the environment as it was: a benchmark's next study, with other resources, starts its own Ray from it."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def starts_local(address: str | None) -> bool:
@@ -149,10 +169,11 @@ def starts_local(address: str | None) -> bool:
             and not (env_address and not env_address.startswith(("http://", "https://"))))
 
 
-def connect(address: str | None, preload: tuple[str, ...] = ()) -> str:
+def connect(address: str | None, preload: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
     """``ray.init`` for the cases in the module docstring; returns the line saying which Ray this is. A local Ray's
-    worker processes import ``preload`` when they start (Ray's ``preload_python_modules``), the ones Ray prestarts
-    at ``ray.init`` included (:func:`local_workers` says when and why)."""
+    processes start with ``env`` in their environment, and its worker processes import ``preload`` when they start
+    (Ray's ``preload_python_modules``), the ones Ray prestarts at ``ray.init`` included (:func:`local_workers` says
+    when and why)."""
     import ray
 
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
@@ -161,7 +182,8 @@ def connect(address: str | None, preload: tuple[str, ...] = ()) -> str:
     env_address = os.environ.get("RAY_ADDRESS", "")
     if starts_local(address):  # "local": a RAY_ADDRESS=http://…:8265 exported for `ray job submit` must not redirect
         system = {"preload_python_modules": list(preload)} if preload else None
-        ray.init(address="local", include_dashboard=False, _system_config=system, **quiet)
+        with _environment(env or {}):
+            ray.init(address="local", include_dashboard=False, _system_config=system, **quiet)
         where = "started a local Ray"
     elif address:
         check_address(address)

@@ -38,12 +38,14 @@ def test_local_workers_moves_the_variable_and_preloads_only_when_every_worker_ho
     import ray._private.utils as ray_utils
 
     monkeypatch.setattr(ray_utils, "get_num_cpus", lambda *a, **k: 4)
-    assert local_workers(1.0, 4) == TRIAL_MODULES
-    assert local_workers(0.5, 8) == TRIAL_MODULES
-    assert local_workers(1.0, 3) == ()  # one prestarted worker would sit idle with torch imported
-    assert local_workers(4.0, 4) == ()  # a GPU study's 4 CPUs a trial: one trial per 4 prestarted workers
-    assert os.environ["PL_DISABLE_FORK"] == "1"  # the local Ray's processes inherit it
-    assert os.environ["OMP_NUM_THREADS"] == "1"  # what Ray gives a 1-CPU trial's actor
+    # what the local Ray's processes start with: Tune's variable, and 1 thread a pool where they preload 1-CPU trials
+    one = {"PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    assert local_workers(1.0, 4) == (TRIAL_MODULES, one)
+    assert local_workers(0.5, 8) == (TRIAL_MODULES, one)
+    assert local_workers(1.0, 3) == ((), {"PL_DISABLE_FORK": "1"})  # one prestarted worker would idle with torch
+    assert local_workers(4.0, 4) == ((), {"PL_DISABLE_FORK": "1"})  # a GPU study's 4 CPUs a trial
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own value wins, as in Ray
+    assert local_workers(1.0, 4) == (TRIAL_MODULES, {"PL_DISABLE_FORK": "1"})
     assert "PL_DISABLE_FORK" not in class_cache.DEFAULT_ENV_VARS
 
     class Probe:
@@ -84,9 +86,11 @@ def _uptime() -> float:
 def test_a_trial_actor_runs_in_a_prestarted_worker_with_its_modules_imported(tune_env):
     if ray.is_initialized():
         ray.shutdown()
-    preload = local_workers(1.0, 64)  # as many trials as this machine's CPUs, or more
+    preload, env = local_workers(1.0, 64)  # as many trials as this machine's CPUs, or more
     assert preload == TRIAL_MODULES
-    print(connect(None, preload))
+    print(connect(None, preload, env))
+    # the driver's environment is as it was: a benchmark's next study (4 CPUs a trial, say) starts its Ray from it
+    assert "OMP_NUM_THREADS" not in os.environ and "PL_DISABLE_FORK" not in os.environ
     try:
         time.sleep(1.0)
         made = _uptime()
@@ -94,7 +98,7 @@ def test_a_trial_actor_runs_in_a_prestarted_worker_with_its_modules_imported(tun
         pid, had_torch, variable, threads, pools = ray.get(actor.where.remote(), timeout=120)
         assert _started(pid) < made - 0.5, "the actor started a new process instead of taking a prestarted one"
         assert had_torch, "the worker had not imported the trial's modules when the actor was created"
-        assert variable == "1"  # inherited from the driver: a trial still sees it
+        assert variable == "1"  # the local Ray's processes started with it: a trial still sees it
         # torch was imported before the worker hosted a 1-CPU trial, when its default was every core: the trial
         # still gets the 1 thread that Ray's OMP_NUM_THREADS gives it
         assert threads == 1

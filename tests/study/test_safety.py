@@ -70,7 +70,6 @@ def test_servers_bind_localhost(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
     monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", dict(class_cache.DEFAULT_ENV_VARS))  # start_ray edits it
-    monkeypatch.setenv("PL_DISABLE_FORK", "1")
     driver.start_ray(None, SimpleNamespace(cpus_per_trial=4.0, max_concurrent=1))
     # a local Ray: no dashboard at all (were one asked for, Ray's own default host is 127.0.0.1)
     assert seen.get("include_dashboard") is False and seen.get("dashboard_host", "127.0.0.1") == "127.0.0.1"
