@@ -18,17 +18,16 @@ to ``--storage`` — checked by a tiny Ray task pinned to each such node, report
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from drl_tune.ground import environ
 from drl_tune.ground.errors import ConfigError
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's entrypoint (Ray 2.60)
@@ -145,22 +144,6 @@ def local_workers(cpus_per_trial: float, max_concurrent: int) -> tuple[tuple[str
     return TRIAL_MODULES, env
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in this process's environment while Ray starts its processes (which keep what they inherited),
-    then the environment as it was: a benchmark's next study, with other resources, starts its own Ray from it."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def starts_local(address: str | None) -> bool:
     """Whether :func:`connect` starts a Ray of its own here (no address, not inside a Ray job, no ``RAY_ADDRESS``
     naming a cluster's GCS) rather than joining one."""
@@ -182,7 +165,7 @@ def connect(address: str | None, preload: tuple[str, ...] = (), env: dict[str, s
     env_address = os.environ.get("RAY_ADDRESS", "")
     if starts_local(address):  # "local": a RAY_ADDRESS=http://…:8265 exported for `ray job submit` must not redirect
         system = {"preload_python_modules": list(preload)} if preload else None
-        with _environment(env or {}):
+        with environ.scoped(env or {}):  # Ray's processes inherit it; a benchmark's next study starts from ours
             ray.init(address="local", include_dashboard=False, _system_config=system, **quiet)
         where = "started a local Ray"
     elif address:

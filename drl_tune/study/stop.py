@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from drl_tune.ground import environ
 from drl_tune.ground.guard import Stopped, exit_code_of
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -87,17 +88,12 @@ def fit_watch() -> Iterator[StopSignals]:
         if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
             yield watch
             return
-        previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        stack.enter_context(environ.scoped({"TUNE_DISABLE_SIGINT_HANDLER": "1"}))
         watch.in_fit = True
         try:
             yield watch
         finally:
             watch.in_fit = False
-            if previous_env is None:
-                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-            else:
-                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def stopping() -> str | None:

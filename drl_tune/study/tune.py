@@ -109,6 +109,7 @@ def make_scheduler(sc: SchedulerSpec) -> Any:
 # model, data), restores the worker's torch thread count (trainable.py) and gets its own trial folder and cwd.
 REUSE_ACTORS = True
 
+
 def make_trainable(plan: Plan, gpus: float) -> Any:
     """One trial's function with its resources; the study's own method files travel with it (Ray's object store), so
     a trial registers them wherever it runs — a worker on another node has no copy of the user's file."""
