@@ -16,6 +16,10 @@ import torch
 
 # generated data never lands in the home directory during tests
 os.environ.setdefault("DRL_TUNE_DATA", tempfile.mkdtemp(prefix="drl_tune_test_data_"))
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("DRL_TUNE_TEST_DATA_SPLIT"):
+    # each pytest-xdist worker generates its own copy, so two never write one cache at once
+    os.environ["DRL_TUNE_DATA"] = os.path.join(os.environ["DRL_TUNE_DATA"], os.environ["PYTEST_XDIST_WORKER"])
+    os.environ["DRL_TUNE_TEST_DATA_SPLIT"] = "1"
 
 from drl_tune.data.config import SyntheticConfig
 from drl_tune.data.synthetic import load_synthetic  # noqa: E402
@@ -56,19 +60,30 @@ def straight_and_resumed(make_engine, epochs: int, stop_at: int, path) -> tuple[
 
 
 def init_local_ray(attempts: int = 2, **kwargs) -> None:
-    """A small local Ray for a test (2 CPUs, no dashboard, 80 MB object store). Ray gives its raylet a fixed 30 s
-    to start; a loaded 2-core CI machine can miss that, and such a start is tried again."""
+    """A small local Ray for a test (2 CPUs, no dashboard, 80 MB object store), always a new one: a plain
+    ``ray.init()`` joins the cluster a `ray start` recorded on this machine, which another test process (``-n 2``)
+    may be running. Ray gives its raylet a fixed 30 s to start; a loaded 2-core CI machine can miss that, and such
+    a start is tried again."""
     import ray
 
     for attempt in range(attempts):
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                     object_store_memory=80 * 1024 * 1024, **kwargs)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING", object_store_memory=80 * 1024 * 1024, **kwargs)
             return
         except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception for this timeout
             ray.shutdown()
             if attempt == attempts - 1 or "timed out during startup" not in str(err):
                 raise
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files with slow tests run first, the end-to-end ones first of all, each file's tests still together:
+    with ``-n 2`` (README, ``--dist loadfile``) the two workers then take the long files while both are free and
+    even out with the short ones, instead of one worker ending the run alone on a Slurm or cluster test."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (item.path not in slow_files, "e2e" not in item.path.parts, order[item.path]))
 
 
 @pytest.fixture(scope="session")
@@ -106,14 +121,35 @@ EPOCHS, SEEDS = 3, 2
 @pytest.fixture(scope="session")
 def confirmed_study(tmp_path_factory):
     """Run the study once (the run also writes the report and the MLflow review); returns its folder, what the
-    run printed, its plan and its storage."""
+    run printed, its plan and its storage. Under pytest-xdist the first worker that needs it runs it into the
+    session's shared temp dir and the others wait for it and read it (its tests only read the folder)."""
+    from filelock import FileLock
+
+    from drl_tune.study.plan import PLAN_FILE, Plan
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "confirmed_study"
+        with FileLock(f"{root}.lock"):
+            done = root / "printed.txt"
+            if not done.is_file():
+                root.mkdir(exist_ok=True)
+                done.write_text(_run_confirmed_study(root))
+            out = done.read_text()
+    else:
+        root = tmp_path_factory.mktemp("confirmed_study")
+        out = _run_confirmed_study(root)
+    folder = root / "studies" / "tiny"
+    return {"dir": folder, "out": out, "plan": Plan.from_json((folder / PLAN_FILE).read_text()),
+            "storage": root / "studies", "name": "tiny"}
+
+
+def _run_confirmed_study(root) -> str:
+    """The confirmed study in ``root``/studies/tiny; returns what it printed."""
     import ray
 
     from drl_tune.run import main
-    from drl_tune.study.plan import PLAN_FILE, Plan
     from tests.e2e.test_study_e2e import tiny_sets
 
-    root = tmp_path_factory.mktemp("confirmed_study")
     space = root / "tiny.yaml"
     space.write_text(textwrap.dedent(CONFIRMED_SPACE))
     started_ray = not ray.is_initialized()  # a module's own Ray may be up: then the study uses it
@@ -129,9 +165,7 @@ def confirmed_study(tmp_path_factory):
             ray.shutdown()
     out = buf.getvalue()
     assert code == 0, out
-    folder = root / "studies" / "tiny"
-    return {"dir": folder, "out": out, "plan": Plan.from_json((folder / PLAN_FILE).read_text()),
-            "storage": root / "studies", "name": "tiny"}
+    return out
 
 
 @pytest.fixture

@@ -258,8 +258,9 @@ def run_overhead_bench(*, epochs: int = 5, overrides: list[str] | None = None, l
         plain()  # warm-up: the dataset is generated and cached on disk, imports, kernels
         plain_runs = [plain()]
         ray_start = time.perf_counter()
-        ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        # "local": a plain ray.init() would join a cluster that `ray start` recorded on this machine
+        ray.init(address="local", num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
         ray_init_s = time.perf_counter() - ray_start
         try:
             tracker = StudyTracker(f"sqlite:///{work / 'mlflow.db'}", "bench-overhead", work / "artifacts")

@@ -267,7 +267,7 @@ def test_a_study_on_wav_frames_and_feature_sequences(tmp_path, capsys):
     storage = tmp_path / "studies"
     sets = {"data.root": out, "epochs": 2, "model.width": 4, "batch_size": 6, "eval.probe_samples": 18,
             "threads": 1, "drl.diagnosis_interval": 1, "drl.max_reinits": 1, "model.feature_hidden": 16}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              object_store_memory=80 * 1024 * 1024)
     try:
         code = run(["--space", "custom", "--storage", str(storage), "--name", "three", "--num-samples", "2",

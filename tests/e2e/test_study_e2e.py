@@ -40,7 +40,7 @@ resources: {cpus_per_trial: 1}
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              object_store_memory=80 * 1024 * 1024)
     yield
     ray.shutdown()
