@@ -171,6 +171,16 @@ def resolve_gpus(plan: Plan) -> float:
     return 0.0
 
 
+def trial_slots(plan: Plan, gpus: float) -> int:
+    """How many trials run at once: the plan's limit, or fewer where the cluster's CPUs (GPUs) hold fewer."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [plan.max_concurrent, int(total.get("CPU", 0) // plan.cpus_per_trial) if plan.cpus_per_trial else None,
+            int(total.get("GPU", 0) // gpus) if gpus else None]
+    return max(1, min(n for n in fits if n is not None))
+
+
 def open_tracking(plan: Plan, resumed: bool) -> Any:
     """The study's MLflow experiment and parent run (created once; re-opened on --resume)."""
     from drl_tune.study.tracking import StudyTracker, git_commit
@@ -278,13 +288,13 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
 
     from drl_tune.study import ray_session
     from drl_tune.study.answer import answer_tables
-    from drl_tune.study.cluster import preflight, review_command
+    from drl_tune.study.cluster import preflight, review_command, starts_local
     from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
     from drl_tune.study.faults import storage_message
     from drl_tune.study.stop import fit_watch
     from drl_tune.study.tables import ProgressTable, outcomes, summary_table
     from drl_tune.study.tracking import MLflowTrialCallback, ui_command
-    from drl_tune.study.tune import finished_trials, make_trainable, make_tuner, reroot_restored
+    from drl_tune.study.tune import WarmNextStage, finished_trials, make_trainable, make_tuner, reroot_restored
 
     gpus = resolve_gpus(plan)
     # every node can read the dataset and write the storage — checked before this study writes anything
@@ -303,6 +313,8 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     else:
         callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
                      ProgressTable(plan, progress)]
+        if plan.confirm_seeds > 0 and local.started and starts_local(address):  # workers for the confirmation
+            callbacks.append(WarmNextStage(plan.num_samples, trial_slots(plan, gpus)))
         tuner = make_tuner(plan, gpus, callbacks)
     # a confirmation already under way means the search had finished: read it, don't run it again
     confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()

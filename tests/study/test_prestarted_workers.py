@@ -14,7 +14,7 @@ import pytest
 import ray
 from ray.tune.execution import class_cache
 
-from drl_tune.study.cluster import TRIAL_MODULES, connect, local_workers
+from drl_tune.study.cluster import TRIAL_MODULES, connect, local_workers, prestart_workers
 from drl_tune.study.ray_session import start_time
 
 
@@ -107,3 +107,64 @@ def test_a_trial_actor_runs_in_a_prestarted_worker_with_its_modules_imported(tun
         assert pools and all(n == 1 for n in pools.values()), pools
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process start times from /proc")
+def test_a_worker_prestarted_between_two_tune_runs_hosts_the_next_runs_actor(tune_env):
+    # Ray starts a new process for every actor once the first ones have ended (a study's confirmation after its
+    # search); prestart_workers starts one early, and the next actor takes it (study/tune.py, WarmNextStage)
+    if ray.is_initialized():
+        ray.shutdown()
+    preload, env = local_workers(1.0, 64)
+    connect(None, preload, env)
+    try:
+        make = class_cache._ActorClassCache().get(Trial).options(num_cpus=1)  # noqa: SLF001
+        cpus = int(ray.cluster_resources()["CPU"])
+        first = [make.remote() for _ in range(cpus)]  # they take the workers Ray prestarted at ray.init
+        ray.get([a.where.remote() for a in first], timeout=120)
+        for actor in first:
+            ray.kill(actor)
+        time.sleep(1.0)
+        made = _uptime()
+        unwarmed = make.remote()
+        pid = ray.get(unwarmed.where.remote(), timeout=120)[0]
+        assert _started(pid) > made - 0.5, "Ray gave the actor a worker that already existed: nothing to prestart"
+        ray.kill(unwarmed)
+
+        assert prestart_workers(1)
+        time.sleep(2.0)
+        made = _uptime()
+        warmed = make.remote()
+        pid, had_torch, *_ = ray.get(warmed.where.remote(), timeout=120)
+        assert _started(pid) < made - 1.0, "the actor started a new process instead of taking the prestarted one"
+        assert had_torch, "the prestarted worker had not imported the trial's modules"
+    finally:
+        ray.shutdown()
+
+
+def test_the_search_prestarts_a_worker_per_slot_once_its_last_trial_is_made_and_a_trial_ends(monkeypatch):
+    import drl_tune.study.cluster as cluster
+    from drl_tune.study.tune import WarmNextStage
+
+    asked: list[int] = []
+    monkeypatch.setattr(cluster, "prestart_workers", lambda n: asked.append(n) or True)
+    warm = WarmNextStage(num_samples=4, slots=2)
+    trials = ["t0", "t1", "t2"]
+    warm.on_trial_complete(0, trials, trials[0])
+    assert asked == []  # the searcher makes a fourth trial for the freed slot
+    trials.append("t3")
+    warm.on_trial_error(0, trials, trials[1])  # the last trial is made: from now on a slot stays free
+    assert asked == [2]
+    warm.on_trial_complete(0, trials, trials[2])
+    assert asked == [2]  # once
+    refused = WarmNextStage(num_samples=1, slots=3)
+    monkeypatch.setattr(cluster, "prestart_workers", lambda n: asked.append(n) and False)
+    refused.on_trial_complete(0, ["t0"], "t0")
+    refused.on_trial_complete(0, ["t0"], "t0")
+    assert asked == [2, 3]  # a refused request is not made again
+
+
+def test_prestart_workers_without_a_ray_changes_nothing():
+    if ray.is_initialized():
+        ray.shutdown()
+    assert prestart_workers(1) is False
