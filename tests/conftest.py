@@ -16,10 +16,9 @@ import torch
 
 # generated data never lands in the home directory during tests
 os.environ.setdefault("DRL_TUNE_DATA", tempfile.mkdtemp(prefix="drl_tune_test_data_"))
-if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("DRL_TUNE_TEST_DATA_SPLIT"):
+if os.environ.get("PYTEST_XDIST_WORKER"):
     # each pytest-xdist worker generates its own copy, so two never write one cache at once
     os.environ["DRL_TUNE_DATA"] = os.path.join(os.environ["DRL_TUNE_DATA"], os.environ["PYTEST_XDIST_WORKER"])
-    os.environ["DRL_TUNE_TEST_DATA_SPLIT"] = "1"
 
 from drl_tune.data.config import SyntheticConfig
 from drl_tune.data.synthetic import load_synthetic  # noqa: E402
