@@ -16,9 +16,10 @@ import torch
 
 # generated data never lands in the home directory during tests
 os.environ.setdefault("DRL_TUNE_DATA", tempfile.mkdtemp(prefix="drl_tune_test_data_"))
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # each pytest-xdist worker generates its own copy, so two never write one cache at once
-    os.environ["DRL_TUNE_DATA"] = os.path.join(os.environ["DRL_TUNE_DATA"], os.environ["PYTEST_XDIST_WORKER"])
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER")) and os.path.basename(os.environ["DRL_TUNE_DATA"]) != _worker:
+    # each pytest-xdist worker generates its own copy, so two never write one cache at once; once: a process the
+    # test started (a Ray worker, a command) inherits the variables and may import this module again
+    os.environ["DRL_TUNE_DATA"] = os.path.join(os.environ["DRL_TUNE_DATA"], _worker)
 
 from drl_tune.data.config import SyntheticConfig
 from drl_tune.data.synthetic import load_synthetic  # noqa: E402

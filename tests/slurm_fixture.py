@@ -100,7 +100,9 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
             "MailProg=/bin/true", "ReturnToService=2",
             "MinJobAge=300",  # a job's final state (scontrol show job) stays readable for the tests after its end
-            "KillWait=10",  # after scancel: SIGTERM, then SIGKILL 10 s later (Slurm's default is 30 s)
+            # after scancel: SIGTERM, then SIGKILL KillWait s later; Slurm's default, 30 s: the script's clean-up
+            # (the study's stop, then Ray's on both nodes) ran past 10 s while the other test process (-n 2) worked
+            "KillWait=30",
             f"StateSaveLocation={b}/state", f"SlurmdSpoolDir={b}/spool/%n",
             f"SlurmctldPidFile={b}/slurmctld.pid", f"SlurmdPidFile={b}/slurmd-%n.pid",
             f"SlurmctldLogFile={b}/log/slurmctld.log", f"SlurmdLogFile={b}/log/slurmd-%n.log",
