@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from drl_tune.ground import environ
 from drl_tune.ground.errors import ConfigError
@@ -180,11 +180,12 @@ def prestart_workers(count: int) -> bool:
             return False  # no Ray here
         # protobuf's generated modules: their names exist only at run time, hence Any
         messages: Any = node_manager_pb2
+        common: Any = common_pb2
         channel = init_grpc_channel(f"{node.node_ip_address}:{node.node_manager_port}")
         try:
             node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(
                 messages.PrestartWorkersRequest(
-                    language=cast(Any, common_pb2).PYTHON, job_id=worker.current_job_id.binary(), num_workers=count,
+                    language=common.PYTHON, job_id=worker.current_job_id.binary(), num_workers=count,
                     keep_alive_duration_secs=PRESTART_KEEP_ALIVE_S),
                 timeout=5)
         finally:
