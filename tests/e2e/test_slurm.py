@@ -52,6 +52,7 @@ ALLOCATION = ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:
 FULL_EPOCHS = 30
 CANCEL_EPOCHS = 6
 JOB_TIMEOUT = 300
+KILL_GRACE = 20  # what a study gets to stop when Slurm ends the job: the fixture's KillWait (30 s) less 10 s
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,8 @@ class Job:
         assert len(cleaned) == 1 and "Ray stopped on 2 node(s)" in cleaned[0], self.text()[-3000:]
         left = self.cluster.leftovers(self.id)
         assert not left, [f"{p} {cmdline(p)[:100]}" for p in left]
-        assert not list(self.cluster.ray_tmp.iterdir())
+        # this job's folder only: a job that failed to clean up fails its own test, not every later one
+        assert not (self.cluster.ray_tmp / f"drl-ray-{self.id}").exists(), list(self.cluster.ray_tmp.iterdir())
 
     def expect(self, state: str, exit_code: str | None = None) -> None:
         """Fail with everything needed to tell why (the whole job log, then the tail of the cluster's daemon
@@ -168,6 +170,28 @@ def failing_ray(cluster: SlurmCluster, name: str, fails: str) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "REAL_RAY": str(Path(sys.executable).with_name("ray")), "RAY_START_FAILS": fails,
             "RAY_START_FAILS_DIR": str(folder / "count")}
+
+
+# Stands in for `python` in a job's PATH: `python -m drl_tune.run` is a study that never stops, as a driver stuck in
+# a call that does not return would be (it ignores SIGINT and SIGTERM); everything else is the real python.
+STUCK_PYTHON = """#!/bin/bash
+if [[ $1 == -m && $2 == drl_tune.run ]]; then
+  trap '' INT TERM
+  echo "the test's stuck study"
+  exec sleep 600
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def stuck_python(cluster: SlurmCluster) -> dict[str, str]:
+    """A job environment whose study ignores every stop signal."""
+    folder = cluster.base / "stuck-python"
+    folder.mkdir()
+    (folder / "python").write_text(STUCK_PYTHON)
+    (folder / "python").chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "REAL_PYTHON": sys.executable}
 
 
 def result_rows(trial_dir: Path) -> list[dict]:
@@ -319,6 +343,8 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
     job.wait()
     gone = time.monotonic() - cancelled
     job.expect("CANCELLED")
+    assert job.lines(f"slurm.sbatch: received SIGTERM: stopping the study (up to {KILL_GRACE} s: Slurm ends the job "
+                     "in 30 s (KillWait)), then Ray"), job.text()[-3000:]
     job.check_left_nothing()
     say(capsys, f"job {job.id} (study to cancel, 2 trials x {CANCEL_EPOCHS} epochs): scancel {running:.0f} s after "
                 f"sbatch, at a trial's first checkpoint -> {job.state}; every process of it ended {gone:.1f} s "
@@ -341,6 +367,33 @@ def test_scancel_leaves_nothing_and_resume_finishes(slurm, capsys):
                 f"{resumed.seconds:.0f} s", *script_lines(resumed),
         f"  trials finished per node: {', '.join(f'{n} {c}' for n, c in per_node.items())}; every trial "
         f"{CANCEL_EPOCHS}/{CANCEL_EPOCHS} epochs, one finished MLflow child run each; the token in no job log",
+        "  processes of the job left: none; private folders left: none")
+
+
+@pytest.mark.slow
+def test_a_study_that_does_not_stop_is_killed_within_slurms_kill_wait(slurm, capsys):
+    """A plain scancel: Slurm sends SIGTERM to every process of the job and SIGKILLs what is left KillWait (30 s)
+    later, the script too. A study that has not stopped KillWait - 10 s after the signal (here one that ignores
+    every signal) is killed, so Ray's stop and the clean-up line still come before Slurm's SIGKILL, and nothing
+    of the job is left. (CI saw a real study's driver not end within 30 s of a scancel.)"""
+    job = submit_study(slurm, "stuck", 2, stuck_python(slurm))
+    while "the test's stuck study" not in job.text():
+        assert time.monotonic() - job.submitted < JOB_TIMEOUT, job.text()[-4000:]
+        assert slurm.job_state(job.id) not in ENDED | {None}, job.text()[-4000:]
+        time.sleep(0.5)
+    cancelled = time.monotonic()
+    assert slurm.run("scancel", str(job.id)).returncode == 0
+    job.wait()
+    gone = time.monotonic() - cancelled
+    job.expect("CANCELLED")
+    text = job.text()
+    assert job.lines(f"slurm.sbatch: received SIGTERM: stopping the study (up to {KILL_GRACE} s: Slurm ends the job "
+                     "in 30 s (KillWait)), then Ray"), text[-3000:]
+    assert len(job.lines(f"slurm.sbatch: the study had not stopped after {KILL_GRACE} s: killed it")) == 1, text[-3000:]
+    job.check_left_nothing()
+    assert gone >= KILL_GRACE, gone  # the study was given its grace
+    say(capsys, f"job {job.id} (a study that ignores every signal, then scancel): {job.state}; every process of it "
+                f"ended {gone:.1f} s after scancel", *script_lines(job),
         "  processes of the job left: none; private folders left: none")
 
 
