@@ -22,6 +22,7 @@ from typing import Any
 from drl_tune.ground.domains import Domain, flag, flag_type
 from drl_tune.ground.errors import ConfigError
 from drl_tune.ground.guard import Stopped
+from drl_tune.study.mlflow_db import NewDatabase
 from drl_tune.study.plan import Plan
 from drl_tune.study.safety import redact
 from drl_tune.study.spaces import ConfirmSpec, StudySpec
@@ -267,23 +268,27 @@ def run_study(plan: Plan, resumed: bool, address: str | None, progress: Progress
         raise UsageError(str(err)) from None
     if cleaned:
         print(cleaned, flush=True)
+    database = NewDatabase(plan.mlflow_uri, plan.study_dir.parent)
+    if not resumed:
+        database.start()  # MLflow's tables are created while Ray starts
     local = LocalRay(start_ray(address, plan))
     try:
         with stop_signals() as stop:  # after Ray's start, whose own SIGTERM handler dumps a native stack
             try:
-                code = _run_study(plan, resumed, address, progress, write_report, show_all, local, stop)
+                code = _run_study(plan, resumed, address, progress, write_report, show_all, local, stop, database)
             except Stopped as stopped:
                 print(f"\nstopped by {stop.name or stopped}: what had finished is saved in {plan.study_dir}; finish "
                       f"it with  {resume_command(plan)}", flush=True)
                 code = stopped.exit_code
         return code
     finally:
+        database.discard()
         ray_session.mark_ended(plan.study_dir)
         local.close()
 
 
 def _run_study(plan: Plan, resumed: bool, address: str | None, progress: ProgressSpec, write_report: bool,
-               show_all: bool, local: LocalRay, stop: StopSignals) -> int:
+               show_all: bool, local: LocalRay, stop: StopSignals, database: NewDatabase) -> int:
     from ray import tune
 
     from drl_tune.study import ray_session
@@ -302,6 +307,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
               gpus)
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     ray_session.record(plan.study_dir, ray_session.describe_local_ray() if local.started and not address else None)
+    database.adopt()
     tracker = open_tracking(plan, resumed)
     print(redact(plan.describe(show_all)) if not resumed else f"resuming study {plan.name!r} in {plan.study_dir}",
           flush=True)

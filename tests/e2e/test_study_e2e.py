@@ -71,6 +71,7 @@ def test_study_end_to_end(local_ray, tmp_path, capsys):
     assert list((storage / "e2e").glob("*/result.json")) and list((storage / "e2e").glob("*/progress.csv"))
     plan = Plan.from_json((storage / "e2e" / PLAN_FILE).read_text())
     assert plan.mlflow_uri == f"sqlite:///{(storage / 'e2e' / 'mlflow.db').resolve()}"
+    assert sorted(p.name for p in storage.iterdir()) == ["e2e"]  # the database made ahead left no folder behind
 
     client = MlflowClient(plan.mlflow_uri)
     parent = client.get_run(plan.parent_run_id)
