@@ -1,6 +1,6 @@
 """A new study's MLflow database, created by a separate process while Ray starts.
 
-Why: MLflow creates a new sqlite store by running its schema migrations (about 50), 2.0-2.5 s of CPU on this
+Why: MLflow creates a new sqlite store by running its schema migrations (about 50), 1.8-2.7 s in a fresh process on this
 2-core machine, and a study did that on its driver's path between Ray's start and the first trial. ``ray.init``
 leaves about a third of 2 cores idle, so a separate process creates the tables meanwhile, in a temporary folder
 inside the storage folder; the driver moves the finished file into place just before it opens MLflow, and MLflow
