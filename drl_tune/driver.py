@@ -292,14 +292,11 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     from ray import tune
 
     from drl_tune.study import ray_session
-    from drl_tune.study.answer import answer_tables
-    from drl_tune.study.cluster import preflight, review_command, starts_local
-    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
-    from drl_tune.study.faults import storage_message
-    from drl_tune.study.stop import fit_watch
-    from drl_tune.study.tables import ProgressTable, outcomes, summary_table
-    from drl_tune.study.tracking import MLflowTrialCallback, ui_command
-    from drl_tune.study.tune import WarmNextStage, finished_trials, make_trainable, make_tuner, reroot_restored
+    from drl_tune.study.cluster import preflight, starts_local
+    from drl_tune.study.confirmation import EarlyConfirmation
+    from drl_tune.study.tables import ProgressTable
+    from drl_tune.study.tracking import MLflowTrialCallback
+    from drl_tune.study.tune import WarmNextStage, make_trainable, make_tuner, reroot_restored, search_callbacks
 
     gpus = resolve_gpus(plan)
     # every node can read the dataset and write the storage — checked before this study writes anything
@@ -316,12 +313,36 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
         tuner = tune.Tuner.restore(str(plan.study_dir), trainable=make_trainable(plan, gpus),
                                    resume_unfinished=True, resume_errored=False)
         reroot_restored(tuner, plan, plan.study_dir, progress)
+        early = next((c for c in search_callbacks(tuner) if isinstance(c, EarlyConfirmation)), None)
     else:
         callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name),
                      ProgressTable(plan, progress)]
+        early = EarlyConfirmation(plan.num_samples) if plan.confirm_seeds > 0 and not plan.objectives else None
+        if early is not None:  # each method's confirmation starts once its own search trials have ended
+            callbacks.append(early)
         if plan.confirm_seeds > 0 and local.started and starts_local(address):  # workers for the confirmation
             callbacks.append(WarmNextStage(plan.num_samples, trial_slots(plan, gpus)))
         tuner = make_tuner(plan, gpus, callbacks)
+    if early is not None:
+        early.attach(plan, gpus, progress, plan.confirm_top_k, plan.confirm_seeds)
+    try:
+        return _search_and_confirm(plan, tuner, early, gpus, tracker, progress, write_report, local, stop, start)
+    finally:
+        if early is not None:
+            early.abandon()  # a confirmation started early and still running when the study ends another way
+
+
+def _search_and_confirm(plan: Plan, tuner: Any, early: Any, gpus: float, tracker: Any, progress: ProgressSpec,
+                        write_report: bool, local: LocalRay, stop: StopSignals, start: float) -> int:
+    from drl_tune.study.answer import answer_tables
+    from drl_tune.study.cluster import review_command
+    from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, run_confirmation
+    from drl_tune.study.faults import storage_message
+    from drl_tune.study.stop import fit_watch
+    from drl_tune.study.tables import outcomes, summary_table
+    from drl_tune.study.tracking import ui_command
+    from drl_tune.study.tune import finished_trials
+
     # a confirmation already under way means the search had finished: read it, don't run it again
     confirming = (plan.study_dir / CONFIRM_DIR / CONFIRM_FILE).is_file()
     with fit_watch():
@@ -337,7 +358,7 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
     answer = None
     if not interrupted and plan.confirm_seeds > 0:
         answer, interrupted = run_confirmation(plan, gpus, tracker, progress, top_k=plan.confirm_top_k,
-                                               n_seeds=plan.confirm_seeds, strict=False)
+                                               n_seeds=plan.confirm_seeds, strict=False, early=early)
     local.release()  # the last Tune run has ended: Ray shuts down while the rest is written
     dashboard = sync_optuna_db(plan)
     wall = time.monotonic() - start

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any, cast
 
 from mlflow.entities import Metric
 from ray import tune
+from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
@@ -44,7 +47,7 @@ from drl_tune.study.history import read_result_json
 from drl_tune.study.plan import Plan
 from drl_tune.study.stop import fit_watch
 from drl_tune.study.tables import ProgressSpec, ProgressTable
-from drl_tune.study.tracking import MLflowTrialCallback
+from drl_tune.study.tracking import PARENT_TAG, STAGE_TAG, TRIAL_TAG, MLflowTrialCallback
 from drl_tune.study.tune import (
     REUSE_ACTORS,
     finished_trials,
@@ -121,17 +124,21 @@ def read_trials(experiment_dir: Path) -> list[TrialRecord]:
         path = Path(cast(str, trial.path))  # the trial's folder in the study's storage (a restored trial has one)
         if not path.is_dir():  # the study folder was moved: find the trial by its folder name
             path = experiment_dir / path.name
-        config = dict(trial.config or {})
-        rows = read_result_json(path)
-        epochs = int(config.get("epochs", 0))
-        if trial.status == "ERROR":
-            status = "error"
-        elif trial.status == "TERMINATED":
-            status = "completed" if rows and int(rows[-1]["epoch"]) + 1 >= epochs else "stopped"
-        else:
-            status = "running"  # PENDING/RUNNING/PAUSED: an interrupted experiment
-        records.append(TrialRecord(trial.trial_id, str(config.get("method", "?")), config, status, rows, str(path)))
+        records.append(record_of(trial.trial_id, dict(trial.config or {}), trial.status, path))
     return records
+
+
+def record_of(trial_id: str, config: dict[str, Any], tune_status: str, path: Path) -> TrialRecord:
+    """A trial's record from its Tune status and its folder's ``result.json``."""
+    rows = read_result_json(path)
+    epochs = int(config.get("epochs", 0))
+    if tune_status == "ERROR":
+        status = "error"
+    elif tune_status == "TERMINATED":
+        status = "completed" if rows and int(rows[-1]["epoch"]) + 1 >= epochs else "stopped"
+    else:
+        status = "running"  # PENDING/RUNNING/PAUSED: an interrupted experiment
+    return TrialRecord(trial_id, str(config.get("method", "?")), config, status, rows, str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,6 +226,11 @@ def plan_confirmation(records: list[TrialRecord], top_k: int, n_seeds: int,
         raise ConfirmError(f"no finished trial of method {', '.join(empty)} to confirm (every trial errored); "
                            f"confirm the other methods with --methods "
                            f"{','.join(m for m in chosen if m not in empty) or 'METHOD'}")
+    return entries_of(chosen, records, n_seeds)
+
+
+def entries_of(chosen: dict[str, list[TrialRecord]], records: list[TrialRecord], n_seeds: int) -> list[ConfirmEntry]:
+    """The entries for the ``chosen`` configurations × ``n_seeds`` seeds no trial of ``records`` used."""
     used = {int(r.config.get("seed", 0)) for r in records}
     seeds = fresh_seeds(used, n_seeds)
     entries = []
@@ -373,28 +385,50 @@ class PlannedConfigs(Searcher):
 
     Tune's basic variant generator cannot do this when the configurations have different keys (a joint
     configuration has no ``drl.*`` keys, and its ``points_to_evaluate`` must fill every key of one shared
-    space), so the few lines of a searcher are written here."""
+    space), so the few lines of a searcher are written here.
 
-    def __init__(self, configs: list[dict[str, Any]]) -> None:
+    An ``open`` plan (a confirmation started while the search still runs, :class:`EarlyConfirmation`) gets more
+    configurations later (:meth:`add`, from the driver's main thread) and ends only once an ``add`` closes it;
+    until then it answers "nothing yet". ``final`` (not saved) replaces a restored open plan with the whole plan, in
+    the order its configurations were handed out (``drl_tune_confirm.json``)."""
+
+    WAIT_S = 0.1  # Tune asks at every step of its loop, which does not wait when no trial runs: ask at most 10x/s
+
+    def __init__(self, configs: list[dict[str, Any]], open: bool = False) -> None:  # noqa: A002 — the plan's state
         super().__init__()
         self.configs = [dict(c) for c in configs]
         self.next_index = 0
+        self.open = open
+        self.final: list[dict[str, Any]] | None = None
+        self._more = threading.Event()
 
     # Ray documents dict | FINISHED | None as suggest's result; its annotation leaves FINISHED (a str) out
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.next_index >= len(self.configs):
-            return Searcher.FINISHED
+            if not self.open:
+                return Searcher.FINISHED
+            self._more.wait(self.WAIT_S)
+            self._more.clear()
+            return None
         self.next_index += 1
         return dict(self.configs[self.next_index - 1])
+
+    def add(self, configs: list[dict[str, Any]], close: bool = True) -> None:
+        self.configs += [dict(c) for c in configs]
+        self.open = self.open and not close
+        self._more.set()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass  # nothing to learn: the plan is fixed
 
     def get_state(self) -> dict[str, Any]:
-        return {"configs": self.configs, "next_index": self.next_index}
+        return {"configs": self.configs, "next_index": self.next_index, "open": self.open}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.configs, self.next_index = state["configs"], state["next_index"]
+        self.open = bool(state.get("open", False))
+        if self.final is not None:
+            self.configs, self.open = [dict(c) for c in self.final], False
 
     def save(self, checkpoint_path: str) -> None:
         atomic_write_text(checkpoint_path, json.dumps(self.get_state(), default=str))
@@ -402,20 +436,38 @@ class PlannedConfigs(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_more"}
 
-def make_confirm_tuner(plan: Plan, gpus: float, entries: list[ConfirmEntry], callbacks: list) -> Any:
-    """One Tune trial per entry (exactly the planned configurations), FIFO (no early stopping), the study's
-    resources and retries, as the Tune experiment ``STUDY/confirm``."""
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"open": False, "final": None, **state})
+        self._more = threading.Event()
+
+
+def planned_configs(tuner: Any) -> PlannedConfigs | None:
+    """The :class:`PlannedConfigs` inside a (restored) confirmation Tuner, through Tune's wrappers; None through Ray
+    Client (no local Tuner)."""
+    local = getattr(tuner, "_local_tuner", None)
+    search = local._tune_config.search_alg if local is not None else None  # noqa: SLF001
+    while search is not None and not isinstance(search, PlannedConfigs):
+        search = getattr(search, "searcher", None)
+    return search
+
+
+def make_confirm_tuner(plan: Plan, gpus: float, searcher: PlannedConfigs, callbacks: list,
+                       num_samples: int | None = None) -> Any:
+    """One Tune trial per planned configuration, FIFO (no early stopping), the study's resources and retries, as
+    the Tune experiment ``STUDY/confirm``. ``num_samples``: at most that many trials (an open plan's bound)."""
     run_config = tune.RunConfig(
         name=CONFIRM_DIR, storage_path=str(plan.study_dir),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         callbacks=with_loggers(callbacks), verbose=0,
     )
-    tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(PlannedConfigs([e.config for e in entries]),
-                                                                plan.max_concurrent),
-                                  scheduler=FIFOScheduler(), num_samples=len(entries), reuse_actors=REUSE_ACTORS,
-                                  trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, plan.max_concurrent),
+                                  scheduler=FIFOScheduler(), num_samples=num_samples or len(searcher.configs),
+                                  reuse_actors=REUSE_ACTORS, trial_name_creator=trial_name,
+                                  trial_dirname_creator=trial_name)
     return tune.Tuner(make_trainable(plan, gpus), tune_config=tune_config, run_config=run_config)
 
 
@@ -425,45 +477,82 @@ def confirm_tags(entries: list[ConfirmEntry]) -> dict[str, dict[str, str]]:
                                    "drl_tune.confirm_seed": str(e.seed)} for e in entries}
 
 
+def describe_plan(entries: list[ConfirmEntry], plan: Plan, top_k: int) -> None:
+    """Print what the confirmation re-trains (the lines a study shows when its confirmation is planned)."""
+    seeds = sorted({e.seed for e in entries})
+    labels = sorted({(e.method, e.rank, e.source_trial, e.source_val) for e in entries})
+    what = (f"{len(labels)} configuration(s) of the searched Pareto front, spread along it," if plan.objectives
+            else f"the top {top_k} configuration(s) of each method (ranked on {SELECT_METRIC})")
+    print(f"\nconfirmation: {what} re-trained with {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), "
+          f"full epochs, no early stopping — {len(entries)} trials", flush=True)
+    for method, rank, source, val in labels:
+        print(f"  {method} #{rank}: search trial {source} (search val acc {val:.3f}, single seed)", flush=True)
+
+
+def discard_unplanned(folder: Path, tracker: Any, parent_run_id: str) -> None:
+    """Remove a confirmation that was started early and never planned in full (its driver stopped while the search
+    still ran; :class:`EarlyConfirmation`): its trials are run again, and their MLflow runs are deleted so that the
+    review shows each confirmation trial once."""
+    if not folder.is_dir() or (folder / CONFIRM_FILE).is_file():
+        return
+    ids = {d.name.rsplit("_", 1)[-1] for d in folder.iterdir() if d.is_dir()}
+    if tracker is not None and ids:
+        runs = tracker.client.search_runs([tracker.experiment_id],
+                                          filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                        f"tags.`{STAGE_TAG}` = 'confirm'")
+        for run in runs:
+            if run.data.tags.get(TRIAL_TAG) in ids:
+                tracker.client.delete_run(run.info.run_id)
+    shutil.rmtree(folder)
+
+
 def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSpec, *, top_k: int, n_seeds: int,
-                     methods: list[str] | None = None, strict: bool = True) -> tuple[dict[str, Any] | None, bool]:
-    """Plan (or, when ``STUDY/confirm`` exists, resume) the confirmation, run it, and compute the answer.
+                     methods: list[str] | None = None, strict: bool = True,
+                     early: EarlyConfirmation | None = None) -> tuple[dict[str, Any] | None, bool]:
+    """Plan (or, when ``STUDY/confirm`` exists, resume) the confirmation, run it, and compute the answer. With
+    ``early`` started (the confirmation of the methods whose search had ended, already running), the rest of the plan
+    is handed to it and the run waited for.
 
     Returns ``(answer, interrupted)``; the answer is None when the run was interrupted, or (``strict=False``)
     when the search left nothing to confirm."""
     folder = plan.study_dir / CONFIRM_DIR
     entries_file = folder / CONFIRM_FILE
-    if entries_file.is_file() and tune.Tuner.can_restore(str(folder)):
-        entries, top_k, seeds = load_entries(entries_file)
-        print(f"\nresuming the confirmation: {len(entries)} trials in {folder}", flush=True)
-        tuner = tune.Tuner.restore(str(folder), trainable=make_trainable(plan, gpus), resume_unfinished=True,
-                                   resume_errored=False)
-        reroot_restored(tuner, plan, folder, progress)
-    else:
-        try:
-            entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,
-                                        plan.objectives)
-        except ConfirmError as err:
-            if strict:
-                raise
-            print(f"\nno confirmation: {err}", flush=True)
-            return None, False
-        seeds = sorted({e.seed for e in entries})
-        save_entries(entries_file, entries, top_k, seeds)
-        labels = sorted({(e.method, e.rank, e.source_trial, e.source_val) for e in entries})
-        what = (f"{len(labels)} configuration(s) of the searched Pareto front, spread along it," if plan.objectives
-                else f"the top {top_k} configuration(s) of each method (ranked on {SELECT_METRIC})")
-        print(f"\nconfirmation: {what} re-trained with {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}), "
-              f"full epochs, no early stopping — {len(entries)} trials", flush=True)
-        for method, rank, source, val in labels:
-            print(f"  {method} #{rank}: search trial {source} (search val acc {val:.3f}, single seed)", flush=True)
-        callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
-                                         stage="confirm", tags_by_config=confirm_tags(entries)),
-                     ProgressTable(plan, progress, stage="confirmation", total=len(entries))]
-        tuner = make_confirm_tuner(plan, gpus, entries, callbacks)
-    with fit_watch() as stop:
-        results = tuner.fit()
-    if stop.is_set() or finished_trials(results) < len(entries):
+    outcome = ""
+    if early is not None and early.started:
+        outcome, entries, results = early.complete(top_k, n_seeds, methods, strict)
+        if outcome in ("stopped", "none"):
+            return None, outcome == "stopped"
+    if outcome != "done":
+        if entries_file.is_file() and tune.Tuner.can_restore(str(folder)):
+            entries, top_k, seeds = load_entries(entries_file)
+            print(f"\nresuming the confirmation: {len(entries)} trials in {folder}", flush=True)
+            tuner = tune.Tuner.restore(str(folder), trainable=make_trainable(plan, gpus), resume_unfinished=True,
+                                       resume_errored=False)
+            reroot_restored(tuner, plan, folder, progress)
+            restored = planned_configs(tuner)
+            if restored is not None:  # an early confirmation's saved plan may predate its last configurations
+                restored.final = [e.config for e in entries]
+        else:
+            try:
+                entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,
+                                            plan.objectives)
+            except ConfirmError as err:
+                if strict:
+                    raise
+                print(f"\nno confirmation: {err}", flush=True)
+                return None, False
+            discard_unplanned(folder, tracker, plan.parent_run_id)
+            save_entries(entries_file, entries, top_k, sorted({e.seed for e in entries}))
+            describe_plan(entries, plan, top_k)
+            callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
+                                             stage="confirm", tags_by_config=confirm_tags(entries)),
+                         ProgressTable(plan, progress, stage="confirmation", total=len(entries))]
+            tuner = make_confirm_tuner(plan, gpus, PlannedConfigs([e.config for e in entries]), callbacks)
+        with fit_watch() as stop:
+            results = tuner.fit()
+        if stop.is_set():
+            return None, True
+    if finished_trials(results) < len(entries):
         return None, True
     answer = build_answer(plan.study_dir, plan.name, plan.objectives)
     paths = write_answer(plan.study_dir, answer)
@@ -477,3 +566,189 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSp
             for start in range(0, len(items), 500):
                 tracker.client.log_batch(plan.parent_run_id, metrics=items[start : start + 500])
     return answer, False
+
+
+class EarlyConfirmation(Callback):
+    """A search callback that starts the confirmation of the methods whose search trials have all ended while the
+    search's last trials still run, in the slots they leave free (issue 41: on the demo study one of the two slots
+    sat idle for 7-18 s at the end of every search).
+
+    Only what the search can no longer change is started: the search has made its last trial, every trial of the
+    method has ended (completed, stopped by ASHA, or errored with no retry left), and its entries are those the
+    confirmation planned at the end would give — the method's own top configurations (:func:`select_top` reads only
+    them) with the fresh seeds of the whole search, whose seeds are all drawn once its last trial is made. At the
+    search's end :meth:`complete` plans the whole confirmation from disk as before, checks that, hands the other
+    methods' entries to the running Tuner and waits for it. A study with several objectives (one front over every
+    method) starts no early confirmation.
+
+    The confirmation's Tuner runs in a thread of the driver (Tune's trial actors need no more than its loop), as the
+    experiment ``STUDY/confirm`` the confirmation always has; a stop signal stops it with the search
+    (``study.stop.fit_in_thread``). Stopped before the search ended, its folder is removed on ``--resume`` and its
+    trials run again (:func:`discard_unplanned`). Picklable (Tune saves the search's callbacks): what runs is not
+    kept in the pickle; the driver attaches the study (:meth:`attach`) after building or restoring the search's
+    Tuner."""
+
+    THREAD = "drl-tune-confirmation"
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self._reset()
+
+    def _reset(self) -> None:
+        self.plan: Plan | None = None
+        self.gpus, self.progress, self.top_k, self.n_seeds = 0.0, ProgressSpec(), 1, 1
+        self.entries: list[ConfirmEntry] = []
+        self.searcher: PlannedConfigs | None = None
+        self.callbacks: list[Any] = []
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()
+        self.results: Any = None
+        self.error: BaseException | None = None
+        self._watch: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.num_samples = state["num_samples"]
+        self._reset()
+
+    def attach(self, plan: Plan, gpus: float, progress: ProgressSpec, top_k: int, n_seeds: int) -> None:
+        self.plan, self.gpus, self.progress, self.top_k, self.n_seeds = plan, gpus, progress, top_k, n_seeds
+
+    @property
+    def started(self) -> bool:
+        return self.thread is not None
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._maybe_start(trials, trial, "TERMINATED")  # Tune marks it TERMINATED right after its callbacks
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._maybe_start(trials, trial, "ERROR")
+
+    def _maybe_start(self, trials: list, ended: Any, status: str) -> None:
+        plan = self.plan
+        if plan is None or self.started or plan.objectives or len(trials) < self.num_samples:
+            return
+        statuses = {t.trial_id: status if t is ended else str(t.status) for t in trials}
+        live = {str(t.config.get("method", "?")) for t in trials if statuses[t.trial_id] not in ("TERMINATED", "ERROR")}
+        if not live:
+            return  # the search ends now: its confirmation starts as it always has
+        records = [record_of(t.trial_id, dict(t.config or {}), statuses[t.trial_id], Path(t.path)) for t in trials]
+        ready = sorted({r.method for r in records} - live)
+        chosen = {m: picked for m, picked in select_top(records, self.top_k, ready).items() if picked}
+        if not chosen:
+            return
+        entries = entries_of(chosen, records, self.n_seeds)
+        bound = self.top_k * self.n_seeds * len({r.method for r in records})  # every method's top configurations
+        folder = plan.study_dir / CONFIRM_DIR
+        if (folder / CONFIRM_FILE).is_file():
+            return  # a planned confirmation is there: the study resumes it after the search
+        if folder.is_dir():
+            discard_unplanned(folder, _Tracker(plan), plan.parent_run_id)
+        self.entries = entries
+        self.searcher = PlannedConfigs([e.config for e in entries], open=True)
+        self.callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
+                                              stage="confirm", tags_by_config=confirm_tags(entries)),
+                          ProgressTable(plan, self.progress, stage="confirmation", total=bound)]
+        tuner = make_confirm_tuner(plan, self.gpus, self.searcher, self.callbacks, num_samples=bound)
+        print(f"\nconfirmation of {', '.join(chosen)} started while the search's last trials of "
+              f"{', '.join(sorted(live))} run ({len(entries)} trials, fresh seeds "
+              f"{', '.join(map(str, sorted({e.seed for e in entries})))}; the whole plan follows the search)",
+              flush=True)
+        self._link()  # a stop signal stops this run too, from now on
+        self.thread = threading.Thread(target=self._fit, args=(tuner,), name=self.THREAD, daemon=True)
+        self.thread.start()
+
+    def _fit(self, tuner: Any) -> None:
+        from drl_tune.study.stop import fit_in_thread
+
+        try:
+            with fit_in_thread(self.stop):
+                self.results = tuner.fit()
+        except BaseException as err:  # noqa: BLE001 — raised again in the driver's thread (:meth:`wait`)
+            self.error = err
+
+    def complete(self, top_k: int, n_seeds: int, methods: list[str] | None,
+                 strict: bool) -> tuple[str, list[ConfirmEntry], Any]:
+        """After the search: plan the whole confirmation from disk, hand the rest of it to the running Tuner, wait
+        for that. Returns ``("done", entries, results)``; ``("stopped", [], None)`` after a stop signal;
+        ``("none", [], None)`` when the search left nothing to confirm; ``("again", [], None)`` when the trials
+        started early are not the plan's (it cannot happen by construction: a guard), their run stopped."""
+        assert self.plan is not None and self.searcher is not None
+        plan, searcher = self.plan, self.searcher
+        outcome, entries = "stopped", []
+        if not self.stop.is_set():
+            try:
+                entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,
+                                            plan.objectives)
+                started = {config_key(e.config) for e in self.entries}
+                outcome = "done" if started <= {config_key(e.config) for e in entries} else "again"
+            except ConfirmError as err:
+                print(f"\nno confirmation: {err}", flush=True)
+                outcome = "none"
+        if outcome != "done":
+            self.abandon()
+            return (outcome if not self.stop_signal() else "stopped"), [], None
+        started = {config_key(e.config) for e in self.entries}
+        rest = [e for e in entries if config_key(e.config) not in started]
+        ordered = self.entries + rest  # the order the Tuner hands them out (a resumed Tuner takes it from the file)
+        save_entries(plan.study_dir / CONFIRM_DIR / CONFIRM_FILE, ordered, top_k, sorted({e.seed for e in entries}))
+        describe_plan(ordered, plan, top_k)
+        mlflow_callback, table = self.callbacks
+        mlflow_callback.tags_by_config.update(confirm_tags(rest))
+        table.total = len(ordered)
+        searcher.add([e.config for e in rest])
+        self.wait()
+        return ("stopped" if self.stop_signal() else "done"), ordered, self.results
+
+    def stop_signal(self) -> bool:
+        """Whether a stop signal (not the study itself) stopped the confirmation."""
+        from drl_tune.study.stop import stopping
+
+        return stopping() is not None
+
+    def wait(self) -> None:
+        """Wait for the confirmation's thread (a stop signal meanwhile stops it: its event is linked to the study's
+        stop signals from its start, :meth:`StopSignals.link`); then unlink it and raise what the thread raised."""
+        try:
+            while self.thread is not None and self.thread.is_alive():
+                self.thread.join(0.2)
+        finally:
+            self._unlink()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def abandon(self) -> None:
+        """Stop a confirmation still running (the search was stopped, or nothing is to be confirmed) and wait."""
+        if self.thread is not None and self.thread.is_alive():
+            self.stop.set()
+            if self.searcher is not None:
+                self.searcher.add([])
+            self.thread.join(120)
+        self._unlink()
+
+    def _link(self) -> None:
+        from drl_tune.study.stop import active
+
+        watch = active()
+        if watch is not None:
+            watch.link(self.stop)
+            self._watch = watch
+
+    def _unlink(self) -> None:
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.unlink(self.stop)
+            self._watch = None
+
+
+class _Tracker:
+    """What :func:`discard_unplanned` needs of the study's tracker, on its MLflow URI."""
+
+    def __init__(self, plan: Plan) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(plan.mlflow_uri)
+        self.experiment_id = plan.experiment_id

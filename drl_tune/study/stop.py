@@ -10,6 +10,11 @@ is; every file written there is written atomically, so the folder is resumable f
 installs Ray's own SIGTERM handler in the driver, which prints a native stack dump and aborts — so the handler is
 installed (again) after Ray has started, for the whole study.
 
+A ``Tuner.fit()`` running in another thread (a confirmation started while the search's last trials run,
+``study.confirmation.EarlyConfirmation``) cannot take Tune's signal: Tune catches signals only in the main thread.
+Such a fit runs inside :func:`fit_in_thread`, whose event Tune polls as it would its own, and the study's handler
+sets that event too (:meth:`StopSignals.link`): both runs stop at their next step, with the same consistent state.
+
 A second signal stops at once (``KeyboardInterrupt``), as a second Ctrl-C does everywhere.
 """
 
@@ -35,6 +40,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.in_fit = False
+        self.linked: list[threading.Event] = []  # the stop events of fits running in other threads
 
     def is_set(self) -> bool:
         return self.signum is not None
@@ -52,10 +58,23 @@ class StopSignals:
         if self.signum is not None:
             raise KeyboardInterrupt  # the second signal: stop now
         self.signum = signum
+        for event in self.linked:
+            event.set()  # a fit in another thread stops at its next step
         if self.in_fit:
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop
-        else:
+        elif not self.linked:
             raise Stopped(signum)
+        # else: a fit in another thread is stopping; the driver waits for it and then reports the stop
+
+    def link(self, event: threading.Event) -> None:
+        """From now on a stop signal also sets ``event`` (at once, if one already came), until :meth:`unlink`."""
+        if self.signum is not None:
+            event.set()
+        self.linked.append(event)
+
+    def unlink(self, event: threading.Event) -> None:
+        if event in self.linked:
+            self.linked.remove(event)
 
 
 _active: list[StopSignals] = []
@@ -94,6 +113,38 @@ def fit_watch() -> Iterator[StopSignals]:
             yield watch
         finally:
             watch.in_fit = False
+
+
+_thread_events: dict[int, threading.Event] = {}
+
+
+@contextlib.contextmanager
+def fit_in_thread(event: threading.Event) -> Iterator[None]:
+    """Run a ``Tuner.fit()`` off the main thread inside this: setting ``event`` stops it as a signal stops a fit in the
+    main thread (trials saved, the experiment resumable). Why this way: Tune installs its signal handlers only in the
+    main thread and keeps the interrupt event of a run local to ``tune.run``, which takes it from
+    ``ray.tune.tune._setup_signal_catching()`` (Ray 2.60; ``tests/study/test_early_confirmation.py`` checks it still
+    does). That function is wrapped once so that, called from a thread registered here, it returns ``event``."""
+    import ray.tune.tune as tune_module
+
+    original = tune_module._setup_signal_catching  # noqa: SLF001
+    if not getattr(original, "drl_tune_wrapped", False):
+        def setup_signal_catching() -> threading.Event:
+            event = _thread_events.get(threading.get_ident())
+            return event if event is not None else original()
+
+        setup_signal_catching.drl_tune_wrapped = True  # type: ignore[attr-defined]
+        tune_module._setup_signal_catching = setup_signal_catching  # noqa: SLF001
+    _thread_events[threading.get_ident()] = event
+    try:
+        yield
+    finally:
+        _thread_events.pop(threading.get_ident(), None)
+
+
+def active() -> StopSignals | None:
+    """The running study's stop signals (None: no study here, or off the main thread's block)."""
+    return _active[-1] if _active else None
 
 
 def stopping() -> str | None:

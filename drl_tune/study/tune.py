@@ -166,6 +166,12 @@ def reroot_restored(tuner: Any, plan: Plan, folder: Path, progress: ProgressSpec
             callback.use(progress)
 
 
+def search_callbacks(tuner: Any) -> list:
+    """The callbacks a (restored) Tuner will run with; none through Ray Client (no local Tuner)."""
+    local = getattr(tuner, "_local_tuner", None)
+    return list(local.get_run_config().callbacks or []) if local is not None else []
+
+
 class WarmNextStage(Callback):
     """Once the search has made its last trial and a trial ends, workers for the confirmation that follows are
     prestarted, one per slot (``study.cluster.prestart_workers`` says why): they start, and import the trainable,
