@@ -69,33 +69,53 @@ def _trial_rows(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def stage_cost(lines: list[tuple[float, str]], folder: Path, start: float, end: float, slots: int) -> dict[str, Any]:
-    """One stage (the search, or the confirmation) between ``start`` and ``end``: its wall time split into compute,
-    in-trial overhead, trial start-up and idle slots (each ÷ ``slots``), from its trials' folders and event lines."""
+def _lives(lines: list[tuple[float, str]], folders: list[Path]) -> dict[str, tuple[float, float, list[dict]]]:
+    """Trial id -> (its first event, its last event, its reported epochs) for the trials of ``folders`` that printed
+    an event. A trial with one event (its "started" line lost) is taken to have lived its iterations before it."""
     events: dict[str, list[float]] = {}
     for t, text in lines:
         found = EVENT.match(text)
-        if found and start - 1e-9 <= t <= end + 1e-9:
+        if found:
             events.setdefault(found.group(1), []).append(t)
-    trials = _trial_rows(folder)
+    out = {}
+    for folder in folders:
+        for trial_id, rows in _trial_rows(folder).items():
+            seen = events.get(trial_id)
+            if seen:
+                iter_s = sum(float(r.get("time_this_iter_s", 0.0)) for r in rows)
+                out[trial_id] = (min(seen) if len(seen) > 1 else max(seen) - iter_s, max(seen), rows)
+    return out
+
+
+def stage_cost(lines: list[tuple[float, str]], folders: list[Path], start: float, end: float, slots: int,
+               own: Path | None = None) -> dict[str, Any]:
+    """One stage (the search, or the confirmation) between ``start`` and ``end``: its wall time split into compute,
+    in-trial overhead, trial start-up and idle slots (each ÷ ``slots``), from the trials' folders and event lines.
+    Every trial of ``folders`` counts for the part of its life inside the window (its compute and in-trial overhead
+    in proportion): a confirmation trial started while the search's last trials ran counts in both stages.
+    ``trial_epochs``: the epochs of the trials of ``own`` (default: the first folder) that ran in the window."""
     compute = in_trial = lifetime = 0.0
-    counted = 0
-    for trial_id, rows in trials.items():
-        if trial_id not in events:
-            continue  # not run in this window (a resumed study's earlier trials)
+    counted = epochs = 0
+    own_ids = set(_trial_rows(own or folders[0]))
+    for trial_id, (first, last, rows) in _lives(lines, folders).items():
+        inside = min(end, last) - max(start, first)
+        if inside < 0 or (inside == 0 and not start - 1e-9 <= first <= end + 1e-9):
+            continue  # not run in this window (the other stage's, or a resumed study's earlier trials)
+        life = last - first
+        share = inside / life if life > 0 else 1.0
         counted += 1
+        epochs += len(rows) if trial_id in own_ids else 0
         epoch_s = sum(float(r.get("time/epoch_s", 0.0)) for r in rows)
         iter_s = sum(float(r.get("time_this_iter_s", 0.0)) for r in rows)
-        compute += epoch_s
-        in_trial += max(0.0, iter_s - epoch_s)
-        seen = events[trial_id]
-        lifetime += max(seen) - min(seen) if len(seen) > 1 else iter_s
+        compute += epoch_s * share
+        in_trial += max(0.0, iter_s - epoch_s) * share
+        lifetime += inside if life > 0 else iter_s
     wall = end - start
     startup = max(0.0, lifetime - compute - in_trial)
     idle = wall * slots - lifetime
     return {"wall_s": wall, "trials": counted, "slots": slots, "compute_s": compute / slots,
             "in_trial_overhead_s": in_trial / slots, "trial_startup_s": startup / slots, "idle_slots_s": idle / slots,
-            "trial_epochs": sum(len(r) for i, r in trials.items() if i in events)}
+            "trial_epochs": epochs}
 
 
 def study_cost(lines: list[tuple[float, str]], wall: float, study: Path, slots: int) -> dict[str, Any]:
@@ -112,19 +132,27 @@ def study_cost(lines: list[tuple[float, str]], wall: float, study: Path, slots: 
                 and (m := RAY_INIT.search(text))), None)
     if own is not None:
         stages["ray_init_s"] = own  # ray.init alone; ray_start_s also holds the driver's imports before it
-    stages["search"] = stage_cost(lines, study, first_search, search_end, slots)
+    folders = [study, study / "confirm"]
+    stages["search"] = stage_cost(lines, folders, first_search, search_end, slots)
     end_of_trials = search_end
     if confirm_plan is not None and answer is not None:
-        first_confirm = next((t for t, text in lines if t > confirm_plan and (m := EVENT.match(text))
-                              and m.group(2) == "started"), answer)
+        confirm_starts = [first for first, _, _ in _lives(lines, [study / "confirm"]).values()]
+        early = search_end - min(confirm_starts) if confirm_starts else 0.0
+        if early > 0:  # confirmation trials started while the search's last trials ran (study.confirmation)
+            stages["confirmation_started_early_s"] = early
+            first_confirm = search_end
+        else:
+            first_confirm = next((t for t, text in lines if t > confirm_plan and (m := EVENT.match(text))
+                                  and m.group(2) == "started"), answer)
         stages["between_s"] = first_confirm - search_end
-        stages["confirmation"] = stage_cost(lines, study / "confirm", first_confirm, answer, slots)
+        stages["confirmation"] = stage_cost(lines, folders, first_confirm, answer, slots, own=study / "confirm")
         end_of_trials = answer
     results = _first(lines, STAGE_LINES["results"], end_of_trials) or wall
     stages["answer_report_s"] = results - end_of_trials  # the answer, MLflow's parent run, the HTML report
     stages["shutdown_s"] = wall - results  # the review lines, Ray's shutdown, the interpreter's exit
-    compute = sum(stages[s]["compute_s"] for s in ("search", "confirmation") if s in stages)
-    epochs = sum(stages[s]["trial_epochs"] for s in ("search", "confirmation") if s in stages)
+    every = _lives(lines, folders if "confirmation" in stages else [study]).values()
+    compute = sum(float(r.get("time/epoch_s", 0.0)) for _, _, rows in every for r in rows) / slots
+    epochs = sum(len(rows) for _, _, rows in every)
     # the issue's goal: wall <= 1.2 x compute + Ray's own start (ray.init; or, read generously, the whole start)
     goal_s = GOAL_RATIO * compute + stages.get("ray_init_s", ray)
     return {"wall_s": wall, "compute_wall_s": compute, "trial_epochs": epochs, "slots": slots,
@@ -152,7 +180,10 @@ def describe(cost: dict[str, Any]) -> list[str]:
             out.append(f"  {name} {st['wall_s']:.1f} s: compute {st['compute_s']:.1f}, in-trial overhead "
                        f"{st['in_trial_overhead_s']:.1f}, trial start-up {st['trial_startup_s']:.1f}, idle slots "
                        f"{st['idle_slots_s']:.1f} ({st['trials']} trials)")
-        if name == "search" and "between_s" in s:
+        if name == "search" and "confirmation_started_early_s" in s:
+            out.append(f"  search -> confirmation: the confirmation started {s['confirmation_started_early_s']:.1f} s "
+                       f"before the search's end (in the slots its last trials left)")
+        elif name == "search" and "between_s" in s:
             out.append(f"  search -> confirmation {s['between_s']:.1f} s")
     out.append(f"  answer + report {s['answer_report_s']:.1f} s, shutdown {s['shutdown_s']:.1f} s")
     return out

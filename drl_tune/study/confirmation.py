@@ -17,6 +17,7 @@ reference joint configuration (when K > 1) is the one with the best mean *valida
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import threading
@@ -568,6 +569,29 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSp
     return answer, False
 
 
+def early_entries(trials: list, ended: Any, status: str, num_samples: int, top_k: int,
+                  n_seeds: int) -> tuple[list[ConfirmEntry], list[str], int] | None:
+    """What the confirmation can start while the search's last trials run (:class:`EarlyConfirmation`), when the
+    search's trial ``ended`` has just ended with Tune ``status`` (TERMINATED or ERROR): the entries of the methods
+    none of whose trials is still live, the methods still searching, and the most trials the confirmation can have
+    (top-K × seeds × every searched method). None while the search may still make trials, when no trial is live
+    (the search ends now), or when no ready method has a trial to confirm."""
+    if len(trials) < num_samples:
+        return None
+    statuses = {t.trial_id: status if t is ended else str(t.status) for t in trials}
+    live = sorted({str(t.config.get("method", "?")) for t in trials
+                   if statuses[t.trial_id] not in ("TERMINATED", "ERROR")})
+    if not live:
+        return None
+    records = [record_of(t.trial_id, dict(t.config or {}), statuses[t.trial_id], Path(t.path)) for t in trials]
+    ready = sorted({r.method for r in records} - set(live))
+    chosen = {m: picked for m, picked in select_top(records, top_k, ready).items() if picked}
+    if not chosen:
+        return None
+    bound = top_k * n_seeds * len({r.method for r in records})
+    return entries_of(chosen, records, n_seeds), live, bound
+
+
 class EarlyConfirmation(Callback):
     """A search callback that starts the confirmation of the methods whose search trials have all ended while the
     search's last trials still run, in the slots they leave free (issue 41: on the demo study one of the two slots
@@ -628,19 +652,13 @@ class EarlyConfirmation(Callback):
 
     def _maybe_start(self, trials: list, ended: Any, status: str) -> None:
         plan = self.plan
-        if plan is None or self.started or plan.objectives or len(trials) < self.num_samples:
+        if plan is None or self.started or plan.objectives:
             return
-        statuses = {t.trial_id: status if t is ended else str(t.status) for t in trials}
-        live = {str(t.config.get("method", "?")) for t in trials if statuses[t.trial_id] not in ("TERMINATED", "ERROR")}
-        if not live:
-            return  # the search ends now: its confirmation starts as it always has
-        records = [record_of(t.trial_id, dict(t.config or {}), statuses[t.trial_id], Path(t.path)) for t in trials]
-        ready = sorted({r.method for r in records} - live)
-        chosen = {m: picked for m, picked in select_top(records, self.top_k, ready).items() if picked}
-        if not chosen:
+        ready = early_entries(trials, ended, status, self.num_samples, self.top_k, self.n_seeds)
+        if ready is None:
             return
-        entries = entries_of(chosen, records, self.n_seeds)
-        bound = self.top_k * self.n_seeds * len({r.method for r in records})  # every method's top configurations
+        entries, live, bound = ready
+        chosen = sorted({e.method for e in entries})
         folder = plan.study_dir / CONFIRM_DIR
         if (folder / CONFIRM_FILE).is_file():
             return  # a planned confirmation is there: the study resumes it after the search
@@ -663,11 +681,16 @@ class EarlyConfirmation(Callback):
     def _fit(self, tuner: Any) -> None:
         from drl_tune.study.stop import fit_in_thread
 
+        quiet = _WaitingNotice(self)
+        logger = logging.getLogger(INSUFFICIENT_RESOURCES_LOGGER)
+        logger.addFilter(quiet)
         try:
             with fit_in_thread(self.stop):
                 self.results = tuner.fit()
         except BaseException as err:  # noqa: BLE001 — raised again in the driver's thread (:meth:`wait`)
             self.error = err
+        finally:
+            logger.removeFilter(quiet)
 
     def complete(self, top_k: int, n_seeds: int, methods: list[str] | None,
                  strict: bool) -> tuple[str, list[ConfirmEntry], Any]:
@@ -742,6 +765,22 @@ class EarlyConfirmation(Callback):
         if watch is not None:
             watch.unlink(self.stop)
             self._watch = None
+
+
+INSUFFICIENT_RESOURCES_LOGGER = "ray.tune.execution.insufficient_resources_manager"
+
+
+class _WaitingNotice(logging.Filter):
+    """Drops Tune's "no trial is running ... the cluster may lack resources" warning from the early confirmation's run
+    while its plan waits for the search: nothing runs there then because the rest of the plan is not known yet."""
+
+    def __init__(self, early: EarlyConfirmation) -> None:
+        super().__init__()
+        self.early = early
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        searcher = self.early.searcher
+        return not (record.threadName == EarlyConfirmation.THREAD and searcher is not None and searcher.open)
 
 
 class _Tracker:

@@ -149,3 +149,38 @@ def test_study_cost_splits_the_wall_time_by_stage(tmp_path):
     # the goal: 1.2 x 4 s of compute + Ray's own 1.5 s start = 6.3 s, missed by 21 - 6.3 s
     assert cost["goal_s"] == pytest.approx(1.2 * 4.0 + 1.5) and not cost["meets_goal"]
     assert "goal: wall <= 1.2 x compute + Ray's own start = 6 s: missed by 15 s" in describe(cost)[1]
+
+
+def test_study_cost_counts_a_confirmation_trial_started_during_the_search_in_both_stages(tmp_path):
+    """A confirmation trial that started before the search's end (study.confirmation.EarlyConfirmation) counts in
+    each stage for the part of its life inside it; the stages' parts still sum to their wall times, and the
+    study's compute is every trial's, once."""
+    from drl_tune.bench.study_cost import describe, study_cost
+
+    _trial(tmp_path, "joint_a", [(2.0, 2.5), (2.0, 2.25)])  # search, 4 s compute, lives 5 -> 11
+    _trial(tmp_path, "drl_b", [(3.0, 3.5)])                 # search, 3 s compute, lives 5.5 -> 10
+    _trial(tmp_path / "confirm", "joint_c", [(4.0, 5.0)])   # confirmation, 4 s compute, lives 10 -> 16
+    lines = [(3.0, "ray: started a local Ray (2 CPUs, 0 GPUs) on 1 node in 1.5 s"),
+             (5.0, "[10:00:00] trial a started (joint, lr=0.01)"), (5.5, "[10:00:00] trial b started (drl, lr=0.01)"),
+             (10.0, "[10:00:05] trial b finished (drl) after 1 epochs, best val acc 0.5"),
+             (10.0, "confirmation of drl started while the search's last trials of joint run (1 trials)"),
+             (10.0, "[10:00:05] trial c started (drl, lr=0.01)"),
+             (11.0, "[10:00:06] trial a finished (joint) after 2 epochs, best val acc 0.6"),
+             (12.0, "search of study 's' (2 trials, 7 s): one seed per trial"),
+             (12.5, "confirmation: the top 1 configuration(s) of each method ..."),
+             (16.0, "[10:00:11] trial c finished (drl) after 1 epochs, best val acc 0.6"),
+             (17.0, "answer of study 's' (15 s in all):"), (18.0, "results: runs/studies/s")]
+    cost = study_cost(lines, 19.0, tmp_path, slots=2)
+    st = cost["stages"]
+    assert st["confirmation_started_early_s"] == pytest.approx(2.0) and st["between_s"] == 0.0
+    search, confirmation = st["search"], st["confirmation"]  # c: 2 of its 6 s in the search, 4 after
+    assert search["trials"] == 3 and search["trial_epochs"] == 3 and confirmation["trial_epochs"] == 1
+    assert search["compute_s"] == pytest.approx((7.0 + 4.0 * 2 / 6) / 2)
+    assert search["idle_slots_s"] == pytest.approx((14.0 - 6.0 - 4.5 - 2.0) / 2)
+    assert confirmation["wall_s"] == pytest.approx(5.0) and confirmation["compute_s"] == pytest.approx(4.0 * 4 / 6 / 2)
+    assert confirmation["idle_slots_s"] == pytest.approx((10.0 - 4.0) / 2)
+    parts = ("compute_s", "in_trial_overhead_s", "trial_startup_s", "idle_slots_s")
+    for stage in (search, confirmation):
+        assert sum(stage[k] for k in parts) == pytest.approx(stage["wall_s"])
+    assert cost["compute_wall_s"] == pytest.approx((4.0 + 3.0 + 4.0) / 2) and cost["trial_epochs"] == 4
+    assert "the confirmation started 2.0 s before the search's end" in "\n".join(describe(cost))
