@@ -5,8 +5,8 @@ and a Ctrl-C during the overlap stops both Tune runs and leaves a study that ``-
 confirmation trial once in MLflow.
 
 Tiny settings: joint and ``slow_joint`` (a method file of this test: joint training whose search trial sleeps 4 s
-after each epoch, so that it is still running when joint's has ended and joint's first confirmation trial starts), one search trial each, 3 epochs, 2 at a time, the
-best of each confirmed on 2 fresh seeds."""
+after each epoch, so that it is still running when joint's has ended and joint's first confirmation trial starts),
+one search trial each, 3 epochs, 2 at a time, the best of each confirmed on 2 fresh seeds."""
 
 from __future__ import annotations
 
