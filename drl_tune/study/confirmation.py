@@ -54,6 +54,7 @@ from drl_tune.study.tune import (
     finished_trials,
     make_trainable,
     reroot_restored,
+    search_callbacks,
     trial_name,
     with_loggers,
 )
@@ -533,6 +534,11 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSp
             restored = planned_configs(tuner)
             if restored is not None:  # an early confirmation's saved plan may predate its last configurations
                 restored.final = [e.config for e in entries]
+            for callback in search_callbacks(tuner):  # ... and so may its callbacks, pickled when it started
+                if isinstance(callback, MLflowTrialCallback):
+                    callback.tags_by_config.update(confirm_tags(entries))
+                elif isinstance(callback, ProgressTable):
+                    callback.total = len(entries)
         else:
             try:
                 entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,

@@ -97,6 +97,12 @@ def studies(tmp_path_factory):
             seen["at"] = trial.trial_id
             os.kill(os.getpid(), signal.SIGINT)  # the driver's Ctrl-C handling, from the confirmation's thread
 
+    def ctrl_c_at_later_confirmation(self, iteration, trials, trial, **info):
+        start(self, iteration, trials, trial, **info)
+        if self.stage == "confirmation" and trial.config.get("method") == "slow_joint" and not seen:
+            seen["at"] = trial.trial_id  # after the search: the rest of the plan was handed to the running Tuner
+            os.kill(os.getpid(), signal.SIGINT)
+
     try:
         whole = run_main([*args, "--name", "whole"])
         ProgressTable.on_trial_start = ctrl_c_at_early_confirmation
@@ -112,11 +118,20 @@ def studies(tmp_path_factory):
                       "search": {r.trial_id: r.status for r in read_trials(stopped_dir)}}
         resumed = run_main(["--resume", "--name", "stopped", "--storage", str(storage), "--progress-interval", "600",
                             "--no-report"])
+        seen.clear()
+        ProgressTable.on_trial_start = ctrl_c_at_later_confirmation
+        try:
+            late = run_main([*args, "--name", "late"])
+        finally:
+            ProgressTable.on_trial_start = start
+        late_planned = (storage / "late" / CONFIRM_DIR / CONFIRM_FILE).exists()
+        late_resumed = run_main(["--resume", "--name", "late", "--storage", str(storage), "--progress-interval", "600",
+                                 "--no-report"])
     finally:
         if started_ray:
             ray.shutdown()
     return {"storage": storage, "whole": whole, "stopped": stopped, "resumed": resumed,
-            "after_stop": after_stop}
+            "after_stop": after_stop, "late": late, "late_planned": late_planned, "late_resumed": late_resumed}
 
 
 def confirm_runs(folder) -> list:
@@ -186,3 +201,15 @@ def test_ctrl_c_during_the_overlap_stops_both_runs_and_resume_finishes_the_study
     deleted_ids = {r.data.tags["drl_tune.trial_id"] for r in deleted}
     # the trial whose start sent the Ctrl-C had its MLflow run (a trial Tune had only created had none)
     assert stop["started"] in deleted_ids and deleted_ids <= stopped_ids
+
+
+def test_ctrl_c_after_the_search_resumes_the_confirmation_with_its_whole_plan(studies):
+    """Stopped once the rest of the plan had joined the early-started run: ``--resume`` restores that run, whose saved
+    searcher may predate the rest of the plan (``PlannedConfigs.final``), and finishes it."""
+    code, out = studies["late"]
+    assert code == 130, out
+    assert studies["late_planned"]
+    code, out = studies["late_resumed"]
+    assert code == 0, out
+    assert "resuming the confirmation" in out
+    check_answer(studies["storage"] / "late")
