@@ -15,7 +15,9 @@ probe, DRL's diagnosis). With ``c`` trials at a time, ``Σ / c`` is the wall tim
   epoch, the checkpoint and ``tune.report`` after each), **trial start-up** (lifetime − Σ ``time_this_iter_s``:
   the worker process, its imports, the actor's set-up and teardown) and **idle slots** (the stage's wall × c − Σ
   lifetimes: Tune's loop, the searcher, scheduling, and a trial's start before Tune calls it started). Each is
-  given in wall seconds (÷ c), so a stage's parts sum to its wall time.
+  given in wall seconds (÷ c), so a stage's parts sum to its wall time. A confirmation trial that started while
+  the search's last trials ran (``study.confirmation.EarlyConfirmation``) counts in each stage for the part of its
+  life inside it, its compute and in-trial overhead in proportion; the study's compute is every trial's, once.
 
 The event lines come from the study's progress callback (``study/tables.py``); the stage lines from the driver.
 """
