@@ -479,6 +479,13 @@ def confirm_tags(entries: list[ConfirmEntry]) -> dict[str, dict[str, str]]:
                                    "drl_tune.confirm_seed": str(e.seed)} for e in entries}
 
 
+def confirm_callbacks(plan: Plan, progress: ProgressSpec, entries: list[ConfirmEntry], total: int) -> list[Any]:
+    """The confirmation's MLflow callback (a child run per trial, tagged with its entry) and its progress table."""
+    return [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name, stage="confirm",
+                                tags_by_config=confirm_tags(entries)),
+            ProgressTable(plan, progress, stage="confirmation", total=total)]
+
+
 def describe_plan(entries: list[ConfirmEntry], plan: Plan, top_k: int) -> None:
     """Print what the confirmation re-trains (the lines a study shows when its confirmation is planned)."""
     seeds = sorted({e.seed for e in entries})
@@ -551,10 +558,8 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSp
             discard_unplanned(folder, tracker, plan.parent_run_id)
             save_entries(entries_file, entries, top_k, sorted({e.seed for e in entries}))
             describe_plan(entries, plan, top_k)
-            callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
-                                             stage="confirm", tags_by_config=confirm_tags(entries)),
-                         ProgressTable(plan, progress, stage="confirmation", total=len(entries))]
-            tuner = make_confirm_tuner(plan, gpus, PlannedConfigs([e.config for e in entries]), callbacks)
+            tuner = make_confirm_tuner(plan, gpus, PlannedConfigs([e.config for e in entries]),
+                                       confirm_callbacks(plan, progress, entries, len(entries)))
         with fit_watch() as stop:
             results = tuner.fit()
         if stop.is_set():
@@ -672,9 +677,7 @@ class EarlyConfirmation(Callback):
             discard_unplanned(folder, _Tracker(plan), plan.parent_run_id)
         self.entries = entries
         self.searcher = PlannedConfigs([e.config for e in entries], open=True)
-        self.callbacks = [MLflowTrialCallback(plan.mlflow_uri, plan.experiment_id, plan.parent_run_id, plan.name,
-                                              stage="confirm", tags_by_config=confirm_tags(entries)),
-                          ProgressTable(plan, self.progress, stage="confirmation", total=bound)]
+        self.callbacks = confirm_callbacks(plan, self.progress, entries, bound)
         tuner = make_confirm_tuner(plan, self.gpus, self.searcher, self.callbacks, num_samples=bound)
         print(f"\nconfirmation of {', '.join(chosen)} started while the search's last trials of "
               f"{', '.join(sorted(live))} run ({len(entries)} trials, fresh seeds "
