@@ -325,11 +325,15 @@ def _run_study(plan: Plan, resumed: bool, address: str | None, progress: Progres
         tuner = make_tuner(plan, gpus, callbacks)
     if early is not None:
         early.attach(plan, gpus, progress, plan.confirm_top_k, plan.confirm_seeds)
+    hurry = False
     try:
         return _search_and_confirm(plan, tuner, early, gpus, tracker, progress, write_report, local, stop, start)
+    except KeyboardInterrupt:
+        hurry = True  # a second signal stops at once: the confirmation's thread is not waited for
+        raise
     finally:
         if early is not None:
-            early.abandon()  # a confirmation started early and still running when the study ends another way
+            early.abandon(wait=not hurry)  # a confirmation started early still running as the study ends otherwise
 
 
 def _search_and_confirm(plan: Plan, tuner: Any, early: Any, gpus: float, tracker: Any, progress: ProgressSpec,

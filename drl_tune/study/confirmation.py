@@ -752,13 +752,15 @@ class EarlyConfirmation(Callback):
             error, self.error = self.error, None
             raise error
 
-    def abandon(self) -> None:
-        """Stop a confirmation still running (the search was stopped, or nothing is to be confirmed) and wait."""
+    def abandon(self, wait: bool = True) -> None:
+        """Stop a confirmation still running (the search was stopped, or nothing is to be confirmed); ``wait`` for
+        its run to save its state and end (a daemon thread: not waited for, it ends with the driver)."""
         if self.thread is not None and self.thread.is_alive():
             self.stop.set()
             if self.searcher is not None:
                 self.searcher.add([])
-            self.thread.join(120)
+            if wait:
+                self.thread.join(120)
         self._unlink()
 
     def _link(self) -> None:
