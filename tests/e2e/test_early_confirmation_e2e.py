@@ -21,6 +21,8 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from drl_tune.methods import REGISTRY
+from drl_tune.methods import user as user_methods
 from drl_tune.run import main
 from drl_tune.study.confirmation import CONFIRM_DIR, CONFIRM_FILE, config_key, load_entries, read_trials
 from drl_tune.study.plan import PLAN_FILE, Plan
@@ -103,6 +105,8 @@ def studies(tmp_path_factory):
             seen["at"] = trial.trial_id  # after the search: the rest of the plan was handed to the running Tuner
             os.kill(os.getpid(), signal.SIGINT)
 
+    # the studies register slow_joint in this process: the registry is restored after them for the other tests
+    registry, registered = dict(REGISTRY), dict(user_methods._REGISTERED)
     try:
         whole = run_main([*args, "--name", "whole"])
         ProgressTable.on_trial_start = ctrl_c_at_early_confirmation
@@ -128,6 +132,10 @@ def studies(tmp_path_factory):
         late_resumed = run_main(["--resume", "--name", "late", "--storage", str(storage), "--progress-interval", "600",
                                  "--no-report"])
     finally:
+        REGISTRY.clear()
+        REGISTRY.update(registry)
+        user_methods._REGISTERED.clear()
+        user_methods._REGISTERED.update(registered)
         if started_ray:
             ray.shutdown()
     return {"storage": storage, "whole": whole, "stopped": stopped, "resumed": resumed,
@@ -161,6 +169,10 @@ def check_answer(folder) -> None:
         entry = planned[config_key(by_trial[run.data.tags["drl_tune.trial_id"]].config)]
         assert run.data.tags["drl_tune.confirm_seed"] == str(entry.seed)
         assert run.data.tags["drl_tune.source_trial"] == entry.source_trial
+
+
+def test_the_studies_leave_the_method_registry_as_it_was(studies):
+    assert "slow_joint" not in REGISTRY
 
 
 def test_joints_confirmation_starts_before_the_search_ends_and_the_answer_is_the_planned_one(studies):
