@@ -498,20 +498,22 @@ def describe_plan(entries: list[ConfirmEntry], plan: Plan, top_k: int) -> None:
         print(f"  {method} #{rank}: search trial {source} (search val acc {val:.3f}, single seed)", flush=True)
 
 
-def discard_unplanned(folder: Path, tracker: Any, parent_run_id: str) -> None:
+def discard_unplanned(folder: Path, plan: Plan) -> None:
     """Remove a confirmation that was started early and never planned in full (its driver stopped while the search
     still ran; :class:`EarlyConfirmation`): its trials are run again, and their MLflow runs are deleted so that the
     review shows each confirmation trial once."""
     if not folder.is_dir() or (folder / CONFIRM_FILE).is_file():
         return
     ids = {d.name.rsplit("_", 1)[-1] for d in folder.iterdir() if d.is_dir()}
-    if tracker is not None and ids:
-        runs = tracker.client.search_runs([tracker.experiment_id],
-                                          filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
-                                                        f"tags.`{STAGE_TAG}` = 'confirm'")
+    if ids:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(plan.mlflow_uri)
+        runs = client.search_runs([plan.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{plan.parent_run_id}' "
+                                  f"and tags.`{STAGE_TAG}` = 'confirm'")
         for run in runs:
             if run.data.tags.get(TRIAL_TAG) in ids:
-                tracker.client.delete_run(run.info.run_id)
+                client.delete_run(run.info.run_id)
     shutil.rmtree(folder)
 
 
@@ -555,7 +557,7 @@ def run_confirmation(plan: Plan, gpus: float, tracker: Any, progress: ProgressSp
                     raise
                 print(f"\nno confirmation: {err}", flush=True)
                 return None, False
-            discard_unplanned(folder, tracker, plan.parent_run_id)
+            discard_unplanned(folder, plan)
             save_entries(entries_file, entries, top_k, sorted({e.seed for e in entries}))
             describe_plan(entries, plan, top_k)
             tuner = make_confirm_tuner(plan, gpus, PlannedConfigs([e.config for e in entries]),
@@ -673,8 +675,7 @@ class EarlyConfirmation(Callback):
         folder = plan.study_dir / CONFIRM_DIR
         if (folder / CONFIRM_FILE).is_file():
             return  # a planned confirmation is there: the study resumes it after the search
-        if folder.is_dir():
-            discard_unplanned(folder, _Tracker(plan), plan.parent_run_id)
+        discard_unplanned(folder, plan)
         self.entries = entries
         self.searcher = PlannedConfigs([e.config for e in entries], open=True)
         self.callbacks = confirm_callbacks(plan, self.progress, entries, bound)
@@ -710,11 +711,11 @@ class EarlyConfirmation(Callback):
         assert self.plan is not None and self.searcher is not None
         plan, searcher = self.plan, self.searcher
         outcome, entries = "stopped", []
+        started = {config_key(e.config) for e in self.entries}
         if not self.stop.is_set():
             try:
                 entries = plan_confirmation(read_trials(plan.study_dir), top_k, n_seeds, methods, strict,
                                             plan.objectives)
-                started = {config_key(e.config) for e in self.entries}
                 outcome = "done" if started <= {config_key(e.config) for e in entries} else "again"
             except ConfirmError as err:
                 print(f"\nno confirmation: {err}", flush=True)
@@ -722,7 +723,6 @@ class EarlyConfirmation(Callback):
         if outcome != "done":
             self.abandon()
             return (outcome if not self.stop_signal() else "stopped"), [], None
-        started = {config_key(e.config) for e in self.entries}
         rest = [e for e in entries if config_key(e.config) not in started]
         ordered = self.entries + rest  # the order the Tuner hands them out (a resumed Tuner takes it from the file)
         save_entries(plan.study_dir / CONFIRM_DIR / CONFIRM_FILE, ordered, top_k, sorted({e.seed for e in entries}))
@@ -772,9 +772,8 @@ class EarlyConfirmation(Callback):
             self._watch = watch
 
     def _unlink(self) -> None:
-        watch = getattr(self, "_watch", None)
-        if watch is not None:
-            watch.unlink(self.stop)
+        if self._watch is not None:
+            self._watch.unlink(self.stop)
             self._watch = None
 
 
@@ -792,13 +791,3 @@ class _WaitingNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         searcher = self.early.searcher
         return not (record.threadName == EarlyConfirmation.THREAD and searcher is not None and searcher.open)
-
-
-class _Tracker:
-    """What :func:`discard_unplanned` needs of the study's tracker, on its MLflow URI."""
-
-    def __init__(self, plan: Plan) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(plan.mlflow_uri)
-        self.experiment_id = plan.experiment_id
